@@ -1,0 +1,685 @@
+//! Policies by name and parameters: the one parser behind the scaler's trigger metadata and
+//! annotations and the simulator's `--policy` / `--param` flags, so the two accept exactly the
+//! same words and reject the same mistakes with the same messages.
+//!
+//! A policy spec is one name (`hpa`, `kpa`, `queue`, `slo`, `gpu`, `fixed:N`) or several joined
+//! by `+` (`queue+gpu`: the largest recommendation wins). Parameters are `key=value` pairs:
+//! autoscaler-wide keys (`minReplicas`, `keepAlive`, ...) and policy keys prefixed by the
+//! policy name (`queue.target`). [`KEYS`] lists every key with its default and meaning;
+//! docs/policies.md is checked against it.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::fixed::Fixed;
+use crate::gpu::{Gpu, GpuConfig};
+use crate::hpa::{
+    Behavior, Hpa, HpaConfig, HpaMetric, HpaTarget, ScalingPolicy, ScalingPolicyKind, SelectPolicy,
+};
+use crate::keepalive::{AdaptiveConfig, KeepAliveConfig};
+use crate::kpa::{Kpa, KpaConfig};
+use crate::queue::{Queue, QueueConfig};
+use crate::signals::Metric;
+use crate::slo::{Slo, SloConfig};
+use crate::{Autoscaler, Bounds, Policy, Safety};
+
+/// A spec or parameter that cannot be used, naming the input and what would be accepted.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum SpecError {
+    /// The policy name is not known.
+    #[error(
+        "unknown policy `{name}`: expected one of hpa, kpa, queue, slo, gpu, fixed:N, or several joined by `+`"
+    )]
+    UnknownPolicy {
+        /// What was given.
+        name: String,
+    },
+    /// The key is not known (or belongs to a policy that is not in the spec).
+    #[error("unknown parameter `{key}`: allowed keys are {allowed}")]
+    UnknownKey {
+        /// What was given.
+        key: String,
+        /// The keys that would be accepted here.
+        allowed: String,
+    },
+    /// The value does not parse or is out of range.
+    #[error("invalid value `{value}` for `{key}`: expected {expected}")]
+    Invalid {
+        /// The key.
+        key: String,
+        /// What was given.
+        value: String,
+        /// What would be accepted.
+        expected: String,
+    },
+}
+
+/// One documented parameter.
+#[derive(Clone, Copy, Debug)]
+pub struct Key {
+    /// `""` for autoscaler-wide keys, else the policy name.
+    pub policy: &'static str,
+    /// The key as written after the policy prefix.
+    pub name: &'static str,
+    /// The default, as text.
+    pub default: &'static str,
+    /// What it does.
+    pub doc: &'static str,
+}
+
+const fn key(policy: &'static str, name: &'static str, default: &'static str, doc: &'static str) -> Key {
+    Key {
+        policy,
+        name,
+        default,
+        doc,
+    }
+}
+
+/// Every parameter accepted, with its default and meaning.
+pub const KEYS: &[Key] = &[
+    key("", "minReplicas", "0", "fewest replicas; 0 allows scale-to-zero"),
+    key("", "maxReplicas", "100", "most replicas"),
+    key(
+        "",
+        "keepAlive",
+        "300s",
+        "idle time before zero: a duration (0 = at once) or `adaptive`",
+    ),
+    key(
+        "",
+        "coldStart",
+        "0s",
+        "adaptive keep-alive: model cold start, pre-warming starts this much early",
+    ),
+    key(
+        "",
+        "maxSignalAge",
+        "30s",
+        "signals older than this are stale and hold the current count",
+    ),
+    key(
+        "",
+        "holdWhileStarting",
+        "true",
+        "no further scale-up while replicas are starting",
+    ),
+    key(
+        "",
+        "demand",
+        "load",
+        "metric whose zero means idle: load, waiting or running",
+    ),
+    key(
+        "queue",
+        "metric",
+        "load",
+        "demand per replica: load (waiting+running), waiting or running",
+    ),
+    key("queue", "target", "4", "target demand per replica"),
+    key(
+        "queue",
+        "tolerance",
+        "0.1",
+        "no change while demand/target is within 1 +- tolerance",
+    ),
+    key(
+        "queue",
+        "scaleDownWindow",
+        "300s",
+        "a lower count waits until it has been the highest this long",
+    ),
+    key(
+        "slo",
+        "wait",
+        "1s",
+        "queue-wait bound t of the objective P(wait > t) <= 1 - quantile",
+    ),
+    key(
+        "slo",
+        "quantile",
+        "0.95",
+        "share of requests that must wait at most `wait`",
+    ),
+    key("slo", "slots", "1", "requests one replica serves at once"),
+    key(
+        "slo",
+        "metric",
+        "load",
+        "fallback queue rule (rates unknown): demand metric",
+    ),
+    key(
+        "slo",
+        "target",
+        "4",
+        "fallback queue rule: target demand per replica",
+    ),
+    key("slo", "tolerance", "0.1", "fallback queue rule: tolerance"),
+    key("slo", "scaleDownWindow", "300s", "scale-down window"),
+    key(
+        "gpu",
+        "metric",
+        "gpu_utilization",
+        "gpu_utilization or kv_cache_usage",
+    ),
+    key("gpu", "target", "0.7", "target mean over ready replicas, 0-1"),
+    key(
+        "gpu",
+        "tolerance",
+        "0.1",
+        "no change while usage/target is within 1 +- tolerance",
+    ),
+    key("gpu", "scaleDownWindow", "300s", "scale-down window"),
+    key(
+        "hpa",
+        "metric",
+        "load",
+        "load, waiting, running, kv_cache_usage, gpu_utilization or arrival_rate",
+    ),
+    key("hpa", "target", "4", "the metric target"),
+    key(
+        "hpa",
+        "targetType",
+        "averageValue",
+        "averageValue (External, KEDA), value, or podAverage (Pods metric)",
+    ),
+    key(
+        "hpa",
+        "behavior",
+        "default",
+        "default (API-server defaults) or legacy (no behavior: 5 min max, 2x/4 cap)",
+    ),
+    key("hpa", "tolerance", "0.1", "tolerance in both directions"),
+    key(
+        "hpa",
+        "scaleUpWindow",
+        "0s",
+        "behavior.scaleUp.stabilizationWindowSeconds",
+    ),
+    key(
+        "hpa",
+        "scaleDownWindow",
+        "300s",
+        "behavior.scaleDown.stabilizationWindowSeconds",
+    ),
+    key(
+        "hpa",
+        "scaleUpPolicies",
+        "pods:4/15s+percent:100/15s",
+        "behavior.scaleUp.policies",
+    ),
+    key(
+        "hpa",
+        "scaleDownPolicies",
+        "percent:100/15s",
+        "behavior.scaleDown.policies",
+    ),
+    key(
+        "hpa",
+        "scaleUpSelect",
+        "max",
+        "behavior.scaleUp.selectPolicy: max, min or disabled",
+    ),
+    key(
+        "hpa",
+        "scaleDownSelect",
+        "max",
+        "behavior.scaleDown.selectPolicy: max, min or disabled",
+    ),
+    key(
+        "kpa",
+        "metric",
+        "concurrency",
+        "concurrency (waiting+running) or rps (arrival_rate)",
+    ),
+    key(
+        "kpa",
+        "target",
+        "100",
+        "per-pod target before utilization (200 for rps)",
+    ),
+    key(
+        "kpa",
+        "targetUtilization",
+        "0.7",
+        "container-concurrency-target-percentage as a fraction",
+    ),
+    key(
+        "kpa",
+        "stableWindow",
+        "60s",
+        "stable-window, whole seconds, 6s to 1h",
+    ),
+    key(
+        "kpa",
+        "panicWindowPercentage",
+        "10",
+        "panic-window-percentage, 1 to 100",
+    ),
+    key(
+        "kpa",
+        "panicThresholdPercentage",
+        "200",
+        "panic-threshold-percentage, 110 to 1000",
+    ),
+    key("kpa", "maxScaleUpRate", "1000", "max-scale-up-rate, > 1"),
+    key("kpa", "maxScaleDownRate", "2", "max-scale-down-rate, > 1"),
+    key("kpa", "scaleToZeroGrace", "30s", "scale-to-zero-grace-period"),
+    key("kpa", "scaleDownDelay", "0s", "scale-down-delay"),
+    key(
+        "kpa",
+        "activationScale",
+        "1",
+        "activation-scale: replicas when waking from zero",
+    ),
+];
+
+/// Parse a duration: `250ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(key: &str, v: &str) -> Result<Duration, SpecError> {
+    let bad = || SpecError::Invalid {
+        key: key.into(),
+        value: v.into(),
+        expected: "a duration such as 250ms, 30s, 5m or 1h (bare numbers are seconds)".into(),
+    };
+    let t = v.trim();
+    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || !(0.0..=366.0 * 86400.0).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_f64(key: &str, v: &str, lo: f64, hi: f64, what: &str) -> Result<f64, SpecError> {
+    match v.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= lo && x <= hi => Ok(x),
+        _ => Err(SpecError::Invalid {
+            key: key.into(),
+            value: v.into(),
+            expected: what.into(),
+        }),
+    }
+}
+
+fn parse_u32(key: &str, v: &str, lo: u32, hi: u32) -> Result<u32, SpecError> {
+    match v.trim().parse::<u32>() {
+        Ok(x) if (lo..=hi).contains(&x) => Ok(x),
+        _ => Err(SpecError::Invalid {
+            key: key.into(),
+            value: v.into(),
+            expected: format!("an integer from {lo} to {hi}"),
+        }),
+    }
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, SpecError> {
+    match v.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(SpecError::Invalid {
+            key: key.into(),
+            value: v.into(),
+            expected: "true or false".into(),
+        }),
+    }
+}
+
+fn parse_metric(key: &str, v: &str, allowed: &[Metric]) -> Result<Metric, SpecError> {
+    Metric::parse(v.trim())
+        .filter(|m| allowed.contains(m))
+        .ok_or_else(|| SpecError::Invalid {
+            key: key.into(),
+            value: v.into(),
+            expected: format!(
+                "one of {}",
+                allowed.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        })
+}
+
+fn positive(key: &str, v: &str) -> Result<f64, SpecError> {
+    match v.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(SpecError::Invalid {
+            key: key.into(),
+            value: v.into(),
+            expected: "a number > 0".into(),
+        }),
+    }
+}
+
+fn window(key: &str, v: &str) -> Result<Duration, SpecError> {
+    let d = parse_duration(key, v)?;
+    if d > Duration::from_secs(3600) {
+        return Err(SpecError::Invalid {
+            key: key.into(),
+            value: v.into(),
+            expected: "a duration of at most 1h".into(),
+        });
+    }
+    Ok(d)
+}
+
+/// `pods:4/15s+percent:100/15s`.
+fn parse_scaling_policies(key: &str, v: &str) -> Result<Vec<ScalingPolicy>, SpecError> {
+    let bad = || SpecError::Invalid {
+        key: key.into(),
+        value: v.into(),
+        expected: "policies like pods:4/15s+percent:100/15s (type:value/period, joined by +)".into(),
+    };
+    let mut out = Vec::new();
+    for part in v.split('+') {
+        let (kind, rest) = part.trim().split_once(':').ok_or_else(bad)?;
+        let (value, period) = rest.split_once('/').ok_or_else(bad)?;
+        let kind = match kind {
+            "pods" => ScalingPolicyKind::Pods,
+            "percent" => ScalingPolicyKind::Percent,
+            _ => return Err(bad()),
+        };
+        let value: u32 = value.parse().map_err(|_| bad())?;
+        let period = parse_duration(key, period)?;
+        if value == 0 || period.is_zero() || period > Duration::from_secs(1800) {
+            return Err(bad());
+        }
+        out.push(ScalingPolicy { kind, value, period });
+    }
+    if out.len() > 10 {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
+fn parse_select(key: &str, v: &str) -> Result<SelectPolicy, SpecError> {
+    match v.trim() {
+        "max" => Ok(SelectPolicy::Max),
+        "min" => Ok(SelectPolicy::Min),
+        "disabled" => Ok(SelectPolicy::Disabled),
+        _ => Err(SpecError::Invalid {
+            key: key.into(),
+            value: v.into(),
+            expected: "max, min or disabled".into(),
+        }),
+    }
+}
+
+fn allowed_keys(policies: &[&str]) -> String {
+    KEYS.iter()
+        .filter(|k| k.policy.is_empty() || policies.contains(&k.policy))
+        .map(|k| {
+            if k.policy.is_empty() {
+                k.name.to_string()
+            } else {
+                format!("{}.{}", k.policy, k.name)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The policy names of a spec, validated (`fixed:3` gives `fixed`).
+pub fn policy_names(spec: &str) -> Result<Vec<&str>, SpecError> {
+    let mut names = Vec::new();
+    for part in spec.split('+') {
+        let part = part.trim();
+        let name = match part {
+            "hpa" | "kpa" | "queue" | "slo" | "gpu" => part,
+            p if p.starts_with("fixed:") => {
+                parse_u32("fixed", &p[6..], 0, 100_000).map_err(|_| SpecError::Invalid {
+                    key: "policy".into(),
+                    value: p.into(),
+                    expected: "fixed:N with N a replica count from 0 to 100000".into(),
+                })?;
+                "fixed"
+            }
+            _ => return Err(SpecError::UnknownPolicy { name: part.into() }),
+        };
+        if names.contains(&name) {
+            return Err(SpecError::Invalid {
+                key: "policy".into(),
+                value: spec.into(),
+                expected: "each policy at most once".into(),
+            });
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Build an autoscaler from a policy spec and `key=value` parameters.
+pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Result<Autoscaler, SpecError> {
+    let names = policy_names(spec)?;
+    let mut min = 0u32;
+    let mut max = 100u32;
+    let mut keep_alive = KeepAliveConfig::default();
+    let mut adaptive_cold_start = Duration::ZERO;
+    let mut safety = Safety::default();
+    let mut demand = Metric::Load;
+    let mut queue = QueueConfig::default();
+    let mut slo = SloConfig::default();
+    let mut gpu = GpuConfig::default();
+    let mut kpa = KpaConfig::default();
+    let mut kpa_target_set = false;
+    let mut hpa_metric = Metric::Load;
+    let mut hpa_target = 4.0;
+    let mut hpa_target_type = "averageValue";
+    let mut hpa_legacy = false;
+    let mut behavior = Behavior::default();
+
+    for (k, v) in params {
+        let (k, v) = (k.as_ref(), v.as_ref());
+        let (policy, name) = k.split_once('.').unwrap_or(("", k));
+        if !policy.is_empty() && !names.contains(&policy) {
+            return Err(SpecError::UnknownKey {
+                key: k.into(),
+                allowed: allowed_keys(&names),
+            });
+        }
+        match (policy, name) {
+            ("", "minReplicas") => min = parse_u32(k, v, 0, 100_000)?,
+            ("", "maxReplicas") => max = parse_u32(k, v, 1, 100_000)?,
+            ("", "keepAlive") if v.trim() == "adaptive" => {
+                keep_alive = KeepAliveConfig::Adaptive(AdaptiveConfig::default());
+            }
+            ("", "keepAlive") => keep_alive = KeepAliveConfig::Fixed(parse_duration(k, v)?),
+            ("", "coldStart") => adaptive_cold_start = window(k, v)?,
+            ("", "maxSignalAge") => safety.max_signal_age = parse_duration(k, v)?,
+            ("", "holdWhileStarting") => safety.hold_while_starting = parse_bool(k, v)?,
+            ("", "demand") => demand = parse_metric(k, v, &[Metric::Load, Metric::Waiting, Metric::Running])?,
+            ("queue", "metric") => {
+                queue.metric = parse_metric(k, v, &[Metric::Load, Metric::Waiting, Metric::Running])?
+            }
+            ("queue", "target") => queue.target = positive(k, v)?,
+            ("queue", "tolerance") => {
+                queue.tolerance = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?
+            }
+            ("queue", "scaleDownWindow") => queue.scale_down_window = window(k, v)?,
+            ("slo", "wait") => slo.wait = parse_duration(k, v)?,
+            ("slo", "quantile") => {
+                slo.quantile = parse_f64(k, v, 0.5, 0.9999, "a probability from 0.5 to 0.9999, e.g. 0.95")?
+            }
+            ("slo", "slots") => slo.slots = parse_u32(k, v, 1, 4096)?,
+            ("slo", "metric") => {
+                slo.fallback.metric = parse_metric(k, v, &[Metric::Load, Metric::Waiting, Metric::Running])?
+            }
+            ("slo", "target") => slo.fallback.target = positive(k, v)?,
+            ("slo", "tolerance") => {
+                slo.fallback.tolerance = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?
+            }
+            ("slo", "scaleDownWindow") => slo.fallback.scale_down_window = window(k, v)?,
+            ("gpu", "metric") => {
+                gpu.metric = parse_metric(k, v, &[Metric::GpuUtilization, Metric::KvCacheUsage])?
+            }
+            ("gpu", "target") => gpu.target = parse_f64(k, v, 0.01, 1.0, "a ratio from 0.01 to 1")?,
+            ("gpu", "tolerance") => gpu.tolerance = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?,
+            ("gpu", "scaleDownWindow") => gpu.scale_down_window = window(k, v)?,
+            ("hpa", "metric") => hpa_metric = parse_metric(k, v, &Metric::ALL)?,
+            ("hpa", "target") => hpa_target = positive(k, v)?,
+            ("hpa", "targetType") => {
+                hpa_target_type = match v.trim() {
+                    "averageValue" => "averageValue",
+                    "value" => "value",
+                    "podAverage" => "podAverage",
+                    _ => {
+                        return Err(SpecError::Invalid {
+                            key: k.into(),
+                            value: v.into(),
+                            expected: "averageValue, value or podAverage".into(),
+                        });
+                    }
+                }
+            }
+            ("hpa", "behavior") => {
+                hpa_legacy = match v.trim() {
+                    "default" => false,
+                    "legacy" => true,
+                    _ => {
+                        return Err(SpecError::Invalid {
+                            key: k.into(),
+                            value: v.into(),
+                            expected: "default or legacy".into(),
+                        });
+                    }
+                }
+            }
+            ("hpa", "tolerance") => {
+                let t = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?;
+                behavior.scale_up.tolerance = t;
+                behavior.scale_down.tolerance = t;
+            }
+            ("hpa", "scaleUpWindow") => behavior.scale_up.stabilization_window = window(k, v)?,
+            ("hpa", "scaleDownWindow") => behavior.scale_down.stabilization_window = window(k, v)?,
+            ("hpa", "scaleUpPolicies") => behavior.scale_up.policies = parse_scaling_policies(k, v)?,
+            ("hpa", "scaleDownPolicies") => behavior.scale_down.policies = parse_scaling_policies(k, v)?,
+            ("hpa", "scaleUpSelect") => behavior.scale_up.select_policy = parse_select(k, v)?,
+            ("hpa", "scaleDownSelect") => behavior.scale_down.select_policy = parse_select(k, v)?,
+            ("kpa", "metric") => {
+                kpa.metric = match v.trim() {
+                    "concurrency" => Metric::Load,
+                    "rps" => Metric::ArrivalRate,
+                    _ => {
+                        return Err(SpecError::Invalid {
+                            key: k.into(),
+                            value: v.into(),
+                            expected: "concurrency or rps".into(),
+                        });
+                    }
+                }
+            }
+            ("kpa", "target") => {
+                kpa.target = positive(k, v)?;
+                kpa_target_set = true;
+            }
+            ("kpa", "targetUtilization") => {
+                kpa.target_utilization = parse_f64(k, v, 0.01, 1.0, "a fraction from 0.01 to 1")?
+            }
+            ("kpa", "stableWindow") => {
+                let d = parse_duration(k, v)?;
+                if d < Duration::from_secs(6) || d > Duration::from_secs(3600) || d.subsec_nanos() != 0 {
+                    return Err(SpecError::Invalid {
+                        key: k.into(),
+                        value: v.into(),
+                        expected: "whole seconds from 6s to 1h".into(),
+                    });
+                }
+                kpa.stable_window = d;
+            }
+            ("kpa", "panicWindowPercentage") => {
+                kpa.panic_window_percentage = parse_f64(k, v, 1.0, 100.0, "a percentage from 1 to 100")?
+            }
+            ("kpa", "panicThresholdPercentage") => {
+                kpa.panic_threshold = parse_f64(k, v, 110.0, 1000.0, "a percentage from 110 to 1000")? / 100.0
+            }
+            ("kpa", "maxScaleUpRate") => {
+                kpa.max_scale_up_rate = parse_f64(k, v, 1.000_001, 1e9, "a number > 1")?
+            }
+            ("kpa", "maxScaleDownRate") => {
+                kpa.max_scale_down_rate = parse_f64(k, v, 1.000_001, 1e9, "a number > 1")?
+            }
+            ("kpa", "scaleToZeroGrace") => {
+                kpa.scale_to_zero_grace = window(k, v)?;
+                if kpa.scale_to_zero_grace.is_zero() {
+                    return Err(SpecError::Invalid {
+                        key: k.into(),
+                        value: v.into(),
+                        expected: "a duration > 0".into(),
+                    });
+                }
+            }
+            ("kpa", "scaleDownDelay") => kpa.scale_down_delay = window(k, v)?,
+            ("kpa", "activationScale") => kpa.activation_scale = parse_u32(k, v, 1, 100_000)?,
+            _ => {
+                return Err(SpecError::UnknownKey {
+                    key: k.into(),
+                    allowed: allowed_keys(&names),
+                });
+            }
+        }
+    }
+
+    let bounds = Bounds::new(min, max)?;
+    if let KeepAliveConfig::Adaptive(a) = &mut keep_alive {
+        a.cold_start = adaptive_cold_start;
+    }
+    if kpa.metric == Metric::ArrivalRate && !kpa_target_set {
+        kpa.target = 200.0;
+    }
+    let mut policies: Vec<Box<dyn Policy>> = Vec::with_capacity(names.len());
+    for part in spec.split('+') {
+        let part = part.trim();
+        let p: Box<dyn Policy> = match part {
+            "hpa" => {
+                let target = match hpa_target_type {
+                    "value" => HpaTarget::Value(hpa_target),
+                    "podAverage" => HpaTarget::PodAverage(hpa_target),
+                    _ => HpaTarget::AverageValue(hpa_target),
+                };
+                Box::new(Hpa::new(HpaConfig {
+                    metrics: vec![HpaMetric {
+                        metric: hpa_metric,
+                        target,
+                    }],
+                    behavior: (!hpa_legacy).then(|| behavior.clone()),
+                    ..HpaConfig::default()
+                }))
+            }
+            "kpa" => Box::new(Kpa::new(kpa.clone())),
+            "queue" => Box::new(Queue::new(queue.clone())),
+            "slo" => Box::new(Slo::new(slo.clone())),
+            "gpu" => Box::new(Gpu::new(gpu.clone())),
+            p => Box::new(Fixed(parse_u32("fixed", &p[6..], 0, 100_000)?)),
+        };
+        policies.push(p);
+    }
+    Ok(Autoscaler::new(policies, bounds, keep_alive)
+        .with_safety(safety)
+        .with_demand(demand))
+}
+
+/// Parse `key=value` words (as given on a command line) into pairs.
+pub fn parse_params<'a>(
+    words: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<(String, String)>, SpecError> {
+    words
+        .into_iter()
+        .map(|w| {
+            w.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| SpecError::Invalid {
+                    key: w.into(),
+                    value: String::new(),
+                    expected: "key=value, e.g. queue.target=4".into(),
+                })
+        })
+        .collect()
+}

@@ -1,0 +1,98 @@
+//! Docs that cannot drift: every policy parameter and reason code in the code is documented,
+//! with the same default, and the README shows the commands CI runs.
+
+use std::fs;
+
+use gpuscale_policies::spec::KEYS;
+use gpuscale_tests::workspace_root;
+
+fn read(rel: &str) -> String {
+    let p = workspace_root().join(rel);
+    fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn every_parameter_is_documented_with_its_default() {
+    let doc = read("docs/policies.md");
+    for k in KEYS {
+        let key = if k.policy.is_empty() {
+            k.name.to_string()
+        } else {
+            format!("{}.{}", k.policy, k.name)
+        };
+        let row = format!("| `{key}` | `{}` |", k.default);
+        assert!(
+            doc.contains(&row),
+            "docs/policies.md lacks the row starting {row:?}"
+        );
+    }
+    // And no documented key that the code does not accept.
+    for line in doc.lines().filter(|l| l.starts_with("| `")) {
+        let Some(key) = line.split('`').nth(1) else {
+            continue;
+        };
+        let looks_like_key = key.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') && !key.contains(' ');
+        let is_signal_or_code = !key.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+            || key.contains('_')
+            || ["current", "ready", "waiting", "running", "fixed"].contains(&key);
+        if looks_like_key && !is_signal_or_code {
+            let known = KEYS
+                .iter()
+                .any(|k| key == k.name && k.policy.is_empty() || key == format!("{}.{}", k.policy, k.name));
+            assert!(
+                known,
+                "docs/policies.md documents `{key}`, which the code does not accept"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_reason_code_is_documented() {
+    let src = read("policies/src/decision.rs");
+    let body = src
+        .split("pub fn code(&self)")
+        .nth(1)
+        .and_then(|s| s.split("pub fn signal").next());
+    let codes: Vec<&str> = body
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split("=> \"").nth(1))
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    assert!(
+        codes.len() >= 30,
+        "found only {} codes in Rule::code; did its shape change?",
+        codes.len()
+    );
+    let doc = read("docs/policies.md");
+    for c in codes {
+        assert!(
+            doc.contains(&format!("`{c}`")),
+            "reason code `{c}` is not in docs/policies.md"
+        );
+    }
+}
+
+#[test]
+fn readme_shows_the_commands_ci_runs() {
+    let readme = read("README.md");
+    let ci = read(".ci/run");
+    let main = "cargo run --release -p gpuscale-policies --example open_loop";
+    assert!(
+        readme.lines().any(|l| l.trim() == main),
+        "README must show the main command `{main}` on its own line"
+    );
+    assert!(
+        readme.lines().any(|l| l.trim() == "scripts/test"),
+        "README must show `scripts/test` on its own line"
+    );
+    assert!(
+        ci.lines().any(|l| l.trim() == "scripts/test"),
+        ".ci/run must run scripts/test"
+    );
+    assert!(
+        ci.contains("-p gpuscale-policies --example open_loop"),
+        ".ci/run must run the main command"
+    );
+}
