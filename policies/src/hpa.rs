@@ -378,47 +378,42 @@ impl Hpa {
         events.within(now, period).map(i64::from).sum()
     }
 
-    fn scale_up_limit(&self, now: Duration, current: u32, rules: &ScalingRules) -> i64 {
+    /// The furthest count the scaling policies allow from `current` in one direction
+    /// (`calculateScaleUpLimitWithScalingRules` / `calculateScaleDownLimitWithBehaviors`):
+    /// each policy measures from the count at the start of its period, and `selectPolicy`
+    /// `Max` takes the largest change, `Min` the smallest.
+    fn rate_bound(&self, now: Duration, current: u32, rules: &ScalingRules, up: bool) -> i64 {
         let current = i64::from(current);
-        let (mut result, pick): (i64, fn(i64, i64) -> i64) = match rules.select_policy {
-            SelectPolicy::Disabled => return current,
-            SelectPolicy::Min => (i64::MAX, i64::min),
-            SelectPolicy::Max => (i64::MIN, i64::max),
+        let (largest_change, smallest_change): (Pick, Pick) = if up {
+            (i64::max, i64::min)
+        } else {
+            (i64::min, i64::max)
         };
-        for p in &rules.policies {
-            let added = Self::change_in_period(&self.scale_up_events, now, p.period);
-            let removed = Self::change_in_period(&self.scale_down_events, now, p.period);
-            let start = current - added + removed;
-            let proposed = match p.kind {
-                ScalingPolicyKind::Pods => start + i64::from(p.value),
-                ScalingPolicyKind::Percent => {
-                    (start as f64 * (1.0 + f64::from(p.value) / 100.0)).ceil() as i64
+        let pick = match rules.select_policy {
+            SelectPolicy::Disabled => return current,
+            SelectPolicy::Max => largest_change,
+            SelectPolicy::Min => smallest_change,
+        };
+        rules
+            .policies
+            .iter()
+            .map(|p| {
+                let added = Self::change_in_period(&self.scale_up_events, now, p.period);
+                let removed = Self::change_in_period(&self.scale_down_events, now, p.period);
+                let start = current - added + removed;
+                let (pods, pct) = (i64::from(p.value), f64::from(p.value) / 100.0);
+                match (p.kind, up) {
+                    (ScalingPolicyKind::Pods, true) => start + pods,
+                    (ScalingPolicyKind::Pods, false) => start - pods,
+                    // Rounded up so a small percentage still adds a pod.
+                    (ScalingPolicyKind::Percent, true) => (start as f64 * (1.0 + pct)).ceil() as i64,
+                    // int32(float64(start) * (1 - v/100)): truncation toward zero.
+                    (ScalingPolicyKind::Percent, false) => (start as f64 * (1.0 - pct)) as i64,
                 }
-            };
-            result = pick(result, proposed);
-        }
-        result
-    }
-
-    fn scale_down_limit(&self, now: Duration, current: u32, rules: &ScalingRules) -> i64 {
-        let current = i64::from(current);
-        let (mut result, pick): (i64, fn(i64, i64) -> i64) = match rules.select_policy {
-            SelectPolicy::Disabled => return current,
-            SelectPolicy::Min => (i64::MIN, i64::max),
-            SelectPolicy::Max => (i64::MAX, i64::min),
-        };
-        for p in &rules.policies {
-            let added = Self::change_in_period(&self.scale_up_events, now, p.period);
-            let removed = Self::change_in_period(&self.scale_down_events, now, p.period);
-            let start = current - added + removed;
-            let proposed = match p.kind {
-                ScalingPolicyKind::Pods => start - i64::from(p.value),
-                // int32(float64(start) * (1 - v/100)): truncation toward zero
-                ScalingPolicyKind::Percent => (start as f64 * (1.0 - f64::from(p.value) / 100.0)) as i64,
-            };
-            result = pick(result, proposed);
-        }
-        result
+            })
+            .reduce(pick)
+            // No policies: no room to move (the caller clamps to `current` anyway).
+            .unwrap_or(current)
     }
 
     /// `convertDesiredReplicasWithBehaviorRate`.
@@ -432,7 +427,7 @@ impl Hpa {
     ) -> (u32, Option<Rule>) {
         if desired > current {
             let limit = self
-                .scale_up_limit(now, current, &b.scale_up)
+                .rate_bound(now, current, &b.scale_up, true)
                 .max(i64::from(current));
             let (allowed, rule) = if i64::from(bounds.max) > limit {
                 (limit, Rule::HpaScaleUpLimit)
@@ -444,7 +439,7 @@ impl Hpa {
             }
         } else if desired < current {
             let limit = self
-                .scale_down_limit(now, current, &b.scale_down)
+                .rate_bound(now, current, &b.scale_down, false)
                 .min(i64::from(current));
             let (allowed, rule) = if i64::from(bounds.min) < limit {
                 (limit, Rule::HpaScaleDownLimit)
@@ -487,6 +482,9 @@ impl Hpa {
         }
     }
 }
+
+/// Picks one of two limits: `i64::max` or `i64::min`.
+type Pick = fn(i64, i64) -> i64;
 
 fn ceil_u32(x: f64) -> u32 {
     if x.is_nan() || x <= 0.0 {

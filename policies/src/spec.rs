@@ -474,6 +474,7 @@ pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Res
     let mut hpa_target = 4.0;
     let mut hpa_target_type = "averageValue";
     let mut hpa_legacy = false;
+    let mut hpa_tolerance = crate::hpa::DEFAULT_TOLERANCE;
     let mut behavior = Behavior::default();
 
     for (k, v) in params {
@@ -553,9 +554,9 @@ pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Res
                 }
             }
             ("hpa", "tolerance") => {
-                let t = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?;
-                behavior.scale_up.tolerance = t;
-                behavior.scale_down.tolerance = t;
+                hpa_tolerance = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?;
+                behavior.scale_up.tolerance = hpa_tolerance;
+                behavior.scale_down.tolerance = hpa_tolerance;
             }
             ("hpa", "scaleUpWindow") => behavior.scale_up.stabilization_window = window(k, v)?,
             ("hpa", "scaleDownWindow") => behavior.scale_down.stabilization_window = window(k, v)?,
@@ -650,6 +651,7 @@ pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Res
                         target,
                     }],
                     behavior: (!hpa_legacy).then(|| behavior.clone()),
+                    legacy_tolerance: hpa_tolerance,
                     ..HpaConfig::default()
                 }))
             }

@@ -151,3 +151,15 @@ fn decisions_serialize_with_stable_codes() {
     assert_eq!(json["desired"], 2);
     assert_eq!(json["policy"], "queue");
 }
+
+#[test]
+fn hpa_tolerance_applies_to_both_normalization_paths() {
+    // 3 replicas, target 4, 14 in flight: ratio 14 / 12 = 1.167. Inside a 0.2 band (keep 3),
+    // outside the default 0.1 band (ceil(14 / 4) = 4), with behavior and on the legacy path.
+    for behavior in ["default", "legacy"] {
+        let mut wide = scaler("hpa", &[("hpa.tolerance", "0.2"), ("hpa.behavior", behavior)]);
+        assert_eq!(wide.decide(s(0), &load(3, 3, 14.0)).desired, 3, "{behavior}");
+        let mut narrow = scaler("hpa", &[("hpa.behavior", behavior)]);
+        assert_eq!(narrow.decide(s(0), &load(3, 3, 14.0)).desired, 4, "{behavior}");
+    }
+}

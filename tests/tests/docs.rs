@@ -26,25 +26,30 @@ fn every_parameter_is_documented_with_its_default() {
             "docs/policies.md lacks the row starting {row:?}"
         );
     }
-    // And no documented key that the code does not accept.
-    for line in doc.lines().filter(|l| l.starts_with("| `")) {
-        let Some(key) = line.split('`').nth(1) else {
-            continue;
-        };
-        let looks_like_key = key.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') && !key.contains(' ');
-        let is_signal_or_code = !key.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-            || key.contains('_')
-            || ["current", "ready", "waiting", "running", "fixed"].contains(&key);
-        if looks_like_key && !is_signal_or_code {
-            let known = KEYS
-                .iter()
-                .any(|k| key == k.name && k.policy.is_empty() || key == format!("{}.{}", k.policy, k.name));
-            assert!(
-                known,
-                "docs/policies.md documents `{key}`, which the code does not accept"
-            );
-        }
+    // And no documented key that the code does not accept: every row of the parameter tables
+    // (the section between these two headings) must name a real key.
+    let section = doc
+        .split("## Policy specs and parameters")
+        .nth(1)
+        .and_then(|s| s.split("## Keep-alive and scale-to-zero").next())
+        .unwrap_or_default();
+    let mut rows = 0;
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let key = line.split('`').nth(1).unwrap_or_default();
+        rows += 1;
+        let known = KEYS
+            .iter()
+            .any(|k| (k.policy.is_empty() && key == k.name) || key == format!("{}.{}", k.policy, k.name));
+        assert!(
+            known,
+            "docs/policies.md documents `{key}`, which the code does not accept"
+        );
     }
+    assert_eq!(
+        rows,
+        KEYS.len(),
+        "parameter rows in docs/policies.md vs spec::KEYS"
+    );
 }
 
 #[test]
