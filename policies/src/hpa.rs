@@ -243,13 +243,22 @@ impl Hpa {
     }
 
     /// One metric's proposal (`computeReplicasForMetric`); `Err` holds the reason it is invalid.
-    fn replicas_for_metric(&self, m: &HpaMetric, ctx: &Context, s: &Signals) -> Result<(u32, Rule), Rule> {
+    fn replicas_for_metric(
+        &self,
+        m: &HpaMetric,
+        ctx: &Context,
+        s: &Signals,
+        value: Option<f64>,
+    ) -> Result<(u32, Rule), Rule> {
         let tol = self.tolerances();
         let target_m = milli(m.target.value()).max(1);
         match m.target {
             HpaTarget::AverageValue(_) => {
                 // GetExternalPerPodMetricReplicas
-                let usage = milli(s.metric(m.metric, ctx.max_signal_age).map_err(Rule::from)?);
+                let usage = milli(match value {
+                    Some(v) => v,
+                    None => s.metric(m.metric, ctx.max_signal_age).map_err(Rule::from)?,
+                });
                 let status = s.status_replicas();
                 let ratio = usage as f64 / (target_m as f64 * status as f64);
                 if tol.is_within(ratio) {
@@ -260,7 +269,10 @@ impl Hpa {
             }
             HpaTarget::Value(_) => {
                 // GetExternalMetricReplicas -> getUsageRatioReplicaCount
-                let usage = milli(s.metric(m.metric, ctx.max_signal_age).map_err(Rule::from)?);
+                let usage = milli(match value {
+                    Some(v) => v,
+                    None => s.metric(m.metric, ctx.max_signal_age).map_err(Rule::from)?,
+                });
                 let ratio = usage as f64 / target_m as f64;
                 if s.current == 0 {
                     Ok((ceil_u32(ratio), Rule::HpaRatio))
@@ -506,6 +518,20 @@ impl Policy for Hpa {
     }
 
     fn recommend(&mut self, ctx: &Context, s: &Signals) -> Recommendation {
+        self.decide(ctx, s, None)
+    }
+}
+
+impl Hpa {
+    /// The HPA fed an external metric's value directly instead of reading it from `signals`:
+    /// what KEDA's HPA does with the number an external scaler returns from GetMetrics (in
+    /// gpuscale's `replicas` mode, the desired count against an `AverageValue` target of 1).
+    /// `AverageValue` and `Value` targets use `value`; `Pods` targets still read the pods.
+    pub fn recommend_value(&mut self, ctx: &Context, s: &Signals, value: f64) -> Recommendation {
+        self.decide(ctx, s, Some(value))
+    }
+
+    fn decide(&mut self, ctx: &Context, s: &Signals, value: Option<f64>) -> Recommendation {
         let (now, bounds, current) = (ctx.now, ctx.bounds, s.current);
         // reconcileAutoscaler's guards, in its order.
         if current == 0 && bounds.min != 0 {
@@ -522,7 +548,7 @@ impl Policy for Hpa {
         let mut best: Option<(u32, Rule)> = None;
         let mut invalid: Option<Rule> = None;
         for m in &self.config.metrics {
-            match self.replicas_for_metric(m, ctx, s) {
+            match self.replicas_for_metric(m, ctx, s, value) {
                 Ok(p) if best.is_none_or(|b| p.0 > b.0) => best = Some(p),
                 Ok(_) => {}
                 Err(r) => invalid = invalid.or(Some(r)),

@@ -284,3 +284,15 @@ fn invalid_metric_blocks_scale_down_but_not_scale_up() {
     assert!(r.rule.is_safety_hold());
     let _unused: Signals = sig;
 }
+
+#[test]
+fn keda_replicas_mode_passes_the_value_through() {
+    // KEDA's HPA with an AverageValue target of 1 on the number gpuscale returns: 3 status
+    // replicas, value 7 -> ratio 7 / 3 = 2.33 -> ceil(7000 / 1000) = 7, within the Pods-4 limit
+    // (3 + 4 = 7). Value 3 on 3 replicas is ratio 1: keep.
+    let mut h = external(1.0);
+    let r = h.recommend_value(&ctx(0, 1, 100), &load(3, 3, 0.0), 7.0);
+    assert_eq!((r.replicas, r.rule), (7, Rule::HpaRatio));
+    let r = h.recommend_value(&ctx(15, 1, 100), &load(7, 7, 0.0), 7.0);
+    assert_eq!((r.replicas, r.rule), (7, Rule::HpaWithinTolerance));
+}

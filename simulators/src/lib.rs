@@ -1,8 +1,17 @@
-//! gpuscale-sim: what-if replay of recorded traffic.
+//! gpuscale-sim: what-if replay of recorded traffic against gpuscale policies.
 //!
-//! It will own trace readers, the serving model, control-loop models and reports (issue #3),
-//! driving the same [`gpuscale_policies`] code the scaler runs. Nothing is implemented here yet;
-//! until it lands, `cargo run -p gpuscale-policies --example open_loop` shows the policies on
-//! the bundled trace.
+//! It owns the trace readers ([`trace`]), the serving model ([`serving`]: replicas with a
+//! concurrency limit or LLM continuous batching, cold starts, GPU cost), the replay engine and
+//! its control-loop models ([`engine`]: gpuscale scaling directly, or KEDA polling an HPA), and
+//! the reports ([`report`]: table, JSON, HTML with SVG charts, sweeps with a Pareto frontier).
+//! Every decision comes from [`gpuscale_policies`], unchanged, so a replay shows what the
+//! scaler would have done.
+
+pub mod engine;
+pub mod report;
+pub mod rng;
+pub mod run;
+pub mod serving;
+pub mod trace;
 
 pub use gpuscale_policies as policies;

@@ -1,0 +1,744 @@
+//! The replay engine: arrivals, a central FIFO queue, replicas that start, serve and drain,
+//! and a control loop that asks the policies crate what to run.
+//!
+//! Discrete events in integer microseconds (exact ordering, no float drift): arrivals in trace
+//! order, completions and replica readiness from two heaps, and a control tick at every whole
+//! second. Requests wait in one FIFO queue (the gateway or activator queue) and go to the ready
+//! replica with the fewest outstanding requests that can take them (least-outstanding routing).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::Duration;
+
+use gpuscale_policies::hpa::{Hpa, HpaConfig, HpaMetric, HpaTarget};
+use gpuscale_policies::{Autoscaler, Bounds, Context, Metric, Reading, Signals};
+
+use crate::rng::Rng;
+use crate::serving::{ServiceDist, Serving, ServingConfig};
+use crate::trace::Trace;
+
+const US: f64 = 1_000_000.0;
+
+fn us(s: f64) -> u64 {
+    (s * US).round().max(0.0) as u64
+}
+
+/// How decisions reach the workload.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LoopModel {
+    /// gpuscale scales the Deployment itself every `tick` seconds. `None`: 1 s, except the
+    /// `hpa` and `kpa` baselines, which decide at their upstream periods (15 s sync, 2 s tick).
+    Direct {
+        /// Decision period in whole seconds.
+        tick: Option<u64>,
+    },
+    /// KEDA drives an HPA on gpuscale's number (replicas mode: desired count, target 1):
+    /// IsActive every `polling` s (activation 0 -> 1, and back to 0 after `cooldown` s
+    /// inactive), GetMetrics and the HPA (tolerance, default behavior) every `hpa_sync` s.
+    Keda {
+        /// `pollingInterval` (30 s).
+        polling: u64,
+        /// HPA `--horizontal-pod-autoscaler-sync-period` (15 s).
+        hpa_sync: u64,
+        /// `cooldownPeriod` (300 s).
+        cooldown: u64,
+    },
+}
+
+/// Control-side settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlConfig {
+    /// How decisions are applied.
+    pub loop_model: LoopModel,
+    /// Seconds between metric scrapes; the policy sees the last scrape and its age (0: fresh).
+    pub scrape_interval: u64,
+    /// Record the per-second timeline every this many seconds (0: none).
+    pub timeline_step: u64,
+    /// Seconds to keep running after the last arrival.
+    pub drain: f64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            loop_model: LoopModel::Direct { tick: None },
+            scrape_interval: 0,
+            timeline_step: 0,
+            drain: 0.0,
+        }
+    }
+}
+
+/// One point of the timeline.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Point {
+    /// Seconds since the first arrival.
+    pub t: u64,
+    /// Arrivals during the second before `t`.
+    pub arrivals: u32,
+    /// Requests waiting in the queue at `t`.
+    pub queued: u32,
+    /// Ready replicas.
+    pub ready: u32,
+    /// Starting replicas.
+    pub starting: u32,
+    /// The count last asked for.
+    pub desired: u32,
+    /// Requests in service (not in the JSON schema; used by the report's demand line).
+    #[serde(skip)]
+    pub running: u32,
+}
+
+/// Everything one replay measured.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Requests that arrived.
+    pub requests: u64,
+    /// Completed within the timeout.
+    pub completed: u64,
+    /// Timed out (in the queue, or completed too late) or refused by a full queue.
+    pub failed: u64,
+    /// Queued or in service when the replay ended.
+    pub in_flight_at_end: u64,
+    /// End-to-end latency of completed requests (s).
+    pub latencies: Vec<f64>,
+    /// Queue wait of every dispatched request (s).
+    pub waits: Vec<f64>,
+    /// Time to first token of completed requests (batching only; s).
+    pub ttfts: Vec<f64>,
+    /// GPU-seconds held (starting, ready and draining replicas).
+    pub gpu_seconds: f64,
+    /// Replicas started.
+    pub cold_starts: u64,
+    /// Changes of the desired count.
+    pub scale_events: u64,
+    /// Time-weighted mean of replicas held.
+    pub replicas_mean: f64,
+    /// Most replicas held at once.
+    pub replicas_max: u32,
+    /// Simulated seconds.
+    pub duration: f64,
+    /// Per-second timeline (if asked for).
+    pub timeline: Vec<Point>,
+    /// The last decision's reason code.
+    pub last_rule: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum State {
+    Starting(u64),
+    Ready,
+    Draining,
+    Gone,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Replica {
+    state: State,
+    busy: u32,
+    tokens: u64,
+}
+
+/// Seconds of history behind the arrival rate (`rate(requests[1m])`).
+const RATE_WINDOW: usize = 60;
+/// Seconds of history behind the mean service time (`rate(sum[5m]) / rate(count[5m])`): a
+/// property of the model that must outlive sparse traffic and a cold start.
+const SERVICE_WINDOW: usize = 300;
+
+/// Per-second rings with running totals, so a scrape is O(1).
+struct Windows {
+    arrivals: [u32; RATE_WINDOW],
+    arrivals_total: u32,
+    service_sum: Box<[f64; SERVICE_WINDOW]>,
+    service_n: Box<[u32; SERVICE_WINDOW]>,
+    service_sum_total: f64,
+    service_n_total: u32,
+}
+
+impl Windows {
+    fn new() -> Self {
+        Windows {
+            arrivals: [0; RATE_WINDOW],
+            arrivals_total: 0,
+            service_sum: Box::new([0.0; SERVICE_WINDOW]),
+            service_n: Box::new([0; SERVICE_WINDOW]),
+            service_sum_total: 0.0,
+            service_n_total: 0,
+        }
+    }
+
+    /// Second `sec` starts: its slots are reused, so what they held leaves the totals.
+    fn open(&mut self, sec: u64) {
+        let a = (sec as usize) % RATE_WINDOW;
+        self.arrivals_total -= self.arrivals[a];
+        self.arrivals[a] = 0;
+        let s = (sec as usize) % SERVICE_WINDOW;
+        self.service_sum_total -= self.service_sum[s];
+        self.service_n_total -= self.service_n[s];
+        self.service_sum[s] = 0.0;
+        self.service_n[s] = 0;
+        if self.service_n_total == 0 {
+            self.service_sum_total = 0.0; // no float residue once the window is empty
+        }
+    }
+
+    fn arrival(&mut self, sec: u64) {
+        self.arrivals[(sec as usize) % RATE_WINDOW] += 1;
+        self.arrivals_total += 1;
+    }
+
+    fn completion(&mut self, sec: u64, service: f64) {
+        let s = (sec as usize) % SERVICE_WINDOW;
+        self.service_sum[s] += service;
+        self.service_n[s] += 1;
+        self.service_sum_total += service;
+        self.service_n_total += 1;
+    }
+}
+
+/// The last scrape of the workload's metrics.
+#[derive(Clone, Copy)]
+struct Scrape {
+    at: u64,
+    waiting: f64,
+    running: f64,
+    kv: f64,
+    gpu: f64,
+    rate: f64,
+    service: Option<f64>,
+}
+
+/// A replay of one trace under one autoscaler.
+pub struct Engine<'a> {
+    trace: &'a Trace,
+    serving: &'a ServingConfig,
+    control: &'a ControlConfig,
+    services: &'a [f32],
+    spec: &'a str,
+    autoscaler: Autoscaler,
+    rng: Rng,
+    now: u64,
+    queue: VecDeque<u32>,
+    replicas: Vec<Replica>,
+    completions: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    readies: BinaryHeap<Reverse<(u64, u32)>>,
+    // per-request bookkeeping
+    dispatched_at: Vec<u64>,
+    prefill_of: Vec<f32>,
+    out: Outcome,
+    // accounting
+    alive: u32,
+    last_account: u64,
+    desired: u32,
+    busy_total: u32,
+    windows: Windows,
+    arrivals_this_second: u32,
+    last_scrape: Option<Scrape>,
+    // KEDA loop model
+    keda_hpa: Hpa,
+    keda_last_active: Option<u64>,
+}
+
+/// Service times for a trace without them, drawn once so every policy sees the same requests.
+pub fn service_times(trace: &Trace, serving: &ServingConfig, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed ^ 0x5EED_5E41_CE00_0001);
+    trace
+        .requests
+        .iter()
+        .map(|r| match r.service() {
+            Some(s) => s as f32,
+            None => match serving.service_dist {
+                ServiceDist::Exp => rng.exp(serving.service_time) as f32,
+                ServiceDist::Const => serving.service_time as f32,
+            },
+        })
+        .collect()
+}
+
+impl<'a> Engine<'a> {
+    /// An engine at t = 0 with `initial_replicas` ready.
+    pub fn new(
+        trace: &'a Trace,
+        serving: &'a ServingConfig,
+        control: &'a ControlConfig,
+        services: &'a [f32],
+        spec: &'a str,
+        autoscaler: Autoscaler,
+        seed: u64,
+    ) -> Self {
+        let n = trace.requests.len();
+        let initial = serving.initial_replicas;
+        Engine {
+            trace,
+            serving,
+            control,
+            services,
+            spec,
+            autoscaler,
+            rng: Rng::new(seed),
+            now: 0,
+            queue: VecDeque::new(),
+            replicas: vec![
+                Replica {
+                    state: State::Ready,
+                    busy: 0,
+                    tokens: 0
+                };
+                initial as usize
+            ],
+            completions: BinaryHeap::new(),
+            readies: BinaryHeap::new(),
+            dispatched_at: vec![u64::MAX; n],
+            prefill_of: match serving.serving {
+                Serving::Batching(_) => vec![0.0; n],
+                Serving::Concurrency { .. } => Vec::new(),
+            },
+            out: Outcome {
+                replicas_max: initial,
+                ..Outcome::default()
+            },
+            alive: initial,
+            last_account: 0,
+            desired: initial,
+            busy_total: 0,
+            windows: Windows::new(),
+            arrivals_this_second: 0,
+            last_scrape: None,
+            keda_hpa: Hpa::new(HpaConfig {
+                metrics: vec![HpaMetric {
+                    metric: Metric::Load,
+                    target: HpaTarget::AverageValue(1.0),
+                }],
+                ..HpaConfig::default()
+            }),
+            keda_last_active: None,
+        }
+    }
+
+    fn account(&mut self, to: u64) {
+        if to > self.last_account {
+            let dt = (to - self.last_account) as f64 / US;
+            self.out.gpu_seconds += f64::from(self.alive) * dt * f64::from(self.serving.gpus_per_replica);
+            self.out.replicas_mean += f64::from(self.alive) * dt;
+            self.last_account = to;
+        }
+    }
+
+    fn counts(&self) -> (u32, u32) {
+        let mut ready = 0;
+        let mut starting = 0;
+        for r in &self.replicas {
+            match r.state {
+                State::Ready => ready += 1,
+                State::Starting(_) => starting += 1,
+                _ => {}
+            }
+        }
+        (ready, starting)
+    }
+
+    /// Run to the end of the trace (plus drain) and report.
+    pub fn run(mut self) -> Outcome {
+        let reqs = &self.trace.requests;
+        let end = us(self.trace.span() + self.control.drain);
+        let mut next_arrival = 0usize;
+        let mut next_tick: u64 = 0;
+        loop {
+            let t_arr = reqs.get(next_arrival).map_or(u64::MAX, |r| us(r.arrival));
+            let t_done = self.completions.peek().map_or(u64::MAX, |Reverse((t, _, _))| *t);
+            let t_ready = self.readies.peek().map_or(u64::MAX, |Reverse((t, _))| *t);
+            let t = t_arr.min(t_done).min(t_ready).min(next_tick);
+            if t > end {
+                break;
+            }
+            self.account(t);
+            self.now = t;
+            // At equal times the tick goes first: it closes the second that ended, so an event
+            // at exactly `s` (1 s resolution traces) belongs to the second [s, s + 1).
+            if next_tick == t {
+                self.tick(next_tick / 1_000_000);
+                next_tick += 1_000_000;
+            } else if t_done == t {
+                let Some(Reverse((_, rep, req))) = self.completions.pop() else {
+                    continue;
+                };
+                self.complete(rep as usize, req as usize);
+                self.dispatch();
+            } else if t_ready == t {
+                let Some(Reverse((_, rep))) = self.readies.pop() else {
+                    continue;
+                };
+                let r = &mut self.replicas[rep as usize];
+                if r.state == State::Starting(t) {
+                    r.state = State::Ready;
+                    self.dispatch();
+                }
+            } else {
+                self.arrive(next_arrival as u32);
+                next_arrival += 1;
+                self.dispatch();
+            }
+        }
+        self.finish(end, next_arrival as u64)
+    }
+
+    fn arrive(&mut self, req: u32) {
+        self.arrivals_this_second += 1;
+        self.windows.arrival(self.now / 1_000_000);
+        if self.queue.len() >= self.serving.max_queue {
+            self.out.failed += 1;
+            return;
+        }
+        self.queue.push_back(req);
+    }
+
+    /// Fail queued requests that have waited past the timeout (the head is the oldest).
+    fn expire(&mut self) {
+        let timeout = us(self.serving.timeout);
+        while let Some(&req) = self.queue.front() {
+            if us(self.trace.requests[req as usize].arrival) + timeout <= self.now {
+                self.queue.pop_front();
+                self.out.failed += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn dispatch(&mut self) {
+        self.expire();
+        while let Some(&req) = self.queue.front() {
+            let Some(rep) = self.pick(req as usize) else {
+                return;
+            };
+            self.queue.pop_front();
+            self.start_service(rep, req as usize);
+        }
+    }
+
+    /// The ready replica with the fewest outstanding requests that can take `req`.
+    fn pick(&self, req: usize) -> Option<usize> {
+        let mut best: Option<(usize, u32)> = None;
+        match &self.serving.serving {
+            Serving::Concurrency { slots } => {
+                for (i, r) in self.replicas.iter().enumerate() {
+                    if r.state == State::Ready && r.busy < *slots && best.is_none_or(|(_, b)| r.busy < b) {
+                        best = Some((i, r.busy));
+                        if r.busy == 0 {
+                            break;
+                        }
+                    }
+                }
+            }
+            Serving::Batching(b) => {
+                let rq = &self.trace.requests[req];
+                let need = u64::from(rq.input_tokens) + u64::from(rq.output_tokens);
+                for (i, r) in self.replicas.iter().enumerate() {
+                    // A request larger than the whole KV cache is admitted alone rather than
+                    // never: vLLM would reject it, but silently dropping it would hide it.
+                    let fits = r.tokens + need <= b.max_batch_tokens || r.busy == 0;
+                    if r.state == State::Ready
+                        && r.busy < b.max_batch_seqs
+                        && fits
+                        && best.is_none_or(|(_, x)| r.busy < x)
+                    {
+                        best = Some((i, r.busy));
+                    }
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    fn start_service(&mut self, rep: usize, req: usize) {
+        let rq = self.trace.requests[req];
+        let wait = self.now.saturating_sub(us(rq.arrival));
+        self.out.waits.push(wait as f64 / US);
+        self.dispatched_at[req] = self.now;
+        let r = &mut self.replicas[rep];
+        r.busy += 1;
+        self.busy_total += 1;
+        let service = match &self.serving.serving {
+            Serving::Concurrency { .. } => f64::from(self.services[req]),
+            Serving::Batching(b) => {
+                r.tokens += u64::from(rq.input_tokens) + u64::from(rq.output_tokens);
+                let prefill = b.prefill(rq.input_tokens);
+                self.prefill_of[req] = prefill as f32;
+                prefill + b.decode(rq.output_tokens, r.busy)
+            }
+        };
+        self.completions
+            .push(Reverse((self.now + us(service), rep as u32, req as u32)));
+    }
+
+    fn complete(&mut self, rep: usize, req: usize) {
+        let rq = self.trace.requests[req];
+        let r = &mut self.replicas[rep];
+        r.busy -= 1;
+        self.busy_total -= 1;
+        if let Serving::Batching(_) = self.serving.serving {
+            r.tokens -= u64::from(rq.input_tokens) + u64::from(rq.output_tokens);
+        }
+        if r.state == State::Draining && r.busy == 0 {
+            r.state = State::Gone;
+            self.alive -= 1;
+        }
+        let started = self.dispatched_at[req];
+        let latency = (self.now - us(rq.arrival)) as f64 / US;
+        self.windows
+            .completion(self.now / 1_000_000, (self.now - started) as f64 / US);
+        if latency > self.serving.timeout {
+            self.out.failed += 1;
+            return;
+        }
+        self.out.completed += 1;
+        self.out.latencies.push(latency);
+        if let Serving::Batching(_) = self.serving.serving {
+            let wait = (started - us(rq.arrival)) as f64 / US;
+            self.out.ttfts.push(wait + f64::from(self.prefill_of[req]));
+        }
+    }
+
+    fn scrape(&self, sec: u64) -> Scrape {
+        let (ready, _) = self.counts();
+        let w = &self.windows;
+        // The second in progress is included, so the window is the last (up to) 60 s.
+        let window = (sec + 1).min(RATE_WINDOW as u64) as f64;
+        let (kv, gpu) = match &self.serving.serving {
+            _ if ready == 0 => (0.0, 0.0),
+            Serving::Concurrency { slots } => {
+                let busy_replicas = self
+                    .replicas
+                    .iter()
+                    .filter(|r| r.state == State::Ready && r.busy > 0)
+                    .count();
+                (
+                    f64::from(self.busy_total) / f64::from(ready * slots),
+                    busy_replicas as f64 / f64::from(ready),
+                )
+            }
+            Serving::Batching(b) => {
+                let (mut tokens, mut busy) = (0u64, 0u32);
+                for r in self.replicas.iter().filter(|r| r.state == State::Ready) {
+                    tokens += r.tokens;
+                    busy += u32::from(r.busy > 0);
+                }
+                (
+                    (tokens as f64 / (f64::from(ready) * b.max_batch_tokens as f64)).min(1.0),
+                    f64::from(busy) / f64::from(ready),
+                )
+            }
+        };
+        Scrape {
+            at: sec,
+            waiting: self.queue.len() as f64,
+            running: f64::from(self.busy_total),
+            kv,
+            gpu,
+            rate: f64::from(w.arrivals_total) / window,
+            service: (w.service_n_total > 0).then(|| w.service_sum_total / f64::from(w.service_n_total)),
+        }
+    }
+
+    fn signals(&self, sec: u64, scrape: &Scrape) -> Signals {
+        let (ready, starting) = self.counts();
+        let age = Duration::from_secs(sec - scrape.at);
+        Signals {
+            current: self.desired,
+            ready,
+            starting,
+            waiting: Some(Reading::aged(scrape.waiting, age)),
+            running: Some(Reading::aged(scrape.running, age)),
+            kv_cache_usage: Some(Reading::aged(scrape.kv, age)),
+            gpu_utilization: Some(Reading::aged(scrape.gpu, age)),
+            arrival_rate: Some(Reading::aged(scrape.rate, age)),
+            service_time: scrape.service.map(|s| Reading::aged(s, age)),
+            pods: Vec::new(),
+        }
+    }
+
+    fn tick(&mut self, sec: u64) {
+        self.expire();
+        let arrivals = self.arrivals_this_second;
+        self.arrivals_this_second = 0;
+        self.windows.open(sec);
+
+        let scrape_every = self.control.scrape_interval.max(1);
+        if sec.is_multiple_of(scrape_every) || self.last_scrape.is_none() {
+            self.last_scrape = Some(self.scrape(sec));
+        }
+        let scrape = self.last_scrape.unwrap_or_else(|| self.scrape(sec));
+        let signals = self.signals(sec, &scrape);
+        let now = Duration::from_secs(sec);
+        let decided = self.control_step(sec, now, &signals);
+        if !decided {
+            self.autoscaler.observe(now, &signals);
+        }
+        if self.control.timeline_step > 0 && sec.is_multiple_of(self.control.timeline_step) {
+            let (ready, starting) = self.counts();
+            self.out.timeline.push(Point {
+                t: sec,
+                arrivals,
+                queued: self.queue.len() as u32,
+                ready,
+                starting,
+                desired: self.desired,
+                running: self.busy_total,
+            });
+        }
+    }
+
+    /// Run the control loop for this second; whether the autoscaler decided (and so observed).
+    fn control_step(&mut self, sec: u64, now: Duration, signals: &Signals) -> bool {
+        match self.control.loop_model.clone() {
+            LoopModel::Direct { tick } => {
+                let period = tick.unwrap_or(match self.spec {
+                    "hpa" => 15,
+                    "kpa" => 2,
+                    _ => 1,
+                });
+                if !sec.is_multiple_of(period.max(1)) {
+                    return false;
+                }
+                let d = self.autoscaler.decide(now, signals);
+                self.out.last_rule = d.rule.code().to_string();
+                self.apply(d.desired);
+                true
+            }
+            LoopModel::Keda {
+                polling,
+                hpa_sync,
+                cooldown,
+            } => {
+                let mut decided = false;
+                if sec.is_multiple_of(polling.max(1)) {
+                    let d = self.autoscaler.decide(now, signals);
+                    decided = true;
+                    self.out.last_rule = d.rule.code().to_string();
+                    if d.active {
+                        self.keda_last_active = Some(sec);
+                        if self.desired == 0 {
+                            self.apply(1); // KEDA activation: 0 -> max(minReplicaCount, 1)
+                        }
+                    } else if self.desired > 0
+                        && self
+                            .keda_last_active
+                            .is_none_or(|t| sec.saturating_sub(t) >= cooldown)
+                    {
+                        self.apply(0);
+                    }
+                }
+                if sec.is_multiple_of(hpa_sync.max(1)) && self.desired > 0 {
+                    let d = self.autoscaler.decide(now, signals);
+                    decided = true;
+                    self.out.last_rule = d.rule.code().to_string();
+                    let bounds = self.autoscaler.bounds();
+                    let ctx = Context {
+                        now,
+                        bounds: Bounds {
+                            min: bounds.min.max(1),
+                            max: bounds.max,
+                        },
+                        max_signal_age: Duration::from_secs(30),
+                    };
+                    let mut s = signals.clone();
+                    s.current = self.desired;
+                    let r = self.keda_hpa.recommend_value(&ctx, &s, f64::from(d.desired));
+                    self.apply(r.replicas);
+                }
+                decided
+            }
+        }
+    }
+
+    fn apply(&mut self, desired: u32) {
+        if desired != self.desired {
+            self.out.scale_events += 1;
+        }
+        self.desired = desired;
+        let (ready, starting) = self.counts();
+        let active = ready + starting;
+        if desired > active {
+            for _ in 0..desired - active {
+                let cold = self.serving.cold_start.sample(&mut self.rng);
+                let ready_at = self.now + us(cold);
+                let state = if cold <= 0.0 {
+                    State::Ready
+                } else {
+                    State::Starting(ready_at)
+                };
+                let idx = match self.replicas.iter().position(|r| r.state == State::Gone) {
+                    Some(i) => {
+                        self.replicas[i] = Replica {
+                            state,
+                            busy: 0,
+                            tokens: 0,
+                        };
+                        i
+                    }
+                    None => {
+                        self.replicas.push(Replica {
+                            state,
+                            busy: 0,
+                            tokens: 0,
+                        });
+                        self.replicas.len() - 1
+                    }
+                };
+                if cold > 0.0 {
+                    self.readies.push(Reverse((ready_at, idx as u32)));
+                }
+                self.alive += 1;
+                self.out.cold_starts += 1;
+            }
+            self.out.replicas_max = self.out.replicas_max.max(self.alive);
+            self.dispatch();
+        } else if desired < active {
+            let mut remove = active - desired;
+            // Starting replicas go first (newest first), then the least busy ready ones.
+            for i in (0..self.replicas.len()).rev() {
+                if remove == 0 {
+                    break;
+                }
+                if let State::Starting(_) = self.replicas[i].state {
+                    self.replicas[i].state = State::Gone;
+                    self.alive -= 1;
+                    remove -= 1;
+                }
+            }
+            while remove > 0 {
+                let pick = self
+                    .replicas
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.state == State::Ready)
+                    .min_by_key(|(_, r)| r.busy)
+                    .map(|(i, _)| i);
+                let Some(i) = pick else { break };
+                if self.replicas[i].busy == 0 {
+                    self.replicas[i].state = State::Gone;
+                    self.alive -= 1;
+                } else {
+                    self.replicas[i].state = State::Draining;
+                }
+                remove -= 1;
+            }
+        }
+    }
+
+    fn finish(mut self, end: u64, arrived: u64) -> Outcome {
+        self.now = end;
+        self.account(end);
+        self.expire();
+        let duration = end as f64 / US;
+        self.out.requests = arrived;
+        self.out.in_flight_at_end = self.queue.len() as u64 + u64::from(self.busy_total);
+        self.out.duration = duration;
+        self.out.replicas_mean = if duration > 0.0 {
+            self.out.replicas_mean / duration
+        } else {
+            f64::from(self.alive)
+        };
+        self.out
+    }
+}

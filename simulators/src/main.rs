@@ -1,0 +1,507 @@
+//! `gpuscale-sim`: replay recorded traffic against autoscaling policies.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gpuscale_policies::spec;
+use gpuscale_sim::engine::{ControlConfig, LoopModel};
+use gpuscale_sim::report::{self, Document, PolicyResult};
+use gpuscale_sim::run::{PolicyRun, replay, serving_defaults};
+use gpuscale_sim::serving::{Batching, ColdStart, ServiceDist, Serving, ServingConfig};
+use gpuscale_sim::trace::{self, Format, ReadOptions, TimeUnit, Trace};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// What would this autoscaling policy have cost, and how slow would it have been, on my real
+/// traffic? Replays a recorded trace through a model of replicas (concurrency-limited, or LLM
+/// continuous batching) driven by the same policy code the gpuscale scaler runs.
+#[derive(Parser, Debug)]
+#[command(name = "gpuscale-sim", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Replay a trace under one or more policies and compare them.
+    ///
+    /// Example: gpuscale-sim replay --trace data/traces/AzureLLMInferenceTrace_conv.csv
+    /// --policy hpa,kpa,queue,slo --json out.json --report out.html
+    Replay(ReplayArgs),
+    /// Replay a trace over a grid of policy parameters and mark the cost / p99 Pareto frontier.
+    ///
+    /// Example: gpuscale-sim sweep --trace data/traces/AzureLLMInferenceTrace_code.csv
+    /// --policy queue --param queue.target=2,4,8 --param queue.scaleDownWindow=60s,300s
+    Sweep(ReplayArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LoopKind {
+    /// gpuscale scales the Deployment itself (`--kube --direct`).
+    Direct,
+    /// KEDA polls gpuscale and drives an HPA (external-push trigger, replicas mode).
+    Keda,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ServingKind {
+    /// Batching for traces with token counts and no service times, else concurrency.
+    Auto,
+    /// Each replica serves up to --concurrency requests at once.
+    Concurrency,
+    /// LLM continuous batching (prefill + decode from token counts).
+    Batching,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ReplayArgs {
+    /// Trace file (CSV).
+    #[arg(long, env = "GPUSCALE_SIM_TRACE")]
+    trace: PathBuf,
+    /// Trace format; detected from the header when unambiguous.
+    #[arg(long, env = "GPUSCALE_SIM_FORMAT")]
+    format: Option<Format>,
+    /// csv/rate: the time column (default: first column).
+    #[arg(long, env = "GPUSCALE_SIM_TIME_COL")]
+    time_col: Option<String>,
+    /// csv/rate: unit of the time column (default: seconds, or date-times when they look like dates).
+    #[arg(long, env = "GPUSCALE_SIM_TIME_UNIT")]
+    time_unit: Option<TimeUnit>,
+    /// csv: service time column, seconds.
+    #[arg(long, env = "GPUSCALE_SIM_SERVICE_COL")]
+    service_col: Option<String>,
+    /// csv: prompt tokens column.
+    #[arg(long, env = "GPUSCALE_SIM_INPUT_TOKENS_COL")]
+    input_tokens_col: Option<String>,
+    /// csv: output tokens column.
+    #[arg(long, env = "GPUSCALE_SIM_OUTPUT_TOKENS_COL")]
+    output_tokens_col: Option<String>,
+    /// rate: the requests/s column (default: second column).
+    #[arg(long, env = "GPUSCALE_SIM_RATE_COL")]
+    rate_col: Option<String>,
+    /// Count and skip malformed rows instead of stopping at the first.
+    #[arg(long, env = "GPUSCALE_SIM_SKIP_BAD_ROWS")]
+    skip_bad_rows: bool,
+    /// Seed for everything random (Poisson expansion, drawn service times, cold starts).
+    #[arg(long, default_value_t = 1, env = "GPUSCALE_SIM_SEED")]
+    seed: u64,
+
+    /// Policies to compare, comma-separated; `+` composes (e.g. queue+gpu). One of hpa, kpa,
+    /// queue, slo, gpu, fixed:N each.
+    #[arg(long, default_value = "hpa,kpa,queue,slo", env = "GPUSCALE_SIM_POLICY")]
+    policy: String,
+    /// Policy parameter KEY=VALUE, repeatable (see docs/policies.md). In `sweep`, VALUE may be a
+    /// comma-separated list and every combination is replayed.
+    #[arg(
+        long = "param",
+        value_name = "KEY=VALUE",
+        env = "GPUSCALE_SIM_PARAM",
+        value_delimiter = ';'
+    )]
+    params: Vec<String>,
+
+    /// How decisions reach the workload.
+    #[arg(long = "loop", value_enum, default_value_t = LoopKind::Direct, env = "GPUSCALE_SIM_LOOP")]
+    loop_kind: LoopKind,
+    /// direct: decision period in seconds (default 1; hpa and kpa use 15 and 2 unless set).
+    #[arg(long, env = "GPUSCALE_SIM_TICK")]
+    tick: Option<u64>,
+    /// keda: pollingInterval, seconds.
+    #[arg(long, default_value_t = 30, env = "GPUSCALE_SIM_POLLING_INTERVAL")]
+    polling_interval: u64,
+    /// keda: HPA sync period, seconds.
+    #[arg(long, default_value_t = 15, env = "GPUSCALE_SIM_HPA_SYNC")]
+    hpa_sync: u64,
+    /// keda: cooldownPeriod, seconds.
+    #[arg(long, default_value_t = 300, env = "GPUSCALE_SIM_COOLDOWN")]
+    cooldown: u64,
+    /// Seconds between metric scrapes: the policy sees the last one, aged (metric lag). 0 = fresh.
+    #[arg(long, default_value_t = 0, env = "GPUSCALE_SIM_SCRAPE_INTERVAL")]
+    scrape_interval: u64,
+
+    /// Serving model.
+    #[arg(long, value_enum, default_value_t = ServingKind::Auto, env = "GPUSCALE_SIM_SERVING")]
+    serving: ServingKind,
+    /// concurrency: requests one replica serves at once.
+    #[arg(long, default_value_t = 1, env = "GPUSCALE_SIM_CONCURRENCY")]
+    concurrency: u32,
+    /// concurrency: mean service time (s) for traces without one.
+    #[arg(long, default_value_t = 1.0, env = "GPUSCALE_SIM_SERVICE_TIME")]
+    service_time: f64,
+    /// concurrency: distribution of those service times.
+    #[arg(long, value_enum, default_value_t = ServiceDist::Exp, env = "GPUSCALE_SIM_SERVICE_DIST")]
+    service_dist: ServiceDist,
+    /// batching: prompt tokens per second per replica.
+    #[arg(long, default_value_t = Batching::default().prefill_tps, env = "GPUSCALE_SIM_PREFILL_TPS")]
+    prefill_tps: f64,
+    /// batching: decode tokens per second of one sequence alone.
+    #[arg(long, default_value_t = Batching::default().decode_tps, env = "GPUSCALE_SIM_DECODE_TPS")]
+    decode_tps: f64,
+    /// batching: aggregate decode tokens per second of a full batch.
+    #[arg(long, default_value_t = Batching::default().max_decode_tps, env = "GPUSCALE_SIM_MAX_DECODE_TPS")]
+    max_decode_tps: f64,
+    /// batching: KV-cache capacity in tokens per replica.
+    #[arg(long, default_value_t = Batching::default().max_batch_tokens, env = "GPUSCALE_SIM_MAX_BATCH_TOKENS")]
+    max_batch_tokens: u64,
+    /// batching: most sequences per batch (vLLM max_num_seqs).
+    #[arg(long, default_value_t = Batching::default().max_batch_seqs, env = "GPUSCALE_SIM_MAX_BATCH_SEQS")]
+    max_batch_seqs: u32,
+    /// Seconds for a new replica to become ready (0 allowed).
+    #[arg(long, default_value_t = 60.0, env = "GPUSCALE_SIM_COLD_START")]
+    cold_start: f64,
+    /// Draw cold starts from recorded values instead: one number of seconds per line.
+    #[arg(long, env = "GPUSCALE_SIM_COLD_START_FILE", conflicts_with = "cold_start")]
+    cold_start_file: Option<PathBuf>,
+    /// GPUs each replica holds.
+    #[arg(long, default_value_t = 1, env = "GPUSCALE_SIM_GPUS_PER_REPLICA")]
+    gpus_per_replica: u32,
+    /// Price of one GPU-hour (default: an on-demand H100, see docs/simulator.md).
+    #[arg(long, default_value_t = 3.24, env = "GPUSCALE_SIM_PRICE_PER_GPU_HOUR")]
+    price_per_gpu_hour: f64,
+    /// A request not completed this many seconds after arrival fails.
+    #[arg(long, default_value_t = 300.0, env = "GPUSCALE_SIM_TIMEOUT")]
+    timeout: f64,
+    /// Replicas ready at the start.
+    #[arg(long, default_value_t = 1, env = "GPUSCALE_SIM_INITIAL_REPLICAS")]
+    initial_replicas: u32,
+    /// Most requests waiting in the queue; later arrivals fail at once.
+    #[arg(long, default_value_t = 10_000_000, env = "GPUSCALE_SIM_MAX_QUEUE")]
+    max_queue: usize,
+    /// Seconds to keep simulating after the last arrival.
+    #[arg(long, default_value_t = 0.0, env = "GPUSCALE_SIM_DRAIN")]
+    drain: f64,
+
+    /// Latency objective in seconds: report the share of requests completed within it.
+    #[arg(long, env = "GPUSCALE_SIM_SLO")]
+    slo: Option<f64>,
+    /// Write the results as JSON (schema in docs/simulator.md).
+    #[arg(long, env = "GPUSCALE_SIM_JSON")]
+    json: Option<PathBuf>,
+    /// Write a self-contained HTML report with SVG charts.
+    #[arg(long, env = "GPUSCALE_SIM_REPORT")]
+    report: Option<PathBuf>,
+    /// Timeline resolution in seconds for --json and --report.
+    #[arg(long, default_value_t = 1, env = "GPUSCALE_SIM_TIMELINE_STEP")]
+    timeline_step: u64,
+    /// Replays run at once (default: the machine's cores).
+    #[arg(long, env = "GPUSCALE_SIM_THREADS")]
+    threads: Option<usize>,
+}
+
+fn check(cond: bool, flag: &str, value: impl std::fmt::Display, expected: &str) -> anyhow::Result<()> {
+    if !cond {
+        bail!("{flag} {value}: expected {expected}");
+    }
+    Ok(())
+}
+
+impl ReplayArgs {
+    fn read_trace(&self) -> anyhow::Result<Trace> {
+        let opts = ReadOptions {
+            format: self.format,
+            time_col: self.time_col.clone(),
+            time_unit: self.time_unit,
+            service_col: self.service_col.clone(),
+            input_tokens_col: self.input_tokens_col.clone(),
+            output_tokens_col: self.output_tokens_col.clone(),
+            rate_col: self.rate_col.clone(),
+            seed: self.seed,
+            skip_bad_rows: self.skip_bad_rows,
+            ..ReadOptions::default()
+        };
+        Ok(trace::read(&self.trace, &opts)?)
+    }
+
+    fn serving(&self, trace: &Trace) -> anyhow::Result<ServingConfig> {
+        check(
+            self.concurrency >= 1,
+            "--concurrency",
+            self.concurrency,
+            "an integer >= 1",
+        )?;
+        check(
+            self.service_time > 0.0,
+            "--service-time",
+            self.service_time,
+            "seconds > 0",
+        )?;
+        check(
+            self.cold_start >= 0.0,
+            "--cold-start",
+            self.cold_start,
+            "seconds >= 0",
+        )?;
+        check(self.timeout > 0.0, "--timeout", self.timeout, "seconds > 0")?;
+        check(
+            self.gpus_per_replica >= 1,
+            "--gpus-per-replica",
+            self.gpus_per_replica,
+            "an integer >= 1",
+        )?;
+        check(
+            self.price_per_gpu_hour >= 0.0,
+            "--price-per-gpu-hour",
+            self.price_per_gpu_hour,
+            "a price >= 0",
+        )?;
+        for (flag, v) in [
+            ("--prefill-tps", self.prefill_tps),
+            ("--decode-tps", self.decode_tps),
+            ("--max-decode-tps", self.max_decode_tps),
+        ] {
+            check(v > 0.0 && v.is_finite(), flag, v, "tokens/s > 0")?;
+        }
+        check(
+            self.max_batch_seqs >= 1,
+            "--max-batch-seqs",
+            self.max_batch_seqs,
+            "an integer >= 1",
+        )?;
+        let batching = match self.serving {
+            ServingKind::Batching => true,
+            ServingKind::Concurrency => false,
+            ServingKind::Auto => trace.has_tokens() && !trace.has_service_times(),
+        };
+        if batching && !trace.has_tokens() {
+            bail!(
+                "--serving batching needs token counts; this trace has none (map them with --input-tokens-col and --output-tokens-col, or use --serving concurrency)"
+            );
+        }
+        let cold_start = match &self.cold_start_file {
+            Some(p) => ColdStart::from_file(p).map_err(anyhow::Error::msg)?,
+            None => ColdStart::Constant(self.cold_start),
+        };
+        Ok(ServingConfig {
+            serving: if batching {
+                Serving::Batching(Batching {
+                    prefill_tps: self.prefill_tps,
+                    decode_tps: self.decode_tps,
+                    max_decode_tps: self.max_decode_tps,
+                    max_batch_tokens: self.max_batch_tokens,
+                    max_batch_seqs: self.max_batch_seqs,
+                })
+            } else {
+                Serving::Concurrency {
+                    slots: self.concurrency,
+                }
+            },
+            service_time: self.service_time,
+            service_dist: self.service_dist,
+            cold_start,
+            gpus_per_replica: self.gpus_per_replica,
+            price_per_gpu_hour: self.price_per_gpu_hour,
+            timeout: self.timeout,
+            initial_replicas: self.initial_replicas,
+            max_queue: self.max_queue,
+        })
+    }
+
+    fn control(&self) -> anyhow::Result<ControlConfig> {
+        check(self.drain >= 0.0, "--drain", self.drain, "seconds >= 0")?;
+        Ok(ControlConfig {
+            loop_model: match self.loop_kind {
+                LoopKind::Direct => LoopModel::Direct { tick: self.tick },
+                LoopKind::Keda => LoopModel::Keda {
+                    polling: self.polling_interval,
+                    hpa_sync: self.hpa_sync,
+                    cooldown: self.cooldown,
+                },
+            },
+            scrape_interval: self.scrape_interval,
+            timeline_step: if self.json.is_some() || self.report.is_some() {
+                self.timeline_step.max(1)
+            } else {
+                0
+            },
+            drain: self.drain,
+        })
+    }
+
+    fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+fn describe(trace: &Trace, serving: &ServingConfig, defaults: &[String]) -> String {
+    let model = match &serving.serving {
+        Serving::Concurrency { slots } => format!("concurrency {slots} per replica"),
+        Serving::Batching(b) => format!(
+            "continuous batching (prefill {} tok/s, decode {} tok/s per sequence, {} tok/s per batch, {} KV tokens, {} seqs)",
+            b.prefill_tps, b.decode_tps, b.max_decode_tps, b.max_batch_tokens, b.max_batch_seqs
+        ),
+    };
+    let cold = match &serving.cold_start {
+        ColdStart::Constant(s) => format!("{s} s"),
+        ColdStart::Empirical(v) => format!("drawn from {} recorded values", v.len()),
+    };
+    let mut s = format!(
+        "trace {} ({}): {} requests over {:.1} h\nserving: {model}; cold start {cold}; {} GPU/replica at {}/GPU-h; timeout {} s\n",
+        trace.path.display(),
+        trace.format,
+        trace.requests.len(),
+        trace.span() / 3600.0,
+        serving.gpus_per_replica,
+        serving.price_per_gpu_hour,
+        serving.timeout,
+    );
+    if !defaults.is_empty() {
+        s.push_str(&format!("from the serving model: {}\n", defaults.join(" ")));
+    }
+    if trace.skipped_rows > 0 {
+        s.push_str(&format!(
+            "skipped {} bad rows; the first: {}\n",
+            trace.skipped_rows,
+            trace.first_skipped.as_deref().unwrap_or("")
+        ));
+    }
+    s
+}
+
+fn write_outputs(args: &ReplayArgs, title: &str, results: &[PolicyResult]) -> anyhow::Result<()> {
+    if let Some(p) = &args.json {
+        let text = serde_json::to_string_pretty(&Document { policies: results })?;
+        std::fs::write(p, text + "\n").with_context(|| format!("--json {}", p.display()))?;
+    }
+    if let Some(p) = &args.report {
+        let page = report::html(title, results).map_err(anyhow::Error::msg)?;
+        std::fs::write(p, page).with_context(|| format!("--report {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn parse_params(words: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(spec::parse_params(words.iter().map(String::as_str))?)
+}
+
+fn run_replay(args: &ReplayArgs) -> anyhow::Result<()> {
+    let trace = args.read_trace()?;
+    let serving = args.serving(&trace)?;
+    let control = args.control()?;
+    let mut params = parse_params(&args.params)?;
+    let defaults = serving_defaults(&serving, &mut params);
+    for (k, v) in &params {
+        if v.contains(',') {
+            bail!("--param {k}={v}: replay takes one value per key; use `gpuscale-sim sweep` for a list");
+        }
+    }
+    let runs = args
+        .policy
+        .split(',')
+        .map(|p| PolicyRun::new(p.trim(), &params).map_err(|e| anyhow::anyhow!("--policy {}: {e}", p.trim())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    print!("{}", describe(&trace, &serving, &defaults));
+    let results = replay(
+        &trace,
+        &serving,
+        &control,
+        &runs,
+        args.seed,
+        args.slo,
+        args.threads(),
+    )?;
+    print!("\n{}", report::table(&results));
+    write_outputs(
+        args,
+        &format!("gpuscale-sim replay: {}", trace.path.display()),
+        &results,
+    )
+}
+
+/// Every combination of the swept values, keys in the order given.
+fn grid(params: &[(String, String)]) -> Vec<Vec<(String, String)>> {
+    let mut out: Vec<Vec<(String, String)>> = vec![Vec::new()];
+    for (k, v) in params {
+        let values: Vec<&str> = v.split(',').map(str::trim).filter(|x| !x.is_empty()).collect();
+        out = out
+            .into_iter()
+            .flat_map(|base| {
+                values.iter().map(move |val| {
+                    let mut b = base.clone();
+                    b.push((k.clone(), val.to_string()));
+                    b
+                })
+            })
+            .collect();
+    }
+    out
+}
+
+fn run_sweep(args: &ReplayArgs) -> anyhow::Result<()> {
+    let trace = args.read_trace()?;
+    let serving = args.serving(&trace)?;
+    let control = args.control()?;
+    let mut params = parse_params(&args.params)?;
+    let defaults = serving_defaults(&serving, &mut params);
+    let points = grid(&params);
+    if points.len() > 10_000 {
+        bail!(
+            "the sweep has {} points; at most 10000 (narrow the --param lists)",
+            points.len()
+        );
+    }
+    let mut runs = Vec::new();
+    for policy in args.policy.split(',').map(str::trim) {
+        for point in &points {
+            let mut run =
+                PolicyRun::new(policy, point).map_err(|e| anyhow::anyhow!("--policy {policy}: {e}"))?;
+            let swept: Vec<String> = point
+                .iter()
+                .filter(|(k, _)| run.params.iter().any(|(rk, _)| rk == k))
+                .filter(|(k, _)| params.iter().any(|(pk, pv)| pk == k && pv.contains(',')))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            if !swept.is_empty() {
+                run.label = format!("{policy}[{}]", swept.join(","));
+            }
+            if !runs.iter().any(|r: &PolicyRun| r.label == run.label) {
+                runs.push(run);
+            }
+        }
+    }
+    print!("{}", describe(&trace, &serving, &defaults));
+    let bar = ProgressBar::new(runs.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} replays {elapsed_precise}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut results = Vec::with_capacity(runs.len());
+    for chunk in runs.chunks(args.threads().max(1)) {
+        results.extend(replay(
+            &trace,
+            &serving,
+            &control,
+            chunk,
+            args.seed,
+            args.slo,
+            args.threads(),
+        )?);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    report::mark_pareto(&mut results);
+    print!("\n{}", report::table(&results));
+    println!("* on the cost / p99-latency Pareto frontier");
+    write_outputs(
+        args,
+        &format!("gpuscale-sim sweep: {}", trace.path.display()),
+        &results,
+    )
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Replay(a) => run_replay(a),
+        Command::Sweep(a) => run_sweep(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! What a replay reports: the summary (stable key names, documented in docs/simulator.md), the
+//! printed table, the JSON document and the HTML page with SVG charts.
+
+use std::fmt::Write as _;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::engine::{Outcome, Point};
+
+/// Per-policy summary. Key names are a contract: scripts read them from `--json`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    /// GPU-hours held (starting, ready and draining replicas).
+    pub gpu_hours: f64,
+    /// `gpu_hours * price per GPU-hour`.
+    pub cost: f64,
+    /// Requests that arrived.
+    pub requests: u64,
+    /// Completed within the timeout.
+    pub completed: u64,
+    /// Timed out, finished too late, or refused by a full queue.
+    pub failed: u64,
+    /// Queued or in service at the end.
+    pub in_flight_at_end: u64,
+    /// Median end-to-end latency of completed requests, seconds.
+    pub latency_p50_s: Option<f64>,
+    /// 90th percentile.
+    pub latency_p90_s: Option<f64>,
+    /// 99th percentile.
+    pub latency_p99_s: Option<f64>,
+    /// Mean queue wait of dispatched requests.
+    pub queue_wait_mean_s: Option<f64>,
+    /// 99th percentile queue wait.
+    pub queue_wait_p99_s: Option<f64>,
+    /// 99th percentile time to first token (LLM batching model only).
+    pub ttft_p99_s: Option<f64>,
+    /// Share of arrived requests completed within `--slo` seconds (with `--slo` only).
+    pub slo_attainment: Option<f64>,
+    /// Replicas started (each paid a cold start).
+    pub cold_starts: u64,
+    /// Changes of the desired count.
+    pub scale_events: u64,
+    /// Time-weighted mean of replicas held.
+    pub replicas_mean: f64,
+    /// Most replicas held at once.
+    pub replicas_max: u32,
+}
+
+/// Nearest-rank percentile (the value at rank `ceil(p * n)`), in place, O(n).
+pub fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let rank = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1;
+    let (_, v, _) = values.select_nth_unstable_by(rank, f64::total_cmp);
+    Some(*v)
+}
+
+fn round(x: f64) -> f64 {
+    // Six significant decimals keep the JSON readable and identical across platforms' printing.
+    (x * 1e6).round() / 1e6
+}
+
+impl Summary {
+    /// Summarize an outcome; `slo` is the latency objective in seconds, if any.
+    pub fn from_outcome(o: &mut Outcome, price_per_gpu_hour: f64, slo: Option<f64>) -> Summary {
+        let gpu_hours = o.gpu_seconds / 3600.0;
+        let slo_attainment = slo.map(|s| {
+            let ok = o.latencies.iter().filter(|&&l| l <= s).count() as f64;
+            if o.requests == 0 {
+                1.0
+            } else {
+                round(ok / o.requests as f64)
+            }
+        });
+        let wait_mean = (!o.waits.is_empty()).then(|| o.waits.iter().sum::<f64>() / o.waits.len() as f64);
+        Summary {
+            gpu_hours: round(gpu_hours),
+            cost: round(gpu_hours * price_per_gpu_hour),
+            requests: o.requests,
+            completed: o.completed,
+            failed: o.failed,
+            in_flight_at_end: o.in_flight_at_end,
+            latency_p50_s: percentile(&mut o.latencies, 0.50).map(round),
+            latency_p90_s: percentile(&mut o.latencies, 0.90).map(round),
+            latency_p99_s: percentile(&mut o.latencies, 0.99).map(round),
+            queue_wait_mean_s: wait_mean.map(round),
+            queue_wait_p99_s: percentile(&mut o.waits, 0.99).map(round),
+            ttft_p99_s: percentile(&mut o.ttfts, 0.99).map(round),
+            slo_attainment,
+            cold_starts: o.cold_starts,
+            scale_events: o.scale_events,
+            replicas_mean: round(o.replicas_mean),
+            replicas_max: o.replicas_max,
+        }
+    }
+}
+
+/// One policy's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyResult {
+    /// The policy spec and parameters, as given.
+    pub policy: String,
+    /// The summary.
+    pub summary: Summary,
+    /// Per-second points (empty unless asked for).
+    pub timeline: Vec<Point>,
+    /// On the cost / p99-latency Pareto frontier of this run's results (sweeps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pareto: Option<bool>,
+}
+
+/// The `--json` document.
+#[derive(Clone, Debug, Serialize)]
+pub struct Document<'a> {
+    /// One entry per policy (or sweep point), in the order given.
+    pub policies: &'a [PolicyResult],
+}
+
+/// Mark the results on the cost / p99-latency Pareto frontier: no other result is at least as
+/// cheap and at least as fast with one of the two strictly better. Results without a p99 (no
+/// completed request) are never on it.
+pub fn mark_pareto(results: &mut [PolicyResult]) {
+    let points: Vec<Option<(f64, f64)>> = results
+        .iter()
+        .map(|r| r.summary.latency_p99_s.map(|p| (r.summary.cost, p)))
+        .collect();
+    for (i, r) in results.iter_mut().enumerate() {
+        r.pareto = Some(points[i].is_some_and(|(c, p)| {
+            !points
+                .iter()
+                .enumerate()
+                .any(|(j, q)| j != i && q.is_some_and(|(c2, p2)| c2 <= c && p2 <= p && (c2 < c || p2 < p)))
+        }));
+    }
+}
+
+fn opt(v: Option<f64>, width: usize) -> String {
+    match v {
+        Some(x) => format!("{x:>width$.3}"),
+        None => format!("{:>width$}", "-"),
+    }
+}
+
+/// The printed table.
+pub fn table(results: &[PolicyResult]) -> String {
+    let w = results.iter().map(|r| r.policy.len()).max().unwrap_or(6).max(6);
+    let pareto = results.iter().any(|r| r.pareto.is_some());
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<w$} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>7} {:>5}{}",
+        "policy",
+        "gpu_h",
+        "cost",
+        "completed",
+        "failed",
+        "p50_s",
+        "p99_s",
+        "wait_p99",
+        "ttft_p99",
+        "slo",
+        "cold",
+        "scale",
+        "mean",
+        "max",
+        if pareto { "  pareto" } else { "" }
+    );
+    for r in results {
+        let m = &r.summary;
+        let _ = writeln!(
+            s,
+            "{:<w$} {:>9.2} {:>9.2} {:>9} {:>7} {} {} {} {} {} {:>6} {:>6} {:>7.2} {:>5}{}",
+            r.policy,
+            m.gpu_hours,
+            m.cost,
+            m.completed,
+            m.failed,
+            opt(m.latency_p50_s, 8),
+            opt(m.latency_p99_s, 8),
+            opt(m.queue_wait_p99_s, 8),
+            opt(m.ttft_p99_s, 8),
+            opt(m.slo_attainment, 8),
+            m.cold_starts,
+            m.scale_events,
+            m.replicas_mean,
+            m.replicas_max,
+            match r.pareto {
+                Some(true) => "  *",
+                _ => "",
+            }
+        );
+    }
+    s
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// One line of a timeline chart: its legend, colour and value at a point.
+type Line = (&'static str, RGBColor, fn(&Point) -> f64);
+
+/// Replicas and demand over time for one policy, as an SVG string.
+fn timeline_svg(title: &str, points: &[Point]) -> Result<String, String> {
+    let step = points.len().div_ceil(1500).max(1);
+    let sampled: Vec<&Point> = points.iter().step_by(step).collect();
+    let xmax = sampled.last().map_or(1.0, |p| p.t as f64).max(1.0);
+    let ymax = sampled
+        .iter()
+        .map(|p| f64::from((p.ready + p.starting).max(p.desired).max(p.queued + p.running)))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (960, 300)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(44)
+            .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .y_desc("replicas / requests")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let series: [Line; 3] = [
+            ("demand (queued + running)", RGBColor(200, 120, 40), |p| {
+                f64::from(p.queued + p.running)
+            }),
+            ("replicas held", RGBColor(30, 90, 200), |p| {
+                f64::from(p.ready + p.starting)
+            }),
+            ("desired", RGBColor(40, 160, 70), |p| f64::from(p.desired)),
+        ];
+        for (label, color, f) in series {
+            chart
+                .draw_series(LineSeries::new(sampled.iter().map(|p| (p.t as f64, f(p))), color))
+                .map_err(|e| e.to_string())?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+/// Cost against p99 latency across results, Pareto points filled.
+fn tradeoff_svg(results: &[PolicyResult]) -> Result<String, String> {
+    let pts: Vec<(String, f64, f64, bool)> = results
+        .iter()
+        .filter_map(|r| {
+            r.summary
+                .latency_p99_s
+                .map(|p| (r.policy.clone(), r.summary.cost, p, r.pareto.unwrap_or(false)))
+        })
+        .collect();
+    let cmax = pts.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.15;
+    let lmax = pts.iter().map(|p| p.2).fold(0.0, f64::max).max(1e-9) * 1.15;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (960, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("cost against p99 latency", ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..cmax, 0f64..lmax)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("cost")
+            .y_desc("p99 latency (s)")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let color = RGBColor(30, 90, 200);
+        chart
+            .draw_series(pts.iter().map(|(_, c, l, on)| {
+                let style = if *on {
+                    color.filled()
+                } else {
+                    color.stroke_width(2)
+                };
+                Circle::new((*c, *l), 5, style)
+            }))
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(
+                pts.iter()
+                    .map(|(name, c, l, _)| Text::new(name.clone(), (*c, *l), ("sans-serif", 12).into_font())),
+            )
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+/// A self-contained HTML page: the summary table, a timeline chart per policy (when the
+/// timeline was recorded) and the cost / latency trade-off.
+pub fn html(title: &str, results: &[PolicyResult]) -> Result<String, String> {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
+         <style>body{{font-family:sans-serif;margin:24px;max-width:1000px}}pre{{font-size:12px;\
+         overflow-x:auto}}svg{{display:block;margin:12px 0}}</style></head><body>\n<h1>{t}</h1>\n\
+         <pre>{table}</pre>\n",
+        t = escape(title),
+        table = escape(&table(results))
+    );
+    h.push_str(&tradeoff_svg(results)?);
+    for r in results.iter().filter(|r| !r.timeline.is_empty()) {
+        h.push_str(&timeline_svg(&r.policy, &r.timeline)?);
+    }
+    h.push_str("\n</body></html>\n");
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(name: &str, cost: f64, p99: Option<f64>) -> PolicyResult {
+        let mut o = Outcome {
+            latencies: p99.into_iter().collect(),
+            ..Outcome::default()
+        };
+        let mut s = Summary::from_outcome(&mut o, 1.0, None);
+        s.cost = cost;
+        s.latency_p99_s = p99;
+        PolicyResult {
+            policy: name.into(),
+            summary: s,
+            timeline: Vec::new(),
+            pareto: None,
+        }
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 0.5), Some(50.0));
+        assert_eq!(percentile(&mut v, 0.99), Some(99.0));
+        assert_eq!(percentile(&mut v, 1.0), Some(100.0));
+        assert_eq!(percentile(&mut [], 0.5), None);
+        assert_eq!(percentile(&mut [7.0], 0.01), Some(7.0));
+    }
+
+    #[test]
+    fn pareto_frontier() {
+        let mut r = vec![
+            result("cheap-slow", 1.0, Some(9.0)),
+            result("dear-fast", 5.0, Some(1.0)),
+            result("dominated", 5.0, Some(9.0)),
+            result("middle", 3.0, Some(3.0)),
+            result("no-data", 0.5, None),
+        ];
+        mark_pareto(&mut r);
+        let on: Vec<bool> = r.iter().map(|x| x.pareto == Some(true)).collect();
+        assert_eq!(on, [true, true, false, true, false]);
+    }
+
+    #[test]
+    fn html_is_self_contained_with_svg() {
+        let mut r = vec![result("queue", 2.0, Some(1.5)), result("a<b", 1.0, Some(3.0))];
+        r[0].timeline = (0..10)
+            .map(|t| Point {
+                t,
+                arrivals: 1,
+                queued: 0,
+                ready: 1,
+                starting: 0,
+                desired: 1,
+                running: 1,
+            })
+            .collect();
+        mark_pareto(&mut r);
+        let page = html("replay", &r).unwrap_or_else(|e| panic!("{e}"));
+        assert!(page.starts_with("<!DOCTYPE html>"));
+        assert_eq!(page.matches("<svg").count(), 2);
+        assert!(page.contains("a&lt;b") && !page.contains("<script"));
+        assert!(!page.contains("http://") || page.matches("http://www.w3.org/2000/svg").count() >= 1);
+    }
+}

@@ -1,0 +1,502 @@
+//! Replays of every bundled and shared trace under every policy, through the real binary:
+//! conservation, determinism, the JSON contract, and errors that name the input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gpuscale-sim");
+const POLICIES: &str = "hpa,kpa,queue,slo,gpu,fixed:2,queue+gpu";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn shared(name: &str) -> Option<PathBuf> {
+    let p = root().join("../shared/traces").join(name);
+    if p.is_file() {
+        return Some(p);
+    }
+    let msg = format!(
+        "{} not found: shared traces are not beside this checkout",
+        p.display()
+    );
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg} (CI=true: CI clones main with shared/ beside it)");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+fn sim(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{BIN}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gpuscale-sim-test-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    dir.join(name)
+}
+
+fn replay_json(trace: &Path, extra: &[&str], name: &str) -> Value {
+    let json = tmp(name);
+    let mut args = vec![
+        "replay",
+        "--trace",
+        trace.to_str().unwrap_or_default(),
+        "--policy",
+        POLICIES,
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[
+        "--json",
+        json.to_str().unwrap_or_default(),
+        "--timeline-step",
+        "60",
+    ]);
+    let (ok, stdout, stderr) = sim(&args);
+    assert!(ok, "{trace:?} failed:\n{stdout}\n{stderr}");
+    let text = std::fs::read_to_string(&json).unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{json:?}: {e}"))
+}
+
+fn check_conservation(doc: &Value, what: &str) {
+    let policies = doc["policies"].as_array().cloned().unwrap_or_default();
+    assert_eq!(policies.len(), POLICIES.split(',').count(), "{what}");
+    for p in policies {
+        let s = &p["summary"];
+        let n = |k: &str| {
+            s[k].as_u64()
+                .unwrap_or_else(|| panic!("{what} {}: {k} missing", p["policy"]))
+        };
+        assert!(n("requests") > 0, "{what}");
+        assert_eq!(
+            n("requests"),
+            n("completed") + n("failed") + n("in_flight_at_end"),
+            "{what} {}: requests != completed + failed + in flight",
+            p["policy"]
+        );
+        assert!(
+            s["gpu_hours"].as_f64().unwrap_or(-1.0) > 0.0,
+            "{what} {}",
+            p["policy"]
+        );
+    }
+}
+
+#[test]
+fn bundled_traces_replay_under_every_policy_and_conserve_requests() {
+    for name in [
+        "AzureLLMInferenceTrace_conv.csv",
+        "AzureLLMInferenceTrace_code.csv",
+    ] {
+        let trace = root().join("data/traces").join(name);
+        check_conservation(&replay_json(&trace, &[], &format!("{name}.json")), name);
+        let keda = replay_json(
+            &trace,
+            &["--loop", "keda", "--scrape-interval", "15"],
+            &format!("{name}.keda.json"),
+        );
+        check_conservation(&keda, &format!("{name} (keda)"));
+    }
+}
+
+#[test]
+fn shared_traces_replay_under_every_policy_and_conserve_requests() {
+    if let Some(t) = shared("alibaba_genai_lora_request_trace_2024-11-15_to_11-26.csv") {
+        check_conservation(&replay_json(&t, &[], "alibaba.json"), "alibaba lora");
+    }
+    if let Some(t) = shared("azure_functions_2021_first200.csv") {
+        check_conservation(&replay_json(&t, &[], "functions.json"), "azure functions");
+    }
+    if let Some(t) = shared("alibaba_genai_qps.csv") {
+        let extra = [
+            "--format",
+            "rate",
+            "--time-col",
+            "timestamp_anon",
+            "--rate-col",
+            "value",
+            "--service-time",
+            "2",
+        ];
+        check_conservation(&replay_json(&t, &extra, "qps.json"), "alibaba qps (rate)");
+    }
+    for name in [
+        "AzureLLMInferenceTrace_conv.csv",
+        "AzureLLMInferenceTrace_code.csv",
+    ] {
+        if let Some(t) = shared(name) {
+            check_conservation(
+                &replay_json(&t, &["--serving", "batching"], &format!("shared-{name}.json")),
+                name,
+            );
+        }
+    }
+}
+
+#[test]
+fn same_seed_same_json_byte_for_byte() {
+    // A rate series (Poisson expansion), drawn service times and drawn cold starts all depend
+    // on the seed; the same seed must give the same bytes.
+    let trace = tmp("rate.csv");
+    let cold = tmp("cold.txt");
+    let _ = std::fs::write(&trace, "time,rps\n0,5\n600,20\n1200,0\n1800,1\n2400,0\n");
+    let _ = std::fs::write(&cold, "# seconds\n20\n45\n90\n");
+    let run = |seed: &str, out: &str| {
+        let json = tmp(out);
+        let (ok, stdout, stderr) = sim(&[
+            "replay",
+            "--trace",
+            trace.to_str().unwrap_or_default(),
+            "--format",
+            "rate",
+            "--seed",
+            seed,
+            "--policy",
+            POLICIES,
+            "--cold-start-file",
+            cold.to_str().unwrap_or_default(),
+            "--param",
+            "keepAlive=adaptive",
+            "--json",
+            json.to_str().unwrap_or_default(),
+            "--threads",
+            "2",
+        ]);
+        assert!(ok, "{stdout}\n{stderr}");
+        std::fs::read(json).unwrap_or_default()
+    };
+    let (a, b, c) = (run("11", "a.json"), run("11", "b.json"), run("12", "c.json"));
+    assert!(!a.is_empty());
+    assert!(a == b, "same seed, different JSON");
+    assert!(a != c, "a different seed should give a different replay");
+}
+
+#[test]
+fn json_has_the_documented_keys() {
+    let doc = replay_json(
+        &root().join("data/traces/AzureLLMInferenceTrace_code.csv"),
+        &["--slo", "5"],
+        "keys.json",
+    );
+    let p = &doc["policies"][0];
+    assert_eq!(p["policy"], "hpa");
+    const SUMMARY: [&str; 17] = [
+        "gpu_hours",
+        "cost",
+        "requests",
+        "completed",
+        "failed",
+        "in_flight_at_end",
+        "latency_p50_s",
+        "latency_p90_s",
+        "latency_p99_s",
+        "queue_wait_mean_s",
+        "queue_wait_p99_s",
+        "ttft_p99_s",
+        "slo_attainment",
+        "cold_starts",
+        "scale_events",
+        "replicas_mean",
+        "replicas_max",
+    ];
+    let keys = |v: &Value| -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let mut want: Vec<String> = SUMMARY.iter().map(|s| s.to_string()).collect();
+    let mut got = keys(&p["summary"]);
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "summary keys");
+    // And in the documented order in the file itself (serde_json::Value sorts its keys).
+    let text = std::fs::read_to_string(tmp("keys.json")).unwrap_or_default();
+    let summary = text
+        .split("\"summary\": {")
+        .nth(1)
+        .and_then(|s| s.split('}').next())
+        .unwrap_or_default();
+    let order: Vec<usize> = SUMMARY
+        .iter()
+        .map(|k| summary.find(&format!("\"{k}\"")).unwrap_or(usize::MAX))
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "summary key order in the file: {order:?}"
+    );
+    assert!(
+        p["summary"]["ttft_p99_s"].is_number(),
+        "LLM batching reports TTFT"
+    );
+    assert!(p["summary"]["slo_attainment"].is_number());
+    let point = &p["timeline"][1];
+    let mut pk = keys(point);
+    pk.sort();
+    assert_eq!(pk, ["arrivals", "desired", "queued", "ready", "starting", "t"]);
+    assert_eq!(point["t"], 60);
+}
+
+#[test]
+fn report_is_a_self_contained_page_with_charts() {
+    let html = tmp("r.html");
+    let (ok, stdout, stderr) = sim(&[
+        "replay",
+        "--trace",
+        root()
+            .join("data/traces/AzureLLMInferenceTrace_code.csv")
+            .to_str()
+            .unwrap_or_default(),
+        "--policy",
+        "hpa,queue",
+        "--report",
+        html.to_str().unwrap_or_default(),
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let page = std::fs::read_to_string(html).unwrap_or_default();
+    assert!(page.starts_with("<!DOCTYPE html>"));
+    // The trade-off chart plus one timeline per policy.
+    assert_eq!(
+        page.matches("<svg").count(),
+        3,
+        "{}",
+        &page[..page.len().min(400)]
+    );
+    assert!(page.contains("cost against p99 latency") && page.contains("replicas held"));
+    assert!(!page.contains("<script") && !page.contains("src=\"http"));
+}
+
+#[test]
+fn sweep_marks_the_pareto_frontier() {
+    let json = tmp("sweep.json");
+    let (ok, stdout, stderr) = sim(&[
+        "sweep",
+        "--trace",
+        root()
+            .join("data/traces/AzureLLMInferenceTrace_code.csv")
+            .to_str()
+            .unwrap_or_default(),
+        "--policy",
+        "queue",
+        "--param",
+        "queue.target=1,4,16",
+        "--param",
+        "queue.scaleDownWindow=30s,300s",
+        "--json",
+        json.to_str().unwrap_or_default(),
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("queue[queue.target=1,queue.scaleDownWindow=30s]"),
+        "{stdout}"
+    );
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap_or_default()).unwrap_or(Value::Null);
+    let runs = doc["policies"].as_array().cloned().unwrap_or_default();
+    assert_eq!(runs.len(), 6);
+    let on: Vec<&Value> = runs.iter().filter(|r| r["pareto"] == true).collect();
+    assert!(!on.is_empty());
+    // Nothing on the frontier is dominated by anything in the sweep.
+    for a in &on {
+        let (ca, pa) = (
+            a["summary"]["cost"].as_f64().unwrap_or(0.0),
+            a["summary"]["latency_p99_s"].as_f64().unwrap_or(0.0),
+        );
+        for b in &runs {
+            let (cb, pb) = (
+                b["summary"]["cost"].as_f64().unwrap_or(0.0),
+                b["summary"]["latency_p99_s"].as_f64().unwrap_or(0.0),
+            );
+            assert!(
+                !(cb <= ca && pb <= pa && (cb < ca || pb < pa)),
+                "{} is dominated by {}",
+                a["policy"],
+                b["policy"]
+            );
+        }
+    }
+}
+
+#[test]
+fn errors_name_the_input_and_the_fix() {
+    let bad = tmp("bad.csv");
+    let _ = std::fs::write(
+        &bad,
+        "app,func,end_timestamp,duration\na,f,1.5,0.5\na,f,2.5,soon\n",
+    );
+    let (ok, _, stderr) = sim(&["replay", "--trace", bad.to_str().unwrap_or_default()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("bad.csv:3: column `duration`: expected seconds >= 0, found `soon`"),
+        "{stderr}"
+    );
+    let (ok, stdout, _) = sim(&[
+        "replay",
+        "--trace",
+        bad.to_str().unwrap_or_default(),
+        "--skip-bad-rows",
+        "--policy",
+        "queue",
+    ]);
+    assert!(ok && stdout.contains("skipped 1 bad rows"), "{stdout}");
+
+    let conv = root().join("data/traces/AzureLLMInferenceTrace_conv.csv");
+    let (ok, _, stderr) = sim(&[
+        "replay",
+        "--trace",
+        conv.to_str().unwrap_or_default(),
+        "--policy",
+        "queue,magic",
+    ]);
+    assert!(
+        !ok && stderr.contains("--policy magic: unknown policy `magic`"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = sim(&[
+        "replay",
+        "--trace",
+        conv.to_str().unwrap_or_default(),
+        "--policy",
+        "queue",
+        "--param",
+        "queue.target=0",
+    ]);
+    assert!(
+        !ok && stderr.contains("invalid value `0` for `queue.target`: expected a number > 0"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = sim(&["replay", "--trace", "/nonexistent/trace.csv"]);
+    assert!(!ok && stderr.contains("/nonexistent/trace.csv"), "{stderr}");
+}
+
+#[test]
+fn keda_loop_wakes_at_the_polling_interval_and_sleeps_after_cooldown() {
+    // Traffic for 20 s, then quiet for an hour, then one request. Under KEDA the sleeping
+    // workload wakes only at the next 30 s poll (plus the 10 s cold start) and goes back to
+    // zero only after the 300 s cooldown; the direct loop reacts within a second.
+    let trace = tmp("wake.csv");
+    let mut rows = String::from("t,svc\n");
+    for i in 0..20 {
+        rows.push_str(&format!("{i},0.5\n"));
+    }
+    rows.push_str("3601,0.5\n");
+    let _ = std::fs::write(&trace, rows);
+    let run = |lp: &str| {
+        let json = tmp(&format!("wake-{lp}.json"));
+        let (ok, stdout, stderr) = sim(&[
+            "replay",
+            "--trace",
+            trace.to_str().unwrap_or_default(),
+            "--format",
+            "csv",
+            "--service-col",
+            "svc",
+            "--policy",
+            "queue",
+            "--loop",
+            lp,
+            "--cold-start",
+            "10",
+            "--param",
+            "keepAlive=60s",
+            "--param",
+            "queue.scaleDownWindow=0s",
+            "--drain",
+            "120",
+            "--json",
+            json.to_str().unwrap_or_default(),
+        ]);
+        assert!(ok, "{stdout}\n{stderr}");
+        let doc: Value =
+            serde_json::from_str(&std::fs::read_to_string(json).unwrap_or_default()).unwrap_or(Value::Null);
+        doc["policies"][0].clone()
+    };
+    let (direct, keda) = (run("direct"), run("keda"));
+    let timeline = |p: &Value| p["timeline"].as_array().cloned().unwrap_or_default();
+    let desired_at = |p: &Value, t: u64| {
+        timeline(p)
+            .iter()
+            .find(|x| x["t"] == t)
+            .map(|x| x["desired"].as_u64().unwrap_or(99))
+    };
+    // Direct: the keep-alive (60 s after the last request at ~19.5 s) ends near t = 80.
+    assert_eq!(desired_at(&direct, 100), Some(0));
+    // KEDA: still up at t = 300 (cooldown counts from the last active poll), down by t = 400.
+    assert_eq!(desired_at(&keda, 300), Some(1));
+    assert_eq!(desired_at(&keda, 400), Some(0));
+    // The request at t = 3601: direct wakes at once (10 s cold start); KEDA at the poll at
+    // t = 3630, so that request waits about 39 s.
+    let wait = |p: &Value| p["summary"]["queue_wait_p99_s"].as_f64().unwrap_or(0.0);
+    assert!(wait(&direct) < 12.0, "direct wait {}", wait(&direct));
+    assert!(
+        wait(&keda) > 35.0 && wait(&keda) < 45.0,
+        "keda wait {}",
+        wait(&keda)
+    );
+}
+
+#[test]
+fn integer_second_arrivals_are_counted() {
+    // Regression: arrivals at exactly a tick instant (1 s resolution traces) were dropped from
+    // the rate window by that tick. Three at t = 0 and two at t = 5 show up in the timeline at
+    // t = 1 and t = 6 (arrivals during the second before t).
+    let trace = tmp("ints.csv");
+    let _ = std::fs::write(&trace, "t,svc\n0,1\n0,1\n0,1\n5,1\n5,1\n9,1\n");
+    let json = tmp("ints.json");
+    let (ok, stdout, stderr) = sim(&[
+        "replay",
+        "--trace",
+        trace.to_str().unwrap_or_default(),
+        "--format",
+        "csv",
+        "--service-col",
+        "svc",
+        "--policy",
+        "queue",
+        "--json",
+        json.to_str().unwrap_or_default(),
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap_or_default()).unwrap_or(Value::Null);
+    let arrivals: Vec<u64> = doc["policies"][0]["timeline"]
+        .as_array()
+        .map(|a| a.iter().map(|p| p["arrivals"].as_u64().unwrap_or(0)).collect())
+        .unwrap_or_default();
+    assert_eq!(arrivals, [0, 3, 0, 0, 0, 0, 2, 0, 0, 0], "{arrivals:?}");
+}
+
+#[test]
+fn every_flag_is_documented() {
+    let (ok, help, _) = sim(&["replay", "--help"]);
+    assert!(ok);
+    let doc = std::fs::read_to_string(root().join("docs/simulator.md")).unwrap_or_default();
+    let flags: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .filter_map(|l| l.split([' ', '<']).next())
+        .filter(|f| *f != "help")
+        .collect();
+    assert!(flags.len() > 30, "{flags:?}");
+    for f in flags {
+        assert!(
+            doc.contains(&format!("| `--{f}` |")),
+            "docs/simulator.md does not document --{f}"
+        );
+        let env = format!("GPUSCALE_SIM_{}", f.to_uppercase().replace('-', "_"));
+        assert!(
+            help.contains(&format!("[env: {env}")),
+            "--{f} has no env twin {env}"
+        );
+    }
+}
