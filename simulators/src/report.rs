@@ -203,7 +203,7 @@ fn escape(s: &str) -> String {
 }
 
 /// One line of a timeline chart: its legend, colour and value at a point.
-type Line = (&'static str, RGBColor, fn(&Point) -> f64);
+type Line = (&'static str, RGBColor, u32, fn(&Point) -> f64);
 
 /// Replicas and demand over time for one policy, as an SVG string.
 fn timeline_svg(title: &str, points: &[Point]) -> Result<String, String> {
@@ -232,18 +232,23 @@ fn timeline_svg(title: &str, points: &[Point]) -> Result<String, String> {
             .y_desc("replicas / requests")
             .draw()
             .map_err(|e| e.to_string())?;
+        // Replicas held is drawn wide and first, so the desired count stays visible on top of
+        // it when the two coincide (most of the time).
         let series: [Line; 3] = [
-            ("demand (queued + running)", RGBColor(200, 120, 40), |p| {
+            ("demand (queued + running)", RGBColor(200, 120, 40), 1, |p| {
                 f64::from(p.queued + p.running)
             }),
-            ("replicas held", RGBColor(30, 90, 200), |p| {
+            ("replicas held", RGBColor(140, 175, 235), 5, |p| {
                 f64::from(p.ready + p.starting)
             }),
-            ("desired", RGBColor(40, 160, 70), |p| f64::from(p.desired)),
+            ("desired", RGBColor(20, 60, 160), 1, |p| f64::from(p.desired)),
         ];
-        for (label, color, f) in series {
+        for (label, color, width, f) in series {
             chart
-                .draw_series(LineSeries::new(sampled.iter().map(|p| (p.t as f64, f(p))), color))
+                .draw_series(LineSeries::new(
+                    sampled.iter().map(|p| (p.t as f64, f(p))),
+                    color.stroke_width(width),
+                ))
                 .map_err(|e| e.to_string())?
                 .label(label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
@@ -261,14 +266,23 @@ fn timeline_svg(title: &str, points: &[Point]) -> Result<String, String> {
 
 /// Cost against p99 latency across results, Pareto points filled.
 fn tradeoff_svg(results: &[PolicyResult]) -> Result<String, String> {
-    let pts: Vec<(String, f64, f64, bool)> = results
-        .iter()
-        .filter_map(|r| {
-            r.summary
-                .latency_p99_s
-                .map(|p| (r.policy.clone(), r.summary.cost, p, r.pareto.unwrap_or(false)))
-        })
-        .collect();
+    // Replays carry no frontier in their JSON; the chart still shows it.
+    let mut marked = results.to_vec();
+    if marked.iter().any(|r| r.pareto.is_none()) {
+        mark_pareto(&mut marked);
+    }
+    // Results at the same point share one label ("kpa, slo"), so names never overprint.
+    let mut pts: Vec<(String, f64, f64, bool)> = Vec::new();
+    for r in &marked {
+        let Some(p) = r.summary.latency_p99_s else {
+            continue;
+        };
+        let c = r.summary.cost;
+        match pts.iter_mut().find(|q| q.1 == c && q.2 == p) {
+            Some(q) => q.0 = format!("{}, {}", q.0, r.policy),
+            None => pts.push((r.policy.clone(), c, p, r.pareto.unwrap_or(false))),
+        }
+    }
     let cmax = pts.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.15;
     let lmax = pts.iter().map(|p| p.2).fold(0.0, f64::max).max(1e-9) * 1.15;
     let mut svg = String::new();
