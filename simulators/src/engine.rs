@@ -621,9 +621,9 @@ impl<'a> Engine<'a> {
                             self.apply(1); // KEDA activation: 0 -> max(minReplicaCount, 1)
                         }
                     } else if self.desired > 0
-                        && self
-                            .keda_last_active
-                            .is_none_or(|t| sec.saturating_sub(t) >= cooldown)
+                        // Before any activity KEDA counts the cooldown from the ScaledObject's
+                        // creation (t = 0 here), not from nothing.
+                        && sec.saturating_sub(self.keda_last_active.unwrap_or(0)) >= cooldown
                     {
                         self.apply(0);
                     }

@@ -80,6 +80,9 @@ pub fn replay(
     slo: Option<f64>,
     threads: usize,
 ) -> Result<Vec<PolicyResult>, spec::SpecError> {
+    if runs.is_empty() {
+        return Ok(Vec::new());
+    }
     let services = service_times(trace, serving, seed);
     let one = |run: &PolicyRun| -> Result<PolicyResult, spec::SpecError> {
         let autoscaler = spec::build(&run.spec, &run.params)?;

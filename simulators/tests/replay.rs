@@ -500,3 +500,50 @@ fn every_flag_is_documented() {
         );
     }
 }
+
+#[test]
+fn keda_cooldown_counts_from_the_start_when_never_active() {
+    // gpuscale's own keep-alive is off (keepAlive=0s) so IsActive is false from the start.
+    // One request at t = 1000 only: before it the workload was never active, so KEDA scales
+    // the initial replica away once the cooldown (300 s) has passed since t = 0, at the first
+    // poll at or after 300 s (t = 300), not at the first poll (t = 0).
+    let trace = tmp("late.csv");
+    let _ = std::fs::write(&trace, "t,svc\n0,0.5\n1000,0.5\n");
+    let json = tmp("late.json");
+    let (ok, stdout, stderr) = sim(&[
+        "replay",
+        "--trace",
+        trace.to_str().unwrap_or_default(),
+        "--format",
+        "csv",
+        "--service-col",
+        "svc",
+        "--policy",
+        "fixed:0",
+        "--param",
+        "keepAlive=0s",
+        "--loop",
+        "keda",
+        "--json",
+        json.to_str().unwrap_or_default(),
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap_or_default()).unwrap_or(Value::Null);
+    let tl = doc["policies"][0]["timeline"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let desired = |t: u64| {
+        tl.iter()
+            .find(|p| p["t"] == t)
+            .and_then(|p| p["desired"].as_u64())
+    };
+    assert_eq!(
+        desired(30),
+        Some(1),
+        "the first polls must not scale the workload away"
+    );
+    assert_eq!(desired(299), Some(1));
+    assert_eq!(desired(300), Some(0));
+}
