@@ -8,38 +8,14 @@
 //!
 //! Run: `cargo bench -p gpuscale-sim --bench replay_speed`
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use gpuscale_policies::spec::build;
 use gpuscale_sim::engine::{ControlConfig, Engine, service_times};
-use gpuscale_sim::rng::Rng;
 use gpuscale_sim::run::{PolicyRun, replay, serving_defaults};
 use gpuscale_sim::serving::{ColdStart, Serving, ServingConfig};
-use gpuscale_sim::trace::{self, Format, ReadOptions, Request, Trace};
-
-fn poisson(rate: f64, n: usize) -> Trace {
-    let mut rng = Rng::new(1);
-    let mut t = 0.0;
-    let requests = (0..n)
-        .map(|_| {
-            t += rng.exp(1.0 / rate);
-            Request {
-                arrival: t,
-                service: f32::NAN,
-                input_tokens: 0,
-                output_tokens: 0,
-            }
-        })
-        .collect();
-    Trace {
-        path: PathBuf::from("poisson"),
-        format: Format::Csv,
-        requests,
-        skipped_rows: 0,
-        first_skipped: None,
-    }
-}
+use gpuscale_sim::trace::{self, ReadOptions, Trace};
 
 fn time_one(trace: &Trace, serving: &ServingConfig, spec: &str, params: &[(&str, &str)]) -> (f64, u64) {
     let control = ControlConfig::default();
@@ -52,7 +28,7 @@ fn time_one(trace: &Trace, serving: &ServingConfig, spec: &str, params: &[(&str,
 
 fn main() {
     let n = 10_000_000;
-    let trace = poisson(1000.0, n);
+    let trace = Trace::poisson(1000.0, n, 1);
     let serving = ServingConfig {
         serving: Serving::Concurrency { slots: 4 },
         service_time: 0.02,

@@ -143,6 +143,32 @@ impl Trace {
     pub fn span(&self) -> f64 {
         self.requests.last().map_or(0.0, |r| r.arrival)
     }
+
+    /// `n` Poisson arrivals at `rate` per second from t = 0, without service times (for
+    /// benchmarks and queueing-theory checks).
+    pub fn poisson(rate: f64, n: usize, seed: u64) -> Trace {
+        let mut rng = Rng::new(seed);
+        let mut t = 0.0;
+        let requests = (0..n)
+            .map(|_| {
+                let r = Request {
+                    arrival: t,
+                    service: f32::NAN,
+                    input_tokens: 0,
+                    output_tokens: 0,
+                };
+                t += rng.exp(1.0 / rate);
+                r
+            })
+            .collect();
+        Trace {
+            path: PathBuf::from(format!("poisson({rate}/s, n={n}, seed={seed})")),
+            format: Format::Rate,
+            requests,
+            skipped_rows: 0,
+            first_skipped: None,
+        }
+    }
 }
 
 /// Why a trace could not be read.

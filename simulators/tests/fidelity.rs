@@ -1,38 +1,11 @@
 //! The engine against queueing theory: Poisson arrivals and exponential service at a fixed
 //! replica count with concurrency 1 is M/M/c, whose waiting behaviour Erlang C gives exactly.
 
-use std::path::PathBuf;
-
 use gpuscale_policies::build;
 use gpuscale_policies::erlang::{erlang_c, mean_wait};
 use gpuscale_sim::engine::{ControlConfig, Engine, service_times};
-use gpuscale_sim::rng::Rng;
 use gpuscale_sim::serving::{ColdStart, ServiceDist, Serving, ServingConfig};
-use gpuscale_sim::trace::{Format, Request, Trace};
-
-fn poisson(rate: f64, n: usize, seed: u64) -> Trace {
-    let mut rng = Rng::new(seed);
-    let mut t = 0.0;
-    let requests = (0..n)
-        .map(|_| {
-            let r = Request {
-                arrival: t,
-                service: f32::NAN,
-                input_tokens: 0,
-                output_tokens: 0,
-            };
-            t += rng.exp(1.0 / rate);
-            r
-        })
-        .collect();
-    Trace {
-        path: PathBuf::from("poisson"),
-        format: Format::Csv,
-        requests,
-        skipped_rows: 0,
-        first_skipped: None,
-    }
-}
+use gpuscale_sim::trace::Trace;
 
 #[test]
 fn mmc_queue_wait_matches_erlang_c_within_5_percent() {
@@ -40,7 +13,7 @@ fn mmc_queue_wait_matches_erlang_c_within_5_percent() {
     // Erlang C: P(wait > 0) = C(10, 8) = 0.4092; W_q = C / (c mu - lambda) = 0.2046 s.
     // One million requests (125,000 s simulated) keep the estimate's error well inside 5 %.
     let (c, lambda, service) = (10u32, 8.0, 1.0);
-    let trace = poisson(lambda, 1_000_000, 42);
+    let trace = Trace::poisson(lambda, 1_000_000, 42);
     let serving = ServingConfig {
         serving: Serving::Concurrency { slots: 1 },
         service_time: service,

@@ -47,6 +47,17 @@ fn tmp(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Run the binary with `args` plus `--json <tmp>/name`; the parsed document.
+fn run_json(args: &[&str], name: &str) -> Value {
+    let json = tmp(name);
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend_from_slice(&["--json", json.to_str().unwrap_or_default()]);
+    let (ok, stdout, stderr) = sim(&all);
+    assert!(ok, "{all:?} failed:\n{stdout}\n{stderr}");
+    let text = std::fs::read_to_string(&json).unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{json:?}: {e}"))
+}
+
 fn replay_json(trace: &Path, extra: &[&str], name: &str) -> Value {
     let json = tmp(name);
     let mut args = vec![
@@ -392,33 +403,30 @@ fn keda_loop_wakes_at_the_polling_interval_and_sleeps_after_cooldown() {
     rows.push_str("3601,0.5\n");
     let _ = std::fs::write(&trace, rows);
     let run = |lp: &str| {
-        let json = tmp(&format!("wake-{lp}.json"));
-        let (ok, stdout, stderr) = sim(&[
-            "replay",
-            "--trace",
-            trace.to_str().unwrap_or_default(),
-            "--format",
-            "csv",
-            "--service-col",
-            "svc",
-            "--policy",
-            "queue",
-            "--loop",
-            lp,
-            "--cold-start",
-            "10",
-            "--param",
-            "keepAlive=60s",
-            "--param",
-            "queue.scaleDownWindow=0s",
-            "--drain",
-            "120",
-            "--json",
-            json.to_str().unwrap_or_default(),
-        ]);
-        assert!(ok, "{stdout}\n{stderr}");
-        let doc: Value =
-            serde_json::from_str(&std::fs::read_to_string(json).unwrap_or_default()).unwrap_or(Value::Null);
+        let doc = run_json(
+            &[
+                "replay",
+                "--trace",
+                trace.to_str().unwrap_or_default(),
+                "--format",
+                "csv",
+                "--service-col",
+                "svc",
+                "--policy",
+                "queue",
+                "--loop",
+                lp,
+                "--cold-start",
+                "10",
+                "--param",
+                "keepAlive=60s",
+                "--param",
+                "queue.scaleDownWindow=0s",
+                "--drain",
+                "120",
+            ],
+            &format!("wake-{lp}.json"),
+        );
         doc["policies"][0].clone()
     };
     let (direct, keda) = (run("direct"), run("keda"));
@@ -452,23 +460,20 @@ fn integer_second_arrivals_are_counted() {
     // t = 1 and t = 6 (arrivals during the second before t).
     let trace = tmp("ints.csv");
     let _ = std::fs::write(&trace, "t,svc\n0,1\n0,1\n0,1\n5,1\n5,1\n9,1\n");
-    let json = tmp("ints.json");
-    let (ok, stdout, stderr) = sim(&[
-        "replay",
-        "--trace",
-        trace.to_str().unwrap_or_default(),
-        "--format",
-        "csv",
-        "--service-col",
-        "svc",
-        "--policy",
-        "queue",
-        "--json",
-        json.to_str().unwrap_or_default(),
-    ]);
-    assert!(ok, "{stdout}\n{stderr}");
-    let doc: Value =
-        serde_json::from_str(&std::fs::read_to_string(json).unwrap_or_default()).unwrap_or(Value::Null);
+    let doc = run_json(
+        &[
+            "replay",
+            "--trace",
+            trace.to_str().unwrap_or_default(),
+            "--format",
+            "csv",
+            "--service-col",
+            "svc",
+            "--policy",
+            "queue",
+        ],
+        "ints.json",
+    );
     let arrivals: Vec<u64> = doc["policies"][0]["timeline"]
         .as_array()
         .map(|a| a.iter().map(|p| p["arrivals"].as_u64().unwrap_or(0)).collect())
@@ -509,27 +514,24 @@ fn keda_cooldown_counts_from_the_start_when_never_active() {
     // poll at or after 300 s (t = 300), not at the first poll (t = 0).
     let trace = tmp("late.csv");
     let _ = std::fs::write(&trace, "t,svc\n0,0.5\n1000,0.5\n");
-    let json = tmp("late.json");
-    let (ok, stdout, stderr) = sim(&[
-        "replay",
-        "--trace",
-        trace.to_str().unwrap_or_default(),
-        "--format",
-        "csv",
-        "--service-col",
-        "svc",
-        "--policy",
-        "fixed:0",
-        "--param",
-        "keepAlive=0s",
-        "--loop",
-        "keda",
-        "--json",
-        json.to_str().unwrap_or_default(),
-    ]);
-    assert!(ok, "{stdout}\n{stderr}");
-    let doc: Value =
-        serde_json::from_str(&std::fs::read_to_string(json).unwrap_or_default()).unwrap_or(Value::Null);
+    let doc = run_json(
+        &[
+            "replay",
+            "--trace",
+            trace.to_str().unwrap_or_default(),
+            "--format",
+            "csv",
+            "--service-col",
+            "svc",
+            "--policy",
+            "fixed:0",
+            "--param",
+            "keepAlive=0s",
+            "--loop",
+            "keda",
+        ],
+        "late.json",
+    );
     let tl = doc["policies"][0]["timeline"]
         .as_array()
         .cloned()
