@@ -1,5 +1,8 @@
 //! gpuscale-collector: the DaemonSet that sees load where it happens.
 //!
-//! It will own the GPU sources (NVML, scripted fakes), kubelet PodResources attribution,
-//! model-server scraping and the node's `/metrics` exposition (issue #4). Nothing is
-//! implemented here yet; the crate exists so the workspace layout is fixed from the start.
+//! It owns the Prometheus / OpenMetrics text parser ([`text`]) that the collector uses to scrape
+//! model servers and the scaler uses to read collectors. The rest of the collector (GPU sources
+//! through NVML, kubelet PodResources attribution, model-server scraping and the node's
+//! `/metrics` exposition, issue #4) is not implemented yet.
+
+pub mod text;

@@ -1,0 +1,1114 @@
+//! Prometheus text exposition (0.0.4) and OpenMetrics 1.0 parsing, shared by the collector
+//! (scraping model servers) and the scaler (polling collectors).
+//!
+//! Two modes:
+//! - [`parse_prometheus`], for scraping: as lenient as Prometheus where real servers are sloppy
+//!   (blank lines, TYPE without HELP, trailing commas in label sets, `_sum` before buckets,
+//!   no final newline) but it never misreads a value: a line it cannot read exactly fails the
+//!   page, naming the line, rather than being skipped or half-read.
+//! - [`parse_openmetrics`], strict: every rule of OpenMetrics 1.0 that the reference parser
+//!   (Python `prometheus_client`) enforces, so it classifies the OpenMetrics conformance suite
+//!   as upstream does. Exemplars are validated and skipped.
+//!
+//! `prometheus-parse` 0.2.5 is not usable here: it drops every metric whose name contains `:`
+//! (all of vLLM's and SGLang's) and cuts label values at commas (a test pins that).
+//!
+//! Every page is bounded ([`Limits`]): bytes, samples, labels per sample, label value length.
+
+use std::collections::HashSet;
+use std::fmt;
+
+/// A metric family: one name, one type, its samples.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricFamily {
+    /// The family name (from TYPE/HELP, or the sample name for untyped samples).
+    pub name: String,
+    /// Its type.
+    pub kind: Kind,
+    /// HELP text, unescaped ("" when absent).
+    pub help: String,
+    /// UNIT (OpenMetrics; "" when absent).
+    pub unit: String,
+    /// Samples in page order.
+    pub samples: Vec<Sample>,
+}
+
+/// Metric types of both formats (`untyped` is OpenMetrics' `unknown`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// counter
+    Counter,
+    /// gauge
+    Gauge,
+    /// histogram
+    Histogram,
+    /// gaugehistogram (OpenMetrics)
+    GaugeHistogram,
+    /// summary
+    Summary,
+    /// info (OpenMetrics)
+    Info,
+    /// stateset (OpenMetrics)
+    StateSet,
+    /// untyped / unknown
+    Unknown,
+}
+
+impl Kind {
+    /// The name as written in a TYPE line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+            Kind::GaugeHistogram => "gaugehistogram",
+            Kind::Summary => "summary",
+            Kind::Info => "info",
+            Kind::StateSet => "stateset",
+            Kind::Unknown => "unknown",
+        }
+    }
+
+    fn parse(s: &str, openmetrics: bool) -> Option<Kind> {
+        Some(match s {
+            "counter" => Kind::Counter,
+            "gauge" => Kind::Gauge,
+            "histogram" => Kind::Histogram,
+            "summary" => Kind::Summary,
+            "untyped" if !openmetrics => Kind::Unknown,
+            "unknown" if openmetrics => Kind::Unknown,
+            "gaugehistogram" if openmetrics => Kind::GaugeHistogram,
+            "info" if openmetrics => Kind::Info,
+            "stateset" if openmetrics => Kind::StateSet,
+            _ => return None,
+        })
+    }
+
+    /// Sample-name suffixes that belong to a family of this type.
+    fn suffixes(self, openmetrics: bool) -> &'static [&'static str] {
+        match (self, openmetrics) {
+            (Kind::Counter, true) => &["_total", "_created"],
+            (Kind::Summary, true) => &["", "_count", "_sum", "_created"],
+            (Kind::Summary, false) => &["", "_count", "_sum"],
+            (Kind::Histogram, true) => &["_count", "_sum", "_bucket", "_created"],
+            (Kind::Histogram, false) => &["_count", "_sum", "_bucket"],
+            (Kind::GaugeHistogram, _) => &["_gcount", "_gsum", "_bucket"],
+            (Kind::Info, _) => &["_info"],
+            _ => &[""],
+        }
+    }
+}
+
+/// One sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// The sample name as written (`x_bucket`, `x_total`, ...).
+    pub name: String,
+    /// Labels in page order.
+    pub labels: Vec<(String, String)>,
+    /// The value.
+    pub value: f64,
+    /// Timestamp in seconds (text format's milliseconds are converted).
+    pub timestamp: Option<f64>,
+}
+
+impl Sample {
+    /// A label's value.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Bounds on one page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most bytes in a page.
+    pub max_bytes: usize,
+    /// Most samples in a page.
+    pub max_samples: usize,
+    /// Most labels on one sample.
+    pub max_labels: usize,
+    /// Longest label value, bytes.
+    pub max_label_value: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 16 << 20,
+            max_samples: 200_000,
+            max_labels: 64,
+            max_label_value: 4096,
+        }
+    }
+}
+
+/// Why a page was rejected: the 1-based line and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ParseError {
+    /// 1-based line number (0 for whole-page problems).
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "line {}: {}", self.line, self.message)
+        }
+    }
+}
+
+fn err<T>(line: usize, message: impl Into<String>) -> Result<T, ParseError> {
+    Err(ParseError {
+        line,
+        message: message.into(),
+    })
+}
+
+fn is_metric_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_' || c == b':')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b':')
+}
+
+fn is_label_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// A number as Python's `float()` reads it (which both reference parsers use): decimal with
+/// optional fraction and exponent, or `inf`/`infinity`/`nan` in any case, optionally signed.
+/// No whitespace, no underscores, no hex.
+pub fn parse_number(s: &str) -> Option<f64> {
+    let body = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let lower = body.to_ascii_lowercase();
+    let neg = s.starts_with('-');
+    match lower.as_str() {
+        "inf" | "infinity" => return Some(if neg { f64::NEG_INFINITY } else { f64::INFINITY }),
+        "nan" => return Some(f64::NAN),
+        _ => {}
+    }
+    // digits [. digits] | . digits, then optional e[+-]digits
+    let b = body.as_bytes();
+    let mut i = 0;
+    let int_digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    i += int_digits;
+    let mut frac_digits = 0;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        frac_digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        i += frac_digits;
+    }
+    if int_digits + frac_digits == 0 {
+        return None;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let exp = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if exp == 0 {
+            return None;
+        }
+        i += exp;
+    }
+    if i != b.len() {
+        return None;
+    }
+    s.parse::<f64>().ok()
+}
+
+/// Unescape a quoted label value's body: `\\`, `\"`, `\n`; other escapes are kept as written
+/// (as both reference parsers do).
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('\\') => out.push('\\'),
+            Some('"') => out.push('"'),
+            Some('n') => out.push('\n'),
+            Some(o) => {
+                out.push('\\');
+                out.push(o);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// A sample's labels, in page order.
+type Labels = Vec<(String, String)>;
+
+/// Parse `{...}` starting at `s[0] == '{'`; the labels and the rest after `}`.
+fn parse_labels<'a>(s: &'a str, openmetrics: bool, limits: &Limits) -> Result<(Labels, &'a str), String> {
+    let mut rest = &s[1..];
+    let mut labels: Vec<(String, String)> = Vec::new();
+    let mut first = true;
+    loop {
+        if let Some(r) = rest.strip_prefix('}') {
+            if openmetrics && !first && labels.is_empty() {
+                return Err("empty label term".into());
+            }
+            return Ok((labels, r));
+        }
+        if !first {
+            rest = rest
+                .strip_prefix(',')
+                .ok_or("expected `,` or `}` between labels")?;
+            if let Some(r) = rest.strip_prefix('}') {
+                if openmetrics {
+                    return Err("trailing comma in label set".into());
+                }
+                return Ok((labels, r)); // Prometheus accepts `{a="b",}` (TorchServe writes it)
+            }
+        }
+        first = false;
+        if !openmetrics {
+            rest = rest.trim_start();
+        }
+        let name_len = rest
+            .bytes()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == b'_')
+            .count();
+        let name = &rest[..name_len];
+        if !is_label_name(name) {
+            return Err(format!("invalid label name `{name}`"));
+        }
+        rest = &rest[name_len..];
+        if !openmetrics {
+            rest = rest.trim_start();
+        }
+        rest = rest
+            .strip_prefix('=')
+            .ok_or_else(|| format!("label `{name}` has no `=`"))?;
+        if !openmetrics {
+            rest = rest.trim_start();
+        }
+        rest = rest
+            .strip_prefix('"')
+            .ok_or_else(|| format!("label `{name}`: value must be quoted"))?;
+        // Find the closing quote, skipping escaped characters.
+        let bytes = rest.as_bytes();
+        let mut i = 0;
+        loop {
+            match bytes.get(i) {
+                None => return Err(format!("label `{name}`: missing closing quote")),
+                Some(b'\\') => i += 2,
+                Some(b'"') => break,
+                Some(_) => i += 1,
+            }
+        }
+        let raw = &rest[..i];
+        if raw.len() > limits.max_label_value {
+            return Err(format!(
+                "label `{name}`: value longer than {} bytes",
+                limits.max_label_value
+            ));
+        }
+        let value = unescape(raw);
+        rest = &rest[i + 1..];
+        if !openmetrics {
+            rest = rest.trim_start();
+        }
+        if name == "__name__" && openmetrics {
+            return Err("`__name__` label".into());
+        }
+        if labels.iter().any(|(k, _)| k == name) {
+            return Err(format!("duplicate label `{name}`"));
+        }
+        if labels.len() == limits.max_labels {
+            return Err(format!("more than {} labels", limits.max_labels));
+        }
+        labels.push((name.to_string(), value));
+    }
+}
+
+/// Python's `float(x).is_integer()` for a parsed value.
+fn is_integer(v: f64) -> bool {
+    v.is_finite() && v.fract() == 0.0
+}
+
+// ----------------------------------------------------------------------------------------------
+// Prometheus text 0.0.4 (scrape mode)
+// ----------------------------------------------------------------------------------------------
+
+/// Parse a Prometheus text-format page (0.0.4), grouping samples into families the way
+/// Prometheus' client libraries do.
+pub fn parse_prometheus(text: &str, limits: &Limits) -> Result<Vec<MetricFamily>, ParseError> {
+    if text.len() > limits.max_bytes {
+        return err(
+            0,
+            format!(
+                "page of {} bytes exceeds the limit of {}",
+                text.len(),
+                limits.max_bytes
+            ),
+        );
+    }
+    let mut families: Vec<MetricFamily> = Vec::new();
+    let mut cur: Option<MetricFamily> = None;
+    let mut allowed: Vec<String> = Vec::new();
+    let mut total = 0usize;
+    let flush = |cur: &mut Option<MetricFamily>, families: &mut Vec<MetricFamily>| {
+        if let Some(f) = cur.take() {
+            families.push(f);
+        }
+    };
+    for (n, raw) in text.split('\n').enumerate() {
+        let line_no = n + 1;
+        let line = raw.trim_matches(|c: char| c == ' ' || c == '\t' || c == '\r');
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix('#') {
+            let mut parts = comment.trim_start().splitn(3, [' ', '\t']);
+            let keyword = parts.next().unwrap_or("");
+            if keyword != "HELP" && keyword != "TYPE" {
+                continue; // other comments are comments
+            }
+            let rest = parts.next().unwrap_or("");
+            let name = rest.trim();
+            if name.is_empty() {
+                continue;
+            }
+            if !is_metric_name(name) {
+                return err(line_no, format!("invalid metric name `{name}` in # {keyword}"));
+            }
+            let arg = parts.next().unwrap_or("").trim_start_matches([' ', '\t']);
+            if cur.as_ref().is_none_or(|f| f.name != name) {
+                flush(&mut cur, &mut families);
+                cur = Some(MetricFamily {
+                    name: name.to_string(),
+                    kind: Kind::Unknown,
+                    help: String::new(),
+                    unit: String::new(),
+                    samples: Vec::new(),
+                });
+                allowed = vec![name.to_string()];
+            }
+            let Some(f) = cur.as_mut() else { continue };
+            if keyword == "HELP" {
+                f.help = unescape_help(arg);
+            } else {
+                let t = arg.trim();
+                f.kind = Kind::parse(t, false).ok_or_else(|| ParseError {
+                    line: line_no,
+                    message: format!("unknown type `{t}` for `{name}`: expected counter, gauge, histogram, summary or untyped"),
+                })?;
+                allowed = f
+                    .kind
+                    .suffixes(false)
+                    .iter()
+                    .map(|s| format!("{name}{s}"))
+                    .collect();
+            }
+            continue;
+        }
+        let sample = parse_prometheus_sample(line, limits).map_err(|m| ParseError {
+            line: line_no,
+            message: m,
+        })?;
+        total += 1;
+        if total > limits.max_samples {
+            return err(line_no, format!("more than {} samples", limits.max_samples));
+        }
+        if allowed.contains(&sample.name)
+            && let Some(f) = cur.as_mut()
+        {
+            f.samples.push(sample);
+            continue;
+        }
+        // A sample that belongs to no declared family is its own untyped family.
+        flush(&mut cur, &mut families);
+        allowed.clear();
+        families.push(MetricFamily {
+            name: sample.name.clone(),
+            kind: Kind::Unknown,
+            help: String::new(),
+            unit: String::new(),
+            samples: vec![sample],
+        });
+    }
+    flush(&mut cur, &mut families);
+    Ok(families)
+}
+
+/// HELP in text 0.0.4 escapes only `\\` and `\n`.
+fn unescape_help(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.peek() {
+                Some('\\') => {
+                    out.push('\\');
+                    chars.next();
+                }
+                Some('n') => {
+                    out.push('\n');
+                    chars.next();
+                }
+                _ => out.push('\\'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn parse_prometheus_sample(line: &str, limits: &Limits) -> Result<Sample, String> {
+    let name_len = line
+        .bytes()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b':')
+        .count();
+    let name = &line[..name_len];
+    if !is_metric_name(name) {
+        return Err(format!(
+            "expected a metric name at the start of `{}`",
+            truncate(line)
+        ));
+    }
+    let mut rest = line[name_len..].trim_start_matches([' ', '\t']);
+    let mut labels = Vec::new();
+    if rest.starts_with('{') {
+        let (l, r) = parse_labels(rest, false, limits).map_err(|e| format!("{name}: {e}"))?;
+        labels = l;
+        rest = r;
+    }
+    let mut tokens = rest.split([' ', '\t']).filter(|t| !t.is_empty());
+    let value_text = tokens.next().ok_or_else(|| format!("{name}: missing value"))?;
+    let value = parse_number(value_text).ok_or_else(|| format!("{name}: invalid value `{value_text}`"))?;
+    let timestamp = match tokens.next() {
+        None => None,
+        Some(t) => Some(
+            t.parse::<i64>()
+                .map_err(|_| format!("{name}: invalid timestamp `{t}` (milliseconds expected)"))?
+                as f64
+                / 1000.0,
+        ),
+    };
+    if let Some(extra) = tokens.next() {
+        return Err(format!("{name}: unexpected `{extra}` after the timestamp"));
+    }
+    Ok(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+        timestamp,
+    })
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(80) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// OpenMetrics 1.0 (strict)
+// ----------------------------------------------------------------------------------------------
+
+/// Strictly parse an OpenMetrics 1.0 page (must end with `# EOF`).
+pub fn parse_openmetrics(text: &str, limits: &Limits) -> Result<Vec<MetricFamily>, ParseError> {
+    if text.len() > limits.max_bytes {
+        return err(
+            0,
+            format!(
+                "page of {} bytes exceeds the limit of {}",
+                text.len(),
+                limits.max_bytes
+            ),
+        );
+    }
+    let mut p = OmParser {
+        limits,
+        families: Vec::new(),
+        seen: HashSet::new(),
+        cur: None,
+        total: 0,
+    };
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    let mut eof = false;
+    for (n, line) in body.split('\n').enumerate() {
+        let no = n + 1;
+        if eof {
+            return err(no, "text after # EOF");
+        }
+        if line.is_empty() {
+            return err(no, "blank line");
+        }
+        if line == "# EOF" {
+            eof = true;
+        } else if line.starts_with('#') {
+            p.metadata(no, line)?;
+        } else {
+            p.sample_line(no, line)?;
+        }
+    }
+    if !eof {
+        return err(0, "missing # EOF at the end");
+    }
+    p.finish_family()?;
+    Ok(p.families)
+}
+
+struct OmFamily {
+    fam: MetricFamily,
+    typed: bool,
+    has_help: bool,
+    has_unit: bool,
+    allowed: Vec<String>,
+    group: Option<Vec<(String, String)>>,
+    group_ts: Option<f64>,
+    seen_groups: Vec<Vec<(String, String)>>,
+    group_series: HashSet<(String, Vec<(String, String)>)>,
+}
+
+struct OmParser<'a> {
+    limits: &'a Limits,
+    families: Vec<MetricFamily>,
+    seen: HashSet<String>,
+    cur: Option<OmFamily>,
+    total: usize,
+}
+
+impl OmParser<'_> {
+    fn start(&mut self, name: &str, kind: Option<Kind>) -> Result<(), ParseError> {
+        self.finish_family()?;
+        let kind_known = kind.unwrap_or(Kind::Unknown);
+        self.cur = Some(OmFamily {
+            fam: MetricFamily {
+                name: name.to_string(),
+                kind: kind_known,
+                help: String::new(),
+                unit: String::new(),
+                samples: Vec::new(),
+            },
+            typed: kind.is_some(),
+            has_help: false,
+            has_unit: false,
+            allowed: vec![name.to_string()],
+            group: None,
+            group_ts: None,
+            seen_groups: Vec::new(),
+            group_series: HashSet::new(),
+        });
+        Ok(())
+    }
+
+    fn metadata(&mut self, no: usize, line: &str) -> Result<(), ParseError> {
+        let mut parts = line.splitn(4, ' ');
+        let (hash, keyword, name, arg) = (parts.next(), parts.next(), parts.next(), parts.next());
+        let (Some("#"), Some(keyword), Some(name), Some(arg)) = (hash, keyword, name, arg) else {
+            return err(
+                no,
+                "invalid metadata line (expected `# HELP|TYPE|UNIT name text`)",
+            );
+        };
+        if !is_metric_name(name) {
+            return err(no, format!("invalid metric name `{name}`"));
+        }
+        let same = self.cur.as_ref().is_some_and(|f| f.fam.name == name);
+        if same && self.cur.as_ref().is_some_and(|f| !f.fam.samples.is_empty()) {
+            return err(no, format!("metadata for `{name}` after its samples"));
+        }
+        if !same {
+            self.start(name, None)?;
+        }
+        let Some(f) = self.cur.as_mut() else {
+            return err(no, "internal: no family");
+        };
+        match keyword {
+            "HELP" => {
+                if f.has_help {
+                    return err(no, format!("second HELP for `{name}`"));
+                }
+                f.has_help = true;
+                f.fam.help = unescape(arg);
+            }
+            "TYPE" => {
+                if f.typed {
+                    return err(no, format!("second TYPE for `{name}`"));
+                }
+                let kind = Kind::parse(arg, true).ok_or_else(|| ParseError {
+                    line: no,
+                    message: format!("invalid type `{arg}` for `{name}`"),
+                })?;
+                f.typed = true;
+                f.fam.kind = kind;
+                f.allowed = kind.suffixes(true).iter().map(|s| format!("{name}{s}")).collect();
+            }
+            "UNIT" => {
+                if f.has_unit {
+                    return err(no, format!("second UNIT for `{name}`"));
+                }
+                f.has_unit = true;
+                f.fam.unit = arg.to_string();
+            }
+            _ => return err(no, format!("unknown metadata `{keyword}`")),
+        }
+        Ok(())
+    }
+
+    fn finish_family(&mut self) -> Result<(), ParseError> {
+        let Some(f) = self.cur.take() else { return Ok(()) };
+        let fam = f.fam;
+        let name = &fam.name;
+        let mut names: Vec<&str> = fam.kind.suffixes(true).to_vec();
+        if !names.contains(&"") {
+            names.push("");
+        }
+        for s in names {
+            let full = format!("{name}{s}");
+            if !self.seen.insert(full.clone()) {
+                return err(0, format!("clashing name `{full}`"));
+            }
+        }
+        if !fam.unit.is_empty() {
+            if !name.ends_with(&format!("_{}", fam.unit)) {
+                return err(
+                    0,
+                    format!("unit `{}` does not match metric name `{name}`", fam.unit),
+                );
+            }
+            if matches!(fam.kind, Kind::Info | Kind::StateSet) {
+                return err(
+                    0,
+                    format!("units are not allowed for {} `{name}`", fam.kind.as_str()),
+                );
+            }
+        }
+        if matches!(fam.kind, Kind::Histogram | Kind::GaugeHistogram) {
+            check_histogram(&fam).map_err(|m| ParseError { line: 0, message: m })?;
+        }
+        self.families.push(fam);
+        Ok(())
+    }
+
+    fn sample_line(&mut self, no: usize, line: &str) -> Result<(), ParseError> {
+        let e = |m: String| ParseError { line: no, message: m };
+        let (sample, exemplar) = parse_om_sample(line, self.limits).map_err(e)?;
+        self.total += 1;
+        if self.total > self.limits.max_samples {
+            return err(no, format!("more than {} samples", self.limits.max_samples));
+        }
+        let belongs = self
+            .cur
+            .as_ref()
+            .is_some_and(|f| f.allowed.contains(&sample.name));
+        if !belongs {
+            self.start(&sample.name, Some(Kind::Unknown))?;
+            if let Some(f) = self.cur.as_mut() {
+                f.typed = true;
+                f.allowed = vec![sample.name.clone()];
+            }
+        }
+        let Some(f) = self.cur.as_mut() else {
+            return err(no, "internal: no family");
+        };
+        let name = f.fam.name.clone();
+        let kind = f.fam.kind;
+        let suffix = &sample.name[name.len().min(sample.name.len())..];
+        if kind == Kind::StateSet && sample.label(&name).is_none() {
+            return err(no, format!("stateset sample without a `{name}` label"));
+        }
+        if suffix == "_bucket" {
+            match sample.label("le") {
+                Some(le) if le != "NaN" && parse_number(le).is_some() && canonical(le) => {}
+                _ => return err(no, "invalid or missing `le` label"),
+            }
+            if !is_integer(sample.value) {
+                return err(no, "bucket value must be an integer");
+            }
+        }
+        if (suffix == "_count" || suffix == "_gcount") && !is_integer(sample.value) {
+            return err(no, "count value must be an integer");
+        }
+        if kind == Kind::Summary && sample.name == name {
+            match sample.label("quantile") {
+                Some(q) if parse_number(q).is_some_and(|x| (0.0..=1.0).contains(&x)) && canonical(q) => {}
+                _ => return err(no, "invalid or missing `quantile` label"),
+            }
+        }
+        // Grouping: a label set (less le / quantile / the stateset label) must be contiguous,
+        // and timestamps within a group are all present or all absent and never go backwards.
+        let g = group_of(&sample, &name, kind);
+        if f.group.is_some() && f.group.as_ref() != Some(&g) && f.seen_groups.contains(&g) {
+            return err(no, "samples of one label set are not contiguous");
+        }
+        if f.group.as_ref() == Some(&g) {
+            if sample.timestamp.is_none() != f.group_ts.is_none() {
+                return err(no, "mix of samples with and without timestamps in one group");
+            }
+            if let (Some(prev), Some(ts)) = (f.group_ts, sample.timestamp)
+                && prev > ts
+                && kind != Kind::Info
+            {
+                return err(no, "timestamps went backwards within a group");
+            }
+        } else {
+            f.group_series.clear();
+        }
+        let mut sorted = sample.labels.clone();
+        sorted.sort();
+        let series = (sample.name.clone(), sorted);
+        let duplicate = sample.timestamp == f.group_ts && f.group_series.contains(&series);
+        f.group_series.insert(series);
+        if !f.seen_groups.contains(&g) {
+            f.seen_groups.push(g.clone());
+        }
+        f.group = Some(g);
+        f.group_ts = sample.timestamp;
+        if kind == Kind::StateSet && sample.value != 0.0 && sample.value != 1.0 {
+            return err(no, "stateset values must be 0 or 1");
+        }
+        if kind == Kind::Info && sample.value != 1.0 {
+            return err(no, "info values must be 1");
+        }
+        if kind == Kind::Summary && sample.name == name && sample.value < 0.0 {
+            return err(no, "quantile values cannot be negative");
+        }
+        let counter_like = ["_total", "_sum", "_count", "_bucket", "_gcount", "_gsum"].contains(&suffix);
+        if counter_like && sample.value.is_nan() {
+            return err(no, "counter-like samples cannot be NaN");
+        }
+        if counter_like && suffix != "_gsum" && sample.value < 0.0 {
+            return err(no, "counter-like samples cannot be negative");
+        }
+        if exemplar {
+            let ok = (matches!(kind, Kind::Histogram | Kind::GaugeHistogram)
+                && sample.name.ends_with("_bucket"))
+                || (kind == Kind::Counter && sample.name.ends_with("_total"));
+            if !ok {
+                return err(no, "only histogram buckets and counter totals can have exemplars");
+            }
+        }
+        if !duplicate {
+            f.fam.samples.push(sample);
+        }
+        Ok(())
+    }
+}
+
+/// Only +Inf has a canonical spelling that matters (`le="+Inf"`).
+fn canonical(s: &str) -> bool {
+    parse_number(s) != Some(f64::INFINITY) || s == "+Inf"
+}
+
+fn group_of(s: &Sample, name: &str, kind: Kind) -> Vec<(String, String)> {
+    let drop = match kind {
+        Kind::Info => return Vec::new(),
+        Kind::Summary if s.name == name => Some("quantile"),
+        Kind::StateSet => Some(name),
+        Kind::Histogram | Kind::GaugeHistogram if s.name == format!("{name}_bucket") => Some("le"),
+        _ => None,
+    };
+    let mut g: Vec<(String, String)> = s
+        .labels
+        .iter()
+        .filter(|(k, _)| Some(k.as_str()) != drop)
+        .cloned()
+        .collect();
+    g.sort();
+    g
+}
+
+fn check_histogram(f: &MetricFamily) -> Result<(), String> {
+    struct State {
+        count: Option<f64>,
+        bucket: Option<f64>,
+        neg_buckets: bool,
+        has_sum: bool,
+        has_gsum: bool,
+        neg_gsum: bool,
+        value: f64,
+    }
+    let name = &f.name;
+    let check = |s: &State| -> Result<(), String> {
+        if s.bucket != Some(f64::INFINITY) {
+            return Err(format!("+Inf bucket missing: {name}"));
+        }
+        if s.count.is_some_and(|c| c != s.value) {
+            return Err(format!("count does not match the +Inf bucket: {name}"));
+        }
+        if s.has_sum && s.count.is_none() {
+            return Err(format!("_sum without _count: {name}"));
+        }
+        if s.has_gsum && s.count.is_none() {
+            return Err(format!("_gsum without _gcount: {name}"));
+        }
+        if !(s.has_sum || s.has_gsum) && s.count.is_some() {
+            return Err(format!("_count without _sum: {name}"));
+        }
+        if s.neg_buckets && s.has_sum {
+            return Err(format!("_sum with negative buckets: {name}"));
+        }
+        if !s.neg_buckets && s.neg_gsum {
+            return Err(format!("negative _gsum with non-negative buckets: {name}"));
+        }
+        Ok(())
+    };
+    let mut group: Option<Vec<(String, String)>> = None;
+    let mut ts: Option<Option<f64>> = None;
+    let fresh = || State {
+        count: None,
+        bucket: None,
+        neg_buckets: false,
+        has_sum: false,
+        has_gsum: false,
+        neg_gsum: false,
+        value: 0.0,
+    };
+    let mut st = fresh();
+    for s in &f.samples {
+        let suffix = &s.name[name.len()..];
+        if suffix.is_empty() {
+            continue;
+        }
+        let g = group_of(s, name, Kind::Histogram);
+        if Some(&g) != group.as_ref() || Some(s.timestamp) != ts {
+            if group.is_some() {
+                check(&st)?;
+            }
+            st = fresh();
+        }
+        group = Some(g);
+        ts = Some(s.timestamp);
+        match suffix {
+            "_bucket" => {
+                let b = s.label("le").and_then(parse_number).unwrap_or(f64::NAN);
+                if b < 0.0 {
+                    st.neg_buckets = true;
+                }
+                if st.bucket.is_some_and(|prev| b <= prev) {
+                    return Err(format!("buckets out of order: {name}"));
+                }
+                if s.value < st.value {
+                    return Err(format!("bucket values out of order: {name}"));
+                }
+                st.bucket = Some(b);
+                st.value = s.value;
+            }
+            "_count" | "_gcount" => st.count = Some(s.value),
+            "_sum" => st.has_sum = true,
+            "_gsum" => {
+                st.has_gsum = true;
+                if s.value < 0.0 {
+                    st.neg_gsum = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    if group.is_some() {
+        check(&st)?;
+    }
+    Ok(())
+}
+
+/// `name[{labels}] value[ timestamp][ # {labels} value[ timestamp]]`, single spaces, strict.
+/// Returns the sample and whether it carried an exemplar (validated, then dropped).
+fn parse_om_sample(line: &str, limits: &Limits) -> Result<(Sample, bool), String> {
+    let name_len = line
+        .bytes()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b':')
+        .count();
+    let name = &line[..name_len];
+    if !is_metric_name(name) {
+        return Err(format!(
+            "expected a metric name at the start of `{}`",
+            truncate(line)
+        ));
+    }
+    let mut rest = &line[name_len..];
+    let mut labels = Vec::new();
+    if rest.starts_with('{') {
+        let (l, r) = parse_labels(rest, true, limits).map_err(|e| format!("{name}: {e}"))?;
+        labels = l;
+        rest = r;
+    }
+    let rest = rest
+        .strip_prefix(' ')
+        .ok_or_else(|| format!("{name}: expected one space before the value"))?;
+    let (main, exemplar) = match rest.find(" # ") {
+        Some(i) => (&rest[..i], Some(&rest[i + 3..])),
+        None => (rest, None),
+    };
+    let mut it = main.split(' ');
+    let value_text = it.next().unwrap_or("");
+    let value = parse_number(value_text).ok_or_else(|| format!("{name}: invalid value `{value_text}`"))?;
+    let timestamp = match it.next() {
+        None => None,
+        Some(t) => Some(om_timestamp(t).ok_or_else(|| format!("{name}: invalid timestamp `{t}`"))?),
+    };
+    if it.next().is_some() {
+        return Err(format!("{name}: unexpected text after the timestamp"));
+    }
+    if let Some(ex) = exemplar {
+        if !ex.starts_with('{') {
+            return Err(format!("{name}: exemplar must start with a label set"));
+        }
+        let (ex_labels, r) = parse_labels(ex, true, limits).map_err(|e| format!("{name}: exemplar: {e}"))?;
+        let chars: usize = ex_labels
+            .iter()
+            .map(|(k, v)| k.chars().count() + v.chars().count())
+            .sum();
+        if chars > 128 {
+            return Err(format!("{name}: exemplar labels longer than 128 characters"));
+        }
+        let r = r
+            .strip_prefix(' ')
+            .ok_or_else(|| format!("{name}: exemplar: expected a value"))?;
+        let mut parts = r.split(' ');
+        let v = parts.next().unwrap_or("");
+        parse_number(v).ok_or_else(|| format!("{name}: exemplar: invalid value `{v}`"))?;
+        if let Some(t) = parts.next() {
+            om_timestamp(t).ok_or_else(|| format!("{name}: exemplar: invalid timestamp `{t}`"))?;
+        }
+        if parts.next().is_some() {
+            return Err(format!("{name}: exemplar: unexpected text"));
+        }
+    }
+    Ok((
+        Sample {
+            name: name.to_string(),
+            labels,
+            value,
+            timestamp,
+        },
+        exemplar.is_some(),
+    ))
+}
+
+/// OpenMetrics timestamps: seconds, finite.
+fn om_timestamp(t: &str) -> Option<f64> {
+    parse_number(t).filter(|v| v.is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prom(text: &str) -> Vec<MetricFamily> {
+        parse_prometheus(text, &Limits::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn colons_commas_escapes_and_trailing_commas() {
+        let f = prom(
+            "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"m,1\",engine=\"0\"} 3\n\
+             ts_x{Level=\"Host\",a=\"q\\\"uote\\\\ \\n\",} 1.5e+03 1700000000000\n",
+        );
+        assert_eq!(f[0].name, "vllm:num_requests_waiting");
+        assert_eq!(f[0].kind, Kind::Gauge);
+        assert_eq!(f[0].samples[0].label("model_name"), Some("m,1"));
+        assert_eq!(f[0].samples[0].value, 3.0);
+        assert_eq!(f[1].samples[0].label("a"), Some("q\"uote\\ \n"));
+        assert_eq!(f[1].samples[0].value, 1500.0);
+        assert_eq!(f[1].samples[0].timestamp, Some(1_700_000_000.0));
+    }
+
+    #[test]
+    fn never_misreads_a_value() {
+        for bad in [
+            "x 1,5",
+            "x 0x10",
+            "x 1_000",
+            "x",
+            "x{a=\"b\"}",
+            "x{a=b} 1",
+            "x 1 2 3",
+            "x 1 1.5",
+        ] {
+            assert!(
+                parse_prometheus(bad, &Limits::default()).is_err(),
+                "{bad} should fail"
+            );
+        }
+        let f = prom("x +Inf\ny -inf\nz NaN\n");
+        assert!(f[0].samples[0].value.is_infinite() && f[2].samples[0].value.is_nan());
+    }
+
+    #[test]
+    fn limits_hold() {
+        let small = Limits {
+            max_bytes: 10,
+            ..Limits::default()
+        };
+        assert!(parse_prometheus("x 1\ny 2\nz 3\n", &small).is_err());
+        let few = Limits {
+            max_samples: 2,
+            ..Limits::default()
+        };
+        let e = parse_prometheus("x 1\ny 2\nz 3\n", &few)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(e, "line 3: more than 2 samples");
+        let labels = Limits {
+            max_labels: 1,
+            ..Limits::default()
+        };
+        assert!(parse_prometheus("x{a=\"1\",b=\"2\"} 1", &labels).is_err());
+    }
+
+    #[test]
+    fn openmetrics_basics() {
+        let ok = "# TYPE a counter\n# HELP a help\na_total 1 # {t=\"1\"} 2 3\na_created 10\n# EOF\n";
+        let f = parse_openmetrics(ok, &Limits::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (f[0].name.as_str(), f[0].kind, f[0].samples.len()),
+            ("a", Kind::Counter, 2)
+        );
+        for bad in [
+            "a 1\n",
+            "a 1\n\n# EOF\n",
+            "a 1\n# EOF\nb 2\n",
+            "# TYPE a counter\na_total -1\n# EOF\n",
+        ] {
+            assert!(parse_openmetrics(bad, &Limits::default()).is_err(), "{bad:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod no_panic {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes, and mutations of a realistic page, never panic either parser.
+        #[test]
+        fn arbitrary_input_never_panics(s in "\\PC{0,200}", cut in 0usize..400, junk in "[{}\",=# \\\\\\n+a-zA-Z0-9._:]{0,20}") {
+            let _ = parse_prometheus(&s, &Limits::default());
+            let _ = parse_openmetrics(&s, &Limits::default());
+            let page = "# HELP x_total h\n# TYPE x counter\nx_total{a=\"b\",c=\"d\\\\\"} 1 # {t=\"1\"} 2 3\n\
+                        # TYPE h histogram\nh_bucket{le=\"1\"} 0\nh_bucket{le=\"+Inf\"} 1\nh_count 1\nh_sum 2\n# EOF\n";
+            let mut cut = cut.min(page.len());
+            while !page.is_char_boundary(cut) { cut -= 1; }
+            let mutated = format!("{}{}{}", &page[..cut], junk, &page[cut..]);
+            let _ = parse_prometheus(&mutated, &Limits::default());
+            let _ = parse_openmetrics(&mutated, &Limits::default());
+        }
+    }
+}
