@@ -1,0 +1,469 @@
+//! The node's snapshot and how it is written out: Prometheus text 0.0.4, or OpenMetrics 1.0
+//! when asked, optionally with dcgm-exporter's names so existing dashboards keep working.
+//!
+//! Rendering happens once per tick, not per request: `/metrics` serves the last rendered page.
+
+use std::fmt::Write as _;
+
+use crate::gpu::GpuReading;
+use crate::scrape::{Preset, Target};
+
+/// One target's queue depth at the last tick.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueReading {
+    /// Where it was scraped.
+    pub target: Target,
+    /// Server recognised (`None` when the scrape failed or the page was not recognised).
+    pub server: Option<Preset>,
+    /// Requests waiting.
+    pub waiting: Option<f64>,
+    /// Requests running.
+    pub running: Option<f64>,
+    /// KV-cache usage, 0-1.
+    pub kv_cache: Option<f64>,
+    /// Whether the last scrape succeeded.
+    pub up: bool,
+    /// How long it took, seconds.
+    pub duration_seconds: f64,
+    /// Failed scrapes since start.
+    pub errors_total: u64,
+}
+
+/// Everything the collector knows at one tick.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// This node's name.
+    pub node: String,
+    /// The GPU source's name.
+    pub gpu_source: String,
+    /// GPUs read this tick.
+    pub gpus: Vec<GpuReading>,
+    /// Whether the GPU read failed this tick.
+    pub gpu_error: bool,
+    /// Queue depth per target.
+    pub queues: Vec<QueueReading>,
+    /// Unix time of the tick, seconds.
+    pub timestamp_seconds: f64,
+    /// How long the tick took, seconds.
+    pub tick_seconds: f64,
+    /// Ticks completed since start.
+    pub ticks_total: u64,
+}
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `text/plain; version=0.0.4`
+    Prometheus,
+    /// `application/openmetrics-text; version=1.0.0`
+    OpenMetrics,
+}
+
+impl Format {
+    /// The Content-Type to send.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+
+    /// Pick from an Accept header: OpenMetrics only when the client asks for it.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Writes families in either format.
+struct Writer {
+    out: String,
+    format: Format,
+}
+
+impl Writer {
+    /// `name` is the family name; for counters the samples are `name_total`. Text 0.0.4 names
+    /// a counter family after its samples (`x_total`), OpenMetrics after the family (`x`).
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let suffix = if kind == "counter" && self.format == Format::Prometheus {
+            "_total"
+        } else {
+            ""
+        };
+        let _ = writeln!(self.out, "# HELP {name}{suffix} {help}");
+        let _ = writeln!(self.out, "# TYPE {name}{suffix} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(name);
+        let labels: Vec<&(&str, &str)> = labels.iter().filter(|(_, v)| !v.is_empty()).collect();
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {}", number(value));
+    }
+
+    fn finish(mut self) -> String {
+        if self.format == Format::OpenMetrics {
+            self.out.push_str("# EOF\n");
+        }
+        self.out
+    }
+}
+
+type GpuField = (&'static str, &'static str, fn(&GpuReading) -> Option<f64>);
+
+const GPU_GAUGES: [GpuField; 8] = [
+    (
+        "gpuscale_gpu_utilization_ratio",
+        "SM (compute) utilization, 0-1.",
+        |g| g.utilization,
+    ),
+    (
+        "gpuscale_gpu_memory_utilization_ratio",
+        "Memory-controller utilization, 0-1.",
+        |g| g.memory_utilization,
+    ),
+    (
+        "gpuscale_gpu_memory_used_bytes",
+        "Framebuffer memory used.",
+        |g| g.memory_used_bytes.map(|b| b as f64),
+    ),
+    (
+        "gpuscale_gpu_memory_free_bytes",
+        "Framebuffer memory free.",
+        |g| g.memory_free_bytes.map(|b| b as f64),
+    ),
+    (
+        "gpuscale_gpu_memory_total_bytes",
+        "Framebuffer memory in total.",
+        |g| g.memory_total_bytes.map(|b| b as f64),
+    ),
+    ("gpuscale_gpu_power_watts", "Board power draw.", |g| g.power_watts),
+    ("gpuscale_gpu_temperature_celsius", "GPU core temperature.", |g| {
+        g.temperature_celsius
+    }),
+    ("gpuscale_gpu_sm_clock_hertz", "SM clock.", |g| g.sm_clock_hertz),
+];
+
+/// dcgm-exporter's names, units and label names (`gpu`, `UUID`, `device`, `modelName`,
+/// `Hostname`), from the dcgm-exporter pages in shared/fixtures.
+const DCGM_GAUGES: [GpuField; 6] = [
+    ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", |g| {
+        g.utilization.map(|u| (u * 100.0).round())
+    }),
+    ("DCGM_FI_DEV_MEM_COPY_UTIL", "Memory utilization (in %).", |g| {
+        g.memory_utilization.map(|u| (u * 100.0).round())
+    }),
+    ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", |g| {
+        g.memory_used_bytes.map(|b| (b >> 20) as f64)
+    }),
+    ("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", |g| {
+        g.memory_free_bytes.map(|b| (b >> 20) as f64)
+    }),
+    ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", |g| g.power_watts),
+    ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", |g| {
+        g.temperature_celsius
+    }),
+];
+
+/// Render a snapshot.
+pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
+    let mut w = Writer {
+        out: String::with_capacity(4096),
+        format,
+    };
+    for (name, help, get) in GPU_GAUGES {
+        let readings: Vec<(&GpuReading, f64)> =
+            s.gpus.iter().filter_map(|g| get(g).map(|v| (g, v))).collect();
+        if readings.is_empty() {
+            continue;
+        }
+        w.family(name, "gauge", help);
+        for (g, v) in readings {
+            w.sample(
+                name,
+                &[
+                    ("gpu", &g.index),
+                    ("uuid", &g.uuid),
+                    ("model", &g.model),
+                    ("node", &s.node),
+                ],
+                v,
+            );
+        }
+    }
+    if !s.gpus.is_empty() {
+        w.family(
+            "gpuscale_gpu_info",
+            "gauge",
+            "One per GPU: its index, UUID, product and node.",
+        );
+        for g in &s.gpus {
+            w.sample(
+                "gpuscale_gpu_info",
+                &[
+                    ("gpu", &g.index),
+                    ("uuid", &g.uuid),
+                    ("model", &g.model),
+                    ("node", &s.node),
+                ],
+                1.0,
+            );
+        }
+    }
+    if dcgm_compat {
+        for (name, help, get) in DCGM_GAUGES {
+            let readings: Vec<(&GpuReading, f64)> =
+                s.gpus.iter().filter_map(|g| get(g).map(|v| (g, v))).collect();
+            if readings.is_empty() {
+                continue;
+            }
+            w.family(name, "gauge", help);
+            for (g, v) in readings {
+                let device = format!("nvidia{}", g.index);
+                w.sample(
+                    name,
+                    &[
+                        ("gpu", &g.index),
+                        ("UUID", &g.uuid),
+                        ("device", &device),
+                        ("modelName", &g.model),
+                        ("Hostname", &s.node),
+                    ],
+                    v,
+                );
+            }
+        }
+    }
+    w.family(
+        "gpuscale_gpu_source_up",
+        "gauge",
+        "1 if the last GPU read succeeded.",
+    );
+    w.sample(
+        "gpuscale_gpu_source_up",
+        &[("source", &s.gpu_source), ("node", &s.node)],
+        f64::from(u8::from(!s.gpu_error)),
+    );
+
+    type QueueField = (&'static str, &'static str, fn(&QueueReading) -> Option<f64>);
+    let queue_gauges: [QueueField; 3] = [
+        (
+            "gpuscale_workload_requests_waiting",
+            "Requests queued at the model server, not yet served.",
+            |q| q.waiting,
+        ),
+        (
+            "gpuscale_workload_requests_running",
+            "Requests being served by the model server.",
+            |q| q.running,
+        ),
+        (
+            "gpuscale_workload_kv_cache_usage_ratio",
+            "KV-cache usage of the model server, 0-1.",
+            |q| q.kv_cache,
+        ),
+    ];
+    for (name, help, get) in queue_gauges {
+        let rows: Vec<(&QueueReading, f64)> =
+            s.queues.iter().filter_map(|q| get(q).map(|v| (q, v))).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        w.family(name, "gauge", help);
+        for (q, v) in rows {
+            let server = q.server.map_or("", |p| p.as_str());
+            w.sample(
+                name,
+                &[
+                    ("namespace", &q.target.namespace),
+                    ("workload", &q.target.workload),
+                    ("server", server),
+                    ("target", &q.target.url),
+                    ("node", &s.node),
+                ],
+                v,
+            );
+        }
+    }
+    if !s.queues.is_empty() {
+        w.family(
+            "gpuscale_scrape_up",
+            "gauge",
+            "1 if the last scrape of the target succeeded.",
+        );
+        for q in &s.queues {
+            w.sample(
+                "gpuscale_scrape_up",
+                &[("target", &q.target.url), ("node", &s.node)],
+                f64::from(u8::from(q.up)),
+            );
+        }
+        w.family(
+            "gpuscale_scrape_duration_seconds",
+            "gauge",
+            "Duration of the last scrape of the target.",
+        );
+        for q in &s.queues {
+            w.sample(
+                "gpuscale_scrape_duration_seconds",
+                &[("target", &q.target.url), ("node", &s.node)],
+                q.duration_seconds,
+            );
+        }
+        w.family(
+            "gpuscale_scrape_errors",
+            "counter",
+            "Failed scrapes of the target since start.",
+        );
+        for q in &s.queues {
+            w.sample(
+                "gpuscale_scrape_errors_total",
+                &[("target", &q.target.url), ("node", &s.node)],
+                q.errors_total as f64,
+            );
+        }
+    }
+    w.family(
+        "gpuscale_collector_last_tick_timestamp_seconds",
+        "gauge",
+        "Unix time of the last completed tick.",
+    );
+    w.sample(
+        "gpuscale_collector_last_tick_timestamp_seconds",
+        &[("node", &s.node)],
+        s.timestamp_seconds,
+    );
+    w.family(
+        "gpuscale_collector_tick_duration_seconds",
+        "gauge",
+        "Duration of the last tick (GPU read and scrapes).",
+    );
+    w.sample(
+        "gpuscale_collector_tick_duration_seconds",
+        &[("node", &s.node)],
+        s.tick_seconds,
+    );
+    w.family(
+        "gpuscale_collector_ticks",
+        "counter",
+        "Ticks completed since start.",
+    );
+    w.sample(
+        "gpuscale_collector_ticks_total",
+        &[("node", &s.node)],
+        s.ticks_total as f64,
+    );
+    w.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{FakeGpus, GpuSource};
+    use crate::text::{Limits, parse_openmetrics, parse_prometheus};
+
+    fn snapshot() -> Snapshot {
+        let (mut fake, _) = FakeGpus::new(2);
+        Snapshot {
+            node: "node-a".into(),
+            gpu_source: "fake".into(),
+            gpus: fake.read().unwrap_or_default(),
+            gpu_error: false,
+            queues: vec![QueueReading {
+                target: Target {
+                    namespace: "llm".into(),
+                    workload: "qwen \"x\"".into(),
+                    url: "http://h:1/metrics".into(),
+                },
+                server: Some(Preset::Vllm),
+                waiting: Some(3.0),
+                running: Some(8.0),
+                kv_cache: None,
+                up: true,
+                duration_seconds: 0.01,
+                errors_total: 2,
+            }],
+            timestamp_seconds: 1.7e9,
+            tick_seconds: 0.02,
+            ticks_total: 5,
+        }
+    }
+
+    #[test]
+    fn both_formats_parse_back_with_the_same_values() {
+        let s = snapshot();
+        let text = render(&s, Format::Prometheus, true);
+        let prom = parse_prometheus(&text, &Limits::default()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let om_text = render(&s, Format::OpenMetrics, true);
+        let om = parse_openmetrics(&om_text, &Limits::default()).unwrap_or_else(|e| panic!("{e}\n{om_text}"));
+        for fams in [&prom, &om] {
+            let find = |n: &str, k: &str, v: &str| {
+                fams.iter()
+                    .flat_map(|f| &f.samples)
+                    .find(|s| s.name == n && s.label(k) == Some(v))
+                    .map(|s| s.value)
+            };
+            assert_eq!(find("gpuscale_gpu_utilization_ratio", "gpu", "1"), Some(0.2));
+            assert_eq!(find("DCGM_FI_DEV_GPU_UTIL", "gpu", "1"), Some(20.0));
+            assert_eq!(
+                find("DCGM_FI_DEV_FB_USED", "UUID", "GPU-fake-0000"),
+                Some(10240.0)
+            );
+            assert_eq!(
+                find("gpuscale_workload_requests_waiting", "workload", "qwen \"x\""),
+                Some(3.0)
+            );
+            assert_eq!(
+                find("gpuscale_scrape_errors_total", "target", "http://h:1/metrics"),
+                Some(2.0)
+            );
+        }
+        assert!(!text.contains("# EOF") && om_text.ends_with("# EOF\n"));
+        // Every series is typed as intended in both formats (text 0.0.4 names counter families
+        // after their `_total` samples, OpenMetrics after the family).
+        for (fams, counter) in [
+            (&prom, "gpuscale_scrape_errors_total"),
+            (&om, "gpuscale_scrape_errors"),
+        ] {
+            let kind = |n: &str| fams.iter().find(|f| f.name == n).map(|f| f.kind);
+            assert_eq!(kind(counter), Some(crate::text::Kind::Counter));
+            assert_eq!(
+                kind("gpuscale_gpu_utilization_ratio"),
+                Some(crate::text::Kind::Gauge)
+            );
+            assert!(
+                fams.iter().all(|f| f.kind != crate::text::Kind::Unknown),
+                "untyped family"
+            );
+        }
+        // kv_cache unknown: no invented series.
+        assert!(!text.contains("gpuscale_workload_kv_cache_usage_ratio"));
+    }
+}

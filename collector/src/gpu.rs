@@ -1,0 +1,232 @@
+//! GPU sources: NVML on a GPU node, scripted fakes for tests and demos, or none.
+
+use std::sync::{Arc, Mutex};
+
+use thiserror::Error;
+
+/// One GPU (or MIG instance) at one instant. Fields a driver does not support are `None`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GpuReading {
+    /// Index as NVML numbers devices (`0`, `1`, ...; MIG instances `0/1`).
+    pub index: String,
+    /// `GPU-...` or `MIG-...` UUID.
+    pub uuid: String,
+    /// Product name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub model: String,
+    /// SM (compute) utilization, 0-1.
+    pub utilization: Option<f64>,
+    /// Memory-controller utilization, 0-1.
+    pub memory_utilization: Option<f64>,
+    /// Framebuffer used, bytes.
+    pub memory_used_bytes: Option<u64>,
+    /// Framebuffer free, bytes.
+    pub memory_free_bytes: Option<u64>,
+    /// Framebuffer total, bytes.
+    pub memory_total_bytes: Option<u64>,
+    /// Board power, watts.
+    pub power_watts: Option<f64>,
+    /// Core temperature, degrees Celsius.
+    pub temperature_celsius: Option<f64>,
+    /// SM clock, hertz.
+    pub sm_clock_hertz: Option<f64>,
+    /// Processes using the GPU: (pid, used bytes if known).
+    pub processes: Vec<(u32, Option<u64>)>,
+}
+
+/// Why GPUs could not be read.
+#[derive(Debug, Error)]
+pub enum GpuError {
+    /// NVML is not on this machine (no driver, or the container lacks the NVIDIA runtime).
+    #[error(
+        "NVML is not available ({0}); on a GPU node run the collector with the NVIDIA container runtime \
+         (runtimeClassName: nvidia, NVIDIA_VISIBLE_DEVICES=all), or use --gpu-source none|fake:N"
+    )]
+    Unavailable(String),
+    /// A call failed.
+    #[error("NVML: {0}")]
+    Nvml(String),
+}
+
+/// A source of GPU readings. `read` may block (NVML calls do); the collector calls it on a
+/// dedicated thread, never on the request path.
+pub trait GpuSource: Send {
+    /// Short name for logs and the exposition (`nvml`, `fake`, `none`).
+    fn name(&self) -> &'static str;
+    /// Read every GPU now.
+    fn read(&mut self) -> Result<Vec<GpuReading>, GpuError>;
+}
+
+/// No GPUs (CPU nodes, or queue-depth-only collectors).
+pub struct NoGpus;
+
+impl GpuSource for NoGpus {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn read(&mut self) -> Result<Vec<GpuReading>, GpuError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Scripted GPUs. `fake:N` starts them at documented values (GPU i: utilization
+/// `0.1 * (i + 1)`, 80 GiB of which `10 GiB * (i + 1)` used, 300 W, 50 C, 1.98 GHz); a test
+/// holds a [`FakeGpusHandle`] and sets whatever it needs.
+pub struct FakeGpus {
+    gpus: Arc<Mutex<Vec<GpuReading>>>,
+}
+
+/// Shared handle to the scripted values.
+#[derive(Clone)]
+pub struct FakeGpusHandle(Arc<Mutex<Vec<GpuReading>>>);
+
+impl FakeGpusHandle {
+    /// Change the scripted GPUs.
+    pub fn update(&self, f: impl FnOnce(&mut Vec<GpuReading>)) {
+        if let Ok(mut g) = self.0.lock() {
+            f(&mut g);
+        }
+    }
+}
+
+impl FakeGpus {
+    /// `n` GPUs at the documented starting values.
+    pub fn new(n: u32) -> (Self, FakeGpusHandle) {
+        const GIB: u64 = 1 << 30;
+        let gpus: Vec<GpuReading> = (0..n)
+            .map(|i| GpuReading {
+                index: i.to_string(),
+                uuid: format!("GPU-fake-{i:04}"),
+                model: "Fake GPU 80GB".into(),
+                utilization: Some(0.1 * f64::from(i + 1)),
+                memory_utilization: Some(0.05 * f64::from(i + 1)),
+                memory_used_bytes: Some(10 * GIB * u64::from(i + 1)),
+                memory_free_bytes: Some((80 * GIB).saturating_sub(10 * GIB * u64::from(i + 1))),
+                memory_total_bytes: Some(80 * GIB),
+                power_watts: Some(300.0),
+                temperature_celsius: Some(50.0),
+                sm_clock_hertz: Some(1.98e9),
+                processes: Vec::new(),
+            })
+            .collect();
+        let shared = Arc::new(Mutex::new(gpus));
+        (FakeGpus { gpus: shared.clone() }, FakeGpusHandle(shared))
+    }
+}
+
+impl GpuSource for FakeGpus {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn read(&mut self) -> Result<Vec<GpuReading>, GpuError> {
+        self.gpus
+            .lock()
+            .map(|g| g.clone())
+            .map_err(|_| GpuError::Nvml("fake GPU state poisoned".into()))
+    }
+}
+
+/// NVML through nvml-wrapper. The library is loaded once (`dlopen` of `libnvidia-ml.so.1`)
+/// and kept for the life of the process.
+pub struct NvmlGpus {
+    nvml: &'static nvml_wrapper::Nvml,
+}
+
+static NVML: std::sync::OnceLock<nvml_wrapper::Nvml> = std::sync::OnceLock::new();
+
+impl NvmlGpus {
+    /// Load NVML; a clear error when it is not on this machine.
+    pub fn new() -> Result<Self, GpuError> {
+        if let Some(n) = NVML.get() {
+            return Ok(NvmlGpus { nvml: n });
+        }
+        let nvml = nvml_wrapper::Nvml::init().map_err(|e| GpuError::Unavailable(e.to_string()))?;
+        Ok(NvmlGpus {
+            nvml: NVML.get_or_init(|| nvml),
+        })
+    }
+
+    fn reading(dev: &nvml_wrapper::Device<'_>, index: String) -> GpuReading {
+        use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
+        use nvml_wrapper::enums::device::UsedGpuMemory;
+        let util = dev.utilization_rates().ok();
+        let mem = dev.memory_info().ok();
+        GpuReading {
+            index,
+            uuid: dev.uuid().unwrap_or_default(),
+            model: dev.name().unwrap_or_default(),
+            utilization: util.as_ref().map(|u| f64::from(u.gpu) / 100.0),
+            memory_utilization: util.as_ref().map(|u| f64::from(u.memory) / 100.0),
+            memory_used_bytes: mem.as_ref().map(|m| m.used),
+            memory_free_bytes: mem.as_ref().map(|m| m.free),
+            memory_total_bytes: mem.as_ref().map(|m| m.total),
+            power_watts: dev.power_usage().ok().map(|mw| f64::from(mw) / 1000.0),
+            temperature_celsius: dev.temperature(TemperatureSensor::Gpu).ok().map(f64::from),
+            sm_clock_hertz: dev.clock_info(Clock::SM).ok().map(|mhz| f64::from(mhz) * 1e6),
+            processes: dev
+                .running_compute_processes()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| {
+                    let used = match p.used_gpu_memory {
+                        UsedGpuMemory::Used(b) => Some(b),
+                        UsedGpuMemory::Unavailable => None,
+                    };
+                    (p.pid, used)
+                })
+                .collect(),
+        }
+    }
+}
+
+impl GpuSource for NvmlGpus {
+    fn name(&self) -> &'static str {
+        "nvml"
+    }
+
+    fn read(&mut self) -> Result<Vec<GpuReading>, GpuError> {
+        let n = self
+            .nvml
+            .device_count()
+            .map_err(|e| GpuError::Nvml(e.to_string()))?;
+        let mut out = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let dev = self
+                .nvml
+                .device_by_index(i)
+                .map_err(|e| GpuError::Nvml(format!("device {i}: {e}")))?;
+            // MIG instances, where the driver offers them, are reported alongside their parent.
+            let mig = matches!(dev.mig_is_mig_device_handle(), Ok(false))
+                && dev.mig_mode().is_ok_and(|m| m.current == 1);
+            out.push(Self::reading(&dev, i.to_string()));
+            if mig {
+                let count = dev.mig_device_count().unwrap_or(0);
+                for j in 0..count {
+                    if let Ok(m) = dev.mig_device_by_index(j) {
+                        out.push(Self::reading(&m, format!("{i}/{j}")));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Parse `--gpu-source`: `nvml`, `fake:N` or `none`.
+pub fn from_flag(s: &str) -> Result<(Box<dyn GpuSource>, Option<FakeGpusHandle>), String> {
+    match s {
+        "none" => Ok((Box::new(NoGpus), None)),
+        "nvml" => NvmlGpus::new()
+            .map(|g| (Box::new(g) as Box<dyn GpuSource>, None))
+            .map_err(|e| e.to_string()),
+        f if f.starts_with("fake:") => {
+            let n: u32 = f[5..]
+                .parse()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| format!("--gpu-source {f}: expected fake:N with N from 1 to 64"))?;
+            let (g, h) = FakeGpus::new(n);
+            Ok((Box::new(g), Some(h)))
+        }
+        other => Err(format!("--gpu-source {other}: expected nvml, fake:N or none")),
+    }
+}

@@ -1,0 +1,378 @@
+//! End to end: model servers serving real captured pages over HTTP, the collector binary with
+//! two scripted GPUs scraping them, its /metrics read back in both formats, checked by
+//! `promtool`, and scraped by a real Prometheus whose PromQL answers carry the right values.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gpuscale_collector::text::{Limits, MetricFamily, parse_openmetrics, parse_prometheus};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gpuscale-collector");
+
+/// Kills the child process when the test ends, however it ends.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn fixtures() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/metrics");
+    if p.is_dir() {
+        return Some(p);
+    }
+    missing(format!(
+        "{} not found: captured pages are not beside this checkout",
+        p.display()
+    ));
+    None
+}
+
+fn missing(msg: String) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg} (CI=true)");
+    }
+    eprintln!("SKIPPED: {msg}");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Serve `page` at /metrics on a loopback port.
+async fn serve_page(page: String) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let app = axum::Router::new().route("/metrics", axum::routing::get(move || async move { page }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+async fn get(client: &reqwest::Client, url: &str, accept: Option<&str>) -> Option<(u16, String)> {
+    let mut req = client.get(url);
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    let resp = req.send().await.ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.text().await.ok()?))
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Some((200, _)) = get(client, &format!("{base}/readyz"), None).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{base}/readyz never became ready");
+}
+
+fn value(fams: &[MetricFamily], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    fams.iter()
+        .flat_map(|f| &f.samples)
+        .find(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(v)))
+        .map(|s| s.value)
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_reads_queues_and_gpus_and_prometheus_scrapes_it() {
+    let Some(dir) = fixtures() else { return };
+    let vllm = serve_page(read(&dir, "vllm-v1-k8s-ai-conformance-kops-qwen2.5-0.5b.txt")).await;
+    let sglang = serve_page(read(&dir, "sglang-docs-production-metrics-llama3.1-8b.txt")).await;
+    let tgi = serve_page(read(&dir, "tgi-datadog-integrations-core.txt")).await;
+    let trtllm = serve_page(read(&dir, "triton-trtllm-backend-readme-batch-manager.txt")).await;
+    let dead = free_port(); // nothing listens here: the scrape must fail and be reported
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let targets = [
+        format!("llm/qwen=http://{vllm}/metrics"),
+        format!("llm/llama=http://{sglang}/metrics"),
+        format!("chat/tgi=http://{tgi}/metrics"),
+        format!("trt/engine=http://{trtllm}/metrics"),
+        format!("llm/gone=http://127.0.0.1:{dead}/metrics"),
+    ];
+    let mut args = vec![
+        "--listen".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--gpu-source".into(),
+        "fake:2".into(),
+        "--interval".into(),
+        "0.5".into(),
+        "--scrape-timeout".into(),
+        "1".into(),
+        "--node-name".into(),
+        "gpu-node-1".into(),
+        "--dcgm-compat".into(),
+    ];
+    for t in &targets {
+        args.push("--scrape-target".into());
+        args.push(t.clone());
+    }
+    let _collector = Kill(
+        Command::new(BIN)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{BIN}: {e}")),
+    );
+    let client = reqwest::Client::new();
+    wait_ready(&client, &base).await;
+
+    let (status, text) = get(&client, &format!("{base}/metrics"), None)
+        .await
+        .unwrap_or_default();
+    assert_eq!(status, 200);
+    let fams = parse_prometheus(&text, &Limits::default()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let w = |workload: &str, metric: &str| {
+        value(&fams, metric, &[("workload", workload), ("node", "gpu-node-1")])
+    };
+    // Queue depth per workload, from the real pages (SGLang's is under heavy load).
+    assert_eq!(w("llama", "gpuscale_workload_requests_waiting"), Some(2826.0));
+    assert_eq!(w("llama", "gpuscale_workload_requests_running"), Some(162.0));
+    assert_eq!(w("llama", "gpuscale_workload_kv_cache_usage_ratio"), Some(0.28));
+    assert_eq!(w("qwen", "gpuscale_workload_requests_waiting"), Some(0.0));
+    assert_eq!(w("tgi", "gpuscale_workload_requests_waiting"), Some(0.0));
+    assert_eq!(w("engine", "gpuscale_workload_requests_waiting"), Some(1.0));
+    assert_eq!(
+        value(
+            &fams,
+            "gpuscale_workload_requests_waiting",
+            &[("workload", "llama"), ("namespace", "llm"), ("server", "sglang")]
+        ),
+        Some(2826.0)
+    );
+    // The dead target: down, counted, and no invented queue numbers.
+    let dead_url = format!("http://127.0.0.1:{dead}/metrics");
+    assert_eq!(
+        value(&fams, "gpuscale_scrape_up", &[("target", &dead_url)]),
+        Some(0.0)
+    );
+    assert!(value(&fams, "gpuscale_scrape_errors_total", &[("target", &dead_url)]).is_some_and(|v| v >= 1.0));
+    assert_eq!(w("gone", "gpuscale_workload_requests_waiting"), None);
+    // Scripted GPUs with their labels, and dcgm-exporter's names.
+    let gpu1 = [
+        ("gpu", "1"),
+        ("uuid", "GPU-fake-0001"),
+        ("model", "Fake GPU 80GB"),
+        ("node", "gpu-node-1"),
+    ];
+    assert_eq!(value(&fams, "gpuscale_gpu_utilization_ratio", &gpu1), Some(0.2));
+    assert_eq!(
+        value(&fams, "gpuscale_gpu_memory_used_bytes", &gpu1),
+        Some(20.0 * (1u64 << 30) as f64)
+    );
+    assert_eq!(
+        value(
+            &fams,
+            "DCGM_FI_DEV_GPU_UTIL",
+            &[
+                ("gpu", "1"),
+                ("UUID", "GPU-fake-0001"),
+                ("Hostname", "gpu-node-1")
+            ]
+        ),
+        Some(20.0)
+    );
+
+    // OpenMetrics when asked, and strictly valid.
+    let (status, om) = get(
+        &client,
+        &format!("{base}/metrics"),
+        Some("application/openmetrics-text; version=1.0.0"),
+    )
+    .await
+    .unwrap_or_default();
+    assert_eq!(status, 200);
+    let om_fams = parse_openmetrics(&om, &Limits::default()).unwrap_or_else(|e| panic!("{e}\n{om}"));
+    assert_eq!(
+        value(
+            &om_fams,
+            "gpuscale_workload_requests_waiting",
+            &[("workload", "llama")]
+        ),
+        Some(2826.0)
+    );
+
+    // promtool's own checks on our metrics (dcgm-exporter's upper-case names are theirs, so the
+    // check runs on a page without them).
+    check_with_promtool(&text);
+
+    // A real Prometheus scrapes the collector; PromQL returns the queue depth and GPU values.
+    prometheus_scrapes(&client, port).await;
+}
+
+fn check_with_promtool(text: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        missing("promtool not found (Debian's prometheus package; scripts/test installs it)".into());
+        return;
+    };
+    let ours: String = text
+        .lines()
+        .filter(|l| !l.contains("DCGM_FI_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        let _ = stdin.write_all(ours.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("promtool: {e}"));
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn prometheus_scrapes(client: &reqwest::Client, collector_port: u16) {
+    if Command::new("prometheus").arg("--version").output().is_err() {
+        missing("prometheus not found (Debian's prometheus package; scripts/test installs it)".into());
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("gpuscale-prom-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(dir.join("data"));
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: gpuscale-collector\n    \
+         static_configs:\n      - targets: ['127.0.0.1:{collector_port}']\n"
+    );
+    let config_path = dir.join("prometheus.yml");
+    let _ = std::fs::write(&config_path, config);
+    let port = free_port();
+    let _prom = Kill(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("prometheus: {e}")),
+    );
+    let query = |q: &str| {
+        format!(
+            "http://127.0.0.1:{port}/api/v1/query?query={}",
+            q.replace('"', "%22").replace(' ', "%20")
+        )
+    };
+    let start = Instant::now();
+    let mut last = String::new();
+    let mut answers = (None, None);
+    while start.elapsed() < Duration::from_secs(60) && (answers.0.is_none() || answers.1.is_none()) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let one = |body: Option<(u16, String)>| -> Option<f64> {
+            let (_, body) = body?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+        };
+        let waiting = get(
+            client,
+            &query("gpuscale_workload_requests_waiting{workload=\"llama\"}"),
+            None,
+        )
+        .await;
+        last = waiting.as_ref().map(|w| w.1.clone()).unwrap_or_default();
+        answers.0 = answers.0.or(one(waiting));
+        answers.1 = answers.1.or(one(get(
+            client,
+            &query("gpuscale_gpu_utilization_ratio{gpu=\"0\"}"),
+            None,
+        )
+        .await));
+    }
+    assert_eq!(answers.0, Some(2826.0), "PromQL queue depth; last answer: {last}");
+    assert_eq!(answers.1, Some(0.1), "PromQL GPU utilization");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_flags_fail_with_the_fix() {
+    let out = Command::new(BIN)
+        .args(["--gpu-source", "fake:0"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected fake:N with N from 1 to 64"));
+    let out = Command::new(BIN)
+        .args([
+            "--gpu-source",
+            "none",
+            "--scrape-target",
+            "https://secure/metrics",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expected [NAMESPACE/WORKLOAD=]http://HOST:PORT/PATH")
+    );
+}
+
+#[test]
+fn nvml_reads_a_real_gpu() {
+    // Needs a GPU node. CI has none: skipped there too, explicitly, never faked.
+    match gpuscale_collector::gpu::NvmlGpus::new() {
+        Err(e) => eprintln!("SKIPPED: no NVML on this machine: {e}"),
+        Ok(mut g) => {
+            use gpuscale_collector::gpu::GpuSource;
+            let gpus = g.read().unwrap_or_else(|e| panic!("{e}"));
+            assert!(!gpus.is_empty(), "NVML loaded but reports no GPU");
+            for gpu in &gpus {
+                assert!(
+                    gpu.uuid.starts_with("GPU-") || gpu.uuid.starts_with("MIG-"),
+                    "{gpu:?}"
+                );
+                assert!(gpu.memory_total_bytes.is_some_and(|t| t > 0), "{gpu:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_flag_is_documented() {
+    let out = Command::new(BIN)
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    let doc = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/collector.md"))
+        .unwrap_or_default();
+    let flags: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .filter_map(|l| l.split([' ', '<']).next())
+        .filter(|f| *f != "help" && *f != "version")
+        .collect();
+    assert!(flags.len() >= 14, "{flags:?}");
+    for f in flags {
+        assert!(
+            doc.contains(&format!("| `--{f}` |")),
+            "docs/collector.md does not document --{f}"
+        );
+        assert!(help.contains("[env: "), "--{f} has no env twin");
+    }
+}
