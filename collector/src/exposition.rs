@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 
 use crate::gpu::GpuReading;
+use crate::podresources::{Attribution, Owner};
 use crate::scrape::{Preset, Target};
 
 /// One target's queue depth at the last tick.
@@ -40,6 +41,8 @@ pub struct Snapshot {
     pub gpus: Vec<GpuReading>,
     /// Whether the GPU read failed this tick.
     pub gpu_error: bool,
+    /// Which containers hold which GPU (kubelet PodResources); empty when unknown.
+    pub attribution: Attribution,
     /// Queue depth per target.
     pub queues: Vec<QueueReading>,
     /// Unix time of the tick, seconds.
@@ -192,6 +195,27 @@ const DCGM_GAUGES: [GpuField; 6] = [
     }),
 ];
 
+/// The containers holding `g`: one series per owner, or one unattributed series.
+fn owners<'a>(s: &'a Snapshot, g: &GpuReading) -> Vec<Option<&'a Owner>> {
+    match s.attribution.get(&g.uuid) {
+        Some(list) if !list.is_empty() => list.iter().map(Some).collect(),
+        _ => vec![None],
+    }
+}
+
+/// Base labels plus `namespace`, `pod`, `container` when attributed.
+fn with_owner<'a>(base: &[(&'a str, &'a str)], o: Option<&'a Owner>) -> Vec<(&'a str, &'a str)> {
+    let mut v = base.to_vec();
+    if let Some(o) = o {
+        v.extend([
+            ("namespace", o.namespace.as_str()),
+            ("pod", o.pod.as_str()),
+            ("container", o.container.as_str()),
+        ]);
+    }
+    v
+}
+
 /// Render a snapshot.
 pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
     let mut w = Writer {
@@ -206,35 +230,33 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
         }
         w.family(name, "gauge", help);
         for (g, v) in readings {
-            w.sample(
-                name,
-                &[
-                    ("gpu", &g.index),
-                    ("uuid", &g.uuid),
-                    ("model", &g.model),
-                    ("node", &s.node),
-                ],
-                v,
-            );
+            let base = [
+                ("gpu", g.index.as_str()),
+                ("uuid", &g.uuid),
+                ("model", &g.model),
+                ("node", &s.node),
+            ];
+            for o in owners(s, g) {
+                w.sample(name, &with_owner(&base, o), v);
+            }
         }
     }
     if !s.gpus.is_empty() {
         w.family(
             "gpuscale_gpu_info",
             "gauge",
-            "One per GPU: its index, UUID, product and node.",
+            "One per GPU and container holding it: index, UUID, product, node.",
         );
         for g in &s.gpus {
-            w.sample(
-                "gpuscale_gpu_info",
-                &[
-                    ("gpu", &g.index),
-                    ("uuid", &g.uuid),
-                    ("model", &g.model),
-                    ("node", &s.node),
-                ],
-                1.0,
-            );
+            let base = [
+                ("gpu", g.index.as_str()),
+                ("uuid", &g.uuid),
+                ("model", &g.model),
+                ("node", &s.node),
+            ];
+            for o in owners(s, g) {
+                w.sample("gpuscale_gpu_info", &with_owner(&base, o), 1.0);
+            }
         }
     }
     if dcgm_compat {
@@ -247,17 +269,16 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
             w.family(name, "gauge", help);
             for (g, v) in readings {
                 let device = format!("nvidia{}", g.index);
-                w.sample(
-                    name,
-                    &[
-                        ("gpu", &g.index),
-                        ("UUID", &g.uuid),
-                        ("device", &device),
-                        ("modelName", &g.model),
-                        ("Hostname", &s.node),
-                    ],
-                    v,
-                );
+                let base = [
+                    ("gpu", g.index.as_str()),
+                    ("UUID", &g.uuid),
+                    ("device", &device),
+                    ("modelName", &g.model),
+                    ("Hostname", &s.node),
+                ];
+                for o in owners(s, g) {
+                    w.sample(name, &with_owner(&base, o), v);
+                }
             }
         }
     }
@@ -396,6 +417,16 @@ mod tests {
             gpu_source: "fake".into(),
             gpus: fake.read().unwrap_or_default(),
             gpu_error: false,
+            attribution: [(
+                "GPU-fake-0001".to_string(),
+                vec![Owner {
+                    namespace: "llm".into(),
+                    pod: "qwen-0".into(),
+                    container: "vllm".into(),
+                }],
+            )]
+            .into_iter()
+            .collect(),
             queues: vec![QueueReading {
                 target: Target {
                     namespace: "llm".into(),
@@ -431,6 +462,10 @@ mod tests {
                     .map(|s| s.value)
             };
             assert_eq!(find("gpuscale_gpu_utilization_ratio", "gpu", "1"), Some(0.2));
+            assert_eq!(find("gpuscale_gpu_utilization_ratio", "pod", "qwen-0"), Some(0.2));
+            assert_eq!(find("DCGM_FI_DEV_GPU_UTIL", "container", "vllm"), Some(20.0));
+            // GPU 0 is held by no pod: no pod label, never an invented one.
+            assert_eq!(find("gpuscale_gpu_utilization_ratio", "gpu", "0"), Some(0.1));
             assert_eq!(find("DCGM_FI_DEV_GPU_UTIL", "gpu", "1"), Some(20.0));
             assert_eq!(
                 find("DCGM_FI_DEV_FB_USED", "UUID", "GPU-fake-0000"),

@@ -9,6 +9,7 @@
 
 pub mod exposition;
 pub mod gpu;
+pub mod podresources;
 pub mod scrape;
 pub mod service;
 pub mod text;

@@ -59,6 +59,21 @@ struct Args {
     /// This node's name, a label on every series (in Kubernetes, from the downward API).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// The kubelet's PodResources socket, to label GPU series with the pod using the GPU; when
+    /// it is absent the series stay unattributed (with a warning). `none` turns this off.
+    #[arg(
+        long,
+        default_value = "/var/lib/kubelet/pod-resources/kubelet.sock",
+        env = "GPUSCALE_COLLECTOR_POD_RESOURCES_SOCKET"
+    )]
+    pod_resources_socket: String,
+    /// Seconds between PodResources refreshes (never per scrape).
+    #[arg(
+        long,
+        default_value_t = 10.0,
+        env = "GPUSCALE_COLLECTOR_POD_RESOURCES_INTERVAL"
+    )]
+    pod_resources_interval: f64,
     /// Also export dcgm-exporter's metric and label names (DCGM_FI_DEV_GPU_UTIL, ...).
     #[arg(long, env = "GPUSCALE_COLLECTOR_DCGM_COMPAT")]
     dcgm_compat: bool,
@@ -124,6 +139,14 @@ async fn main() -> anyhow::Result<()> {
         max_page_bytes: args.max_page_bytes,
         max_concurrent_scrapes: args.max_concurrent_scrapes.max(1),
         dcgm_compat: args.dcgm_compat,
+        pod_resources_socket: (args.pod_resources_socket != "none")
+            .then(|| args.pod_resources_socket.clone().into()),
+        pod_resources_interval: seconds(
+            "--pod-resources-interval",
+            args.pod_resources_interval,
+            0.1,
+            3600.0,
+        )?,
     };
     let pages = Arc::new(RwLock::new(Pages::default()));
     let listener = tokio::net::TcpListener::bind(args.listen)

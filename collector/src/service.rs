@@ -36,6 +36,10 @@ pub struct Config {
     pub max_concurrent_scrapes: usize,
     /// Also export dcgm-exporter's names.
     pub dcgm_compat: bool,
+    /// The kubelet's PodResources socket (`None`: no attribution).
+    pub pod_resources_socket: Option<std::path::PathBuf>,
+    /// How often to refresh the attribution.
+    pub pod_resources_interval: Duration,
 }
 
 /// The last rendered pages, swapped whole each tick.
@@ -94,6 +98,14 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
         }
     };
     let gpu_name = gpus.name().to_string();
+    let attribution = Arc::new(RwLock::new(crate::podresources::Attribution::new()));
+    if let Some(socket) = config.pod_resources_socket.clone() {
+        tokio::spawn(crate::podresources::refresh_loop(
+            socket,
+            config.pod_resources_interval,
+            attribution.clone(),
+        ));
+    }
     // NVML calls block: they run on one dedicated thread, fed through a channel.
     let (gpu_tx, mut gpu_rx) = tokio::sync::mpsc::channel(1);
     let (req_tx, req_rx) = std::sync::mpsc::channel::<()>();
@@ -192,6 +204,7 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
             gpu_source: gpu_name.clone(),
             gpus: gpu_readings,
             gpu_error,
+            attribution: attribution.read().map(|a| a.clone()).unwrap_or_default(),
             queues,
             timestamp_seconds: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)

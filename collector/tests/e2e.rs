@@ -174,6 +174,13 @@ async fn collector_reads_queues_and_gpus_and_prometheus_scrapes_it() {
         ("node", "gpu-node-1"),
     ];
     assert_eq!(value(&fams, "gpuscale_gpu_utilization_ratio", &gpu1), Some(0.2));
+    // No kubelet socket here: GPU series stay unattributed, never with invented pods.
+    assert!(
+        fams.iter()
+            .flat_map(|f| &f.samples)
+            .filter(|s| s.name.starts_with("gpuscale_gpu_"))
+            .all(|s| s.label("pod").is_none())
+    );
     assert_eq!(
         value(&fams, "gpuscale_gpu_memory_used_bytes", &gpu1),
         Some(20.0 * (1u64 << 30) as f64)
@@ -375,4 +382,132 @@ fn every_flag_is_documented() {
         );
         assert!(help.contains("[env: "), "--{f} has no env twin");
     }
+}
+
+mod kubelet {
+    use gpuscale_collector::podresources::pb::pod_resources_lister_server::{
+        PodResourcesLister, PodResourcesListerServer,
+    };
+    use gpuscale_collector::podresources::pb::{
+        ContainerDevices, ContainerResources, ListPodResourcesRequest, ListPodResourcesResponse, PodResources,
+    };
+
+    /// A kubelet's PodResources service over a real unix socket, answering a fixed List.
+    pub struct FakeKubelet(pub ListPodResourcesResponse);
+
+    #[tonic::async_trait]
+    impl PodResourcesLister for FakeKubelet {
+        async fn list(
+            &self,
+            _: tonic::Request<ListPodResourcesRequest>,
+        ) -> Result<tonic::Response<ListPodResourcesResponse>, tonic::Status> {
+            Ok(tonic::Response::new(self.0.clone()))
+        }
+    }
+
+    pub fn pod(ns: &str, name: &str, container: &str, ids: &[&str]) -> PodResources {
+        PodResources {
+            name: name.into(),
+            namespace: ns.into(),
+            containers: vec![ContainerResources {
+                name: container.into(),
+                devices: vec![ContainerDevices {
+                    resource_name: "nvidia.com/gpu".into(),
+                    device_ids: ids.iter().map(|s| s.to_string()).collect(),
+                }],
+            }],
+        }
+    }
+
+    pub async fn serve(path: &std::path::Path, resp: ListPodResourcesResponse) {
+        let listener = tokio::net::UnixListener::bind(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PodResourcesListerServer::new(FakeKubelet(resp)))
+                .serve_with_incoming(incoming),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpus_are_attributed_to_pods_through_the_kubelet() {
+    let dir = std::env::temp_dir().join(format!("gpuscale-kubelet-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let socket = dir.join("kubelet.sock");
+    let _ = std::fs::remove_file(&socket);
+    // GPU 1 belongs to one vLLM container; GPU 0 is time-sliced between two notebooks.
+    kubelet::serve(
+        &socket,
+        gpuscale_collector::podresources::pb::ListPodResourcesResponse {
+            pod_resources: vec![
+                kubelet::pod("llm", "qwen-0", "vllm", &["GPU-fake-0001"]),
+                kubelet::pod("dev", "nb-1", "jupyter", &["GPU-fake-0000::0"]),
+                kubelet::pod("dev", "nb-2", "jupyter", &["GPU-fake-0000::1"]),
+            ],
+        },
+    )
+    .await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _collector = Kill(
+        Command::new(BIN)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--gpu-source",
+                "fake:2",
+                "--interval",
+                "0.3",
+            ])
+            .args([
+                "--pod-resources-socket",
+                socket.to_str().unwrap_or_default(),
+                "--pod-resources-interval",
+                "0.2",
+            ])
+            .args(["--node-name", "gpu-node-2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{BIN}: {e}")),
+    );
+    let client = reqwest::Client::new();
+    wait_ready(&client, &base).await;
+    // The attribution refreshes on its own timer; wait for it to reach a tick.
+    let start = Instant::now();
+    let fams = loop {
+        let (_, text) = get(&client, &format!("{base}/metrics"), None)
+            .await
+            .unwrap_or_default();
+        let fams = parse_prometheus(&text, &Limits::default()).unwrap_or_default();
+        if value(&fams, "gpuscale_gpu_utilization_ratio", &[("pod", "qwen-0")]).is_some()
+            || start.elapsed() > Duration::from_secs(15)
+        {
+            break fams;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let util = |labels: &[(&str, &str)]| value(&fams, "gpuscale_gpu_utilization_ratio", labels);
+    assert_eq!(
+        util(&[
+            ("gpu", "1"),
+            ("namespace", "llm"),
+            ("pod", "qwen-0"),
+            ("container", "vllm")
+        ]),
+        Some(0.2)
+    );
+    assert_eq!(util(&[("gpu", "0"), ("pod", "nb-1")]), Some(0.1));
+    assert_eq!(util(&[("gpu", "0"), ("pod", "nb-2")]), Some(0.1));
+    let gpu0_series = fams
+        .iter()
+        .flat_map(|f| &f.samples)
+        .filter(|s| s.name == "gpuscale_gpu_utilization_ratio" && s.label("gpu") == Some("0"))
+        .count();
+    assert_eq!(
+        gpu0_series, 2,
+        "a shared GPU has one series per container holding it"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
