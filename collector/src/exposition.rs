@@ -259,6 +259,34 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
             }
         }
     }
+    if s.gpus
+        .iter()
+        .any(|g| g.processes.iter().any(|(_, m)| m.is_some()))
+    {
+        let name = "gpuscale_gpu_process_memory_used_bytes";
+        w.family(
+            name,
+            "gauge",
+            "GPU memory used by one process (NVML's per-process accounting).",
+        );
+        for g in &s.gpus {
+            for (pid, used) in &g.processes {
+                if let Some(b) = used {
+                    let pid = pid.to_string();
+                    w.sample(
+                        name,
+                        &[
+                            ("gpu", &g.index),
+                            ("uuid", &g.uuid),
+                            ("pid", &pid),
+                            ("node", &s.node),
+                        ],
+                        *b as f64,
+                    );
+                }
+            }
+        }
+    }
     if dcgm_compat {
         for (name, help, get) in DCGM_GAUGES {
             let readings: Vec<(&GpuReading, f64)> =
@@ -325,6 +353,7 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
                 &[
                     ("namespace", &q.target.namespace),
                     ("workload", &q.target.workload),
+                    ("pod", &q.target.pod),
                     ("server", server),
                     ("target", &q.target.url),
                     ("node", &s.node),
@@ -411,7 +440,8 @@ mod tests {
     use crate::text::{Limits, parse_openmetrics, parse_prometheus};
 
     fn snapshot() -> Snapshot {
-        let (mut fake, _) = FakeGpus::new(2);
+        let (mut fake, handle) = FakeGpus::new(2);
+        handle.update(|g| g[0].processes = vec![(4242, Some(7 << 30)), (4243, None)]);
         Snapshot {
             node: "node-a".into(),
             gpu_source: "fake".into(),
@@ -431,6 +461,7 @@ mod tests {
                 target: Target {
                     namespace: "llm".into(),
                     workload: "qwen \"x\"".into(),
+                    pod: String::new(),
                     url: "http://h:1/metrics".into(),
                 },
                 server: Some(Preset::Vllm),
@@ -463,6 +494,14 @@ mod tests {
             };
             assert_eq!(find("gpuscale_gpu_utilization_ratio", "gpu", "1"), Some(0.2));
             assert_eq!(find("gpuscale_gpu_utilization_ratio", "pod", "qwen-0"), Some(0.2));
+            assert_eq!(
+                find("gpuscale_gpu_process_memory_used_bytes", "pid", "4242"),
+                Some((7u64 << 30) as f64)
+            );
+            assert_eq!(
+                find("gpuscale_gpu_process_memory_used_bytes", "pid", "4243"),
+                None
+            );
             assert_eq!(find("DCGM_FI_DEV_GPU_UTIL", "container", "vllm"), Some(20.0));
             // GPU 0 is held by no pod: no pod label, never an invented one.
             assert_eq!(find("gpuscale_gpu_utilization_ratio", "gpu", "0"), Some(0.1));

@@ -74,6 +74,15 @@ struct Args {
         env = "GPUSCALE_COLLECTOR_POD_RESOURCES_INTERVAL"
     )]
     pod_resources_interval: f64,
+    /// Discover the model-server pods on this node through the Kubernetes API (in-cluster
+    /// config, or KUBECONFIG): pods annotated `gpuscale.io/scrape: "true"` are scraped at
+    /// `gpuscale.io/port` and `gpuscale.io/path`. Needs --node-name.
+    #[arg(long, env = "GPUSCALE_COLLECTOR_KUBE")]
+    kube: bool,
+    /// With --kube: take a pod's workload from this label when present (e.g.
+    /// `serving.kserve.io/inferenceservice`) instead of its Deployment.
+    #[arg(long, env = "GPUSCALE_COLLECTOR_WORKLOAD_LABEL")]
+    workload_label: Option<String>,
     /// Also export dcgm-exporter's metric and label names (DCGM_FI_DEV_GPU_UTIL, ...).
     #[arg(long, env = "GPUSCALE_COLLECTOR_DCGM_COMPAT")]
     dcgm_compat: bool,
@@ -117,6 +126,11 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let (gpus, _) = gpuscale_collector::gpu::from_flag(&args.gpu_source).map_err(anyhow::Error::msg)?;
+    if args.kube && args.node_name.is_none() {
+        anyhow::bail!(
+            "--kube needs --node-name (set NODE_NAME from the downward API: fieldRef spec.nodeName)"
+        );
+    }
     let node = args
         .node_name
         .or_else(|| {
@@ -141,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
         dcgm_compat: args.dcgm_compat,
         pod_resources_socket: (args.pod_resources_socket != "none")
             .then(|| args.pod_resources_socket.clone().into()),
+        discovered: None,
         pod_resources_interval: seconds(
             "--pod-resources-interval",
             args.pod_resources_interval,
@@ -153,6 +168,20 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--listen {}", args.listen))?;
     tracing::info!(listen = %args.listen, gpu_source = %args.gpu_source, targets = config.targets.len(), "gpuscale-collector serving");
+    let mut config = config;
+    if args.kube {
+        let client = kube::Client::try_default()
+            .await
+            .context("--kube: no Kubernetes configuration (in-cluster service account or KUBECONFIG)")?;
+        let shared = Arc::new(RwLock::new(Vec::new()));
+        tokio::spawn(gpuscale_collector::discovery::watch_pods(
+            client,
+            config.node.clone(),
+            args.workload_label.clone(),
+            shared.clone(),
+        ));
+        config.discovered = Some(shared);
+    }
     tokio::spawn(tick_loop(config, gpus, pages.clone()));
     axum::serve(listener, router(pages))
         .with_graceful_shutdown(async {

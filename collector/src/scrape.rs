@@ -14,6 +14,8 @@ pub struct Target {
     pub namespace: String,
     /// The workload (Deployment) it serves; defaults to the URL's host:port.
     pub workload: String,
+    /// The pod it runs in ("" for static targets).
+    pub pod: String,
     /// The model server's metrics URL.
     pub url: String,
 }
@@ -49,6 +51,7 @@ impl Target {
         Ok(Target {
             namespace,
             workload,
+            pod: String::new(),
             url: url.to_string(),
         })
     }

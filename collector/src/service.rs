@@ -40,6 +40,8 @@ pub struct Config {
     pub pod_resources_socket: Option<std::path::PathBuf>,
     /// How often to refresh the attribution.
     pub pod_resources_interval: Duration,
+    /// Targets found by `--kube` discovery, updated by the pod watch.
+    pub discovered: Option<crate::discovery::SharedTargets>,
 }
 
 /// The last rendered pages, swapped whole each tick.
@@ -121,7 +123,8 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
         })
         .ok();
     let limit = Arc::new(Semaphore::new(config.max_concurrent_scrapes.max(1)));
-    let mut errors: Vec<u64> = vec![0; config.targets.len()];
+    // Failed scrapes per target URL; bounded by forgetting targets that are gone.
+    let mut errors: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let mut ticks: u64 = 0;
     let mut interval = tokio::time::interval(config.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -129,8 +132,14 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
         interval.tick().await;
         let started = Instant::now();
         let _ = req_tx.send(());
-        let tasks: Vec<_> = config
-            .targets
+        // Static targets plus whatever the pod watch found this tick (bounded like static ones).
+        let mut targets = config.targets.clone();
+        if let Some(found) = &config.discovered
+            && let Ok(f) = found.read()
+        {
+            targets.extend(f.iter().take(1024).cloned());
+        }
+        let tasks: Vec<_> = targets
             .iter()
             .map(|t| {
                 let (client, limit, url) = (client.clone(), limit.clone(), t.url.clone());
@@ -146,7 +155,7 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
             })
             .collect();
         let mut results = Vec::with_capacity(tasks.len());
-        for (task, t) in tasks.into_iter().zip(&config.targets) {
+        for (task, t) in tasks.into_iter().zip(&targets) {
             results.push(task.await.unwrap_or_else(|e| {
                 let err = ScrapeError::Http {
                     url: t.url.clone(),
@@ -164,8 +173,9 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
             None => (Vec::new(), true),
         };
         let mut queues = Vec::with_capacity(results.len());
-        for (i, (result, secs)) in results.into_iter().enumerate() {
-            let target = config.targets[i].clone();
+        errors.retain(|url, _| targets.iter().any(|t| &t.url == url));
+        for (target, (result, secs)) in targets.into_iter().zip(results) {
+            let errors_so_far = errors.get(&target.url).copied().unwrap_or(0);
             let mut q = QueueReading {
                 target,
                 server: None,
@@ -174,7 +184,7 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
                 kv_cache: None,
                 up: false,
                 duration_seconds: secs,
-                errors_total: errors[i],
+                errors_total: errors_so_far,
             };
             match result {
                 Ok(fams) => {
@@ -191,8 +201,8 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
                     }
                 }
                 Err(e) => {
-                    errors[i] += 1;
-                    q.errors_total = errors[i];
+                    q.errors_total = errors_so_far + 1;
+                    errors.insert(q.target.url.clone(), q.errors_total);
                     tracing::warn!(error = %e, "scrape failed");
                 }
             }

@@ -511,3 +511,240 @@ async fn gpus_are_attributed_to_pods_through_the_kubelet() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A Kubernetes API server's pod list/watch and ReplicaSet reads, in real Kubernetes JSON.
+mod apiserver {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Path, Query, State};
+    use axum::response::IntoResponse;
+
+    #[derive(Clone)]
+    pub struct Fake {
+        pub node: String,
+        pub pods: serde_json::Value,
+        pub selectors: Arc<Mutex<Vec<String>>>,
+    }
+
+    async fn pods(
+        State(f): State<Fake>,
+        Query(q): Query<HashMap<String, String>>,
+    ) -> axum::response::Response {
+        let selector = q.get("fieldSelector").cloned().unwrap_or_default();
+        if let Ok(mut s) = f.selectors.lock() {
+            s.push(selector.clone());
+        }
+        if q.get("watch").map(String::as_str) == Some("true") {
+            // A watch with nothing new: keep the stream open, as the API server does.
+            let body = axum::body::Body::from_stream(tokio_stream::pending::<
+                Result<axum::body::Bytes, std::io::Error>,
+            >());
+            return ([("content-type", "application/json")], body).into_response();
+        }
+        // Only a correct node selector sees this node's pods.
+        let items = if selector == format!("spec.nodeName={}", f.node) {
+            f.pods.clone()
+        } else {
+            serde_json::json!([])
+        };
+        axum::Json(serde_json::json!({
+            "apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "100"}, "items": items
+        }))
+        .into_response()
+    }
+
+    async fn replicaset(Path((ns, name)): Path<(String, String)>) -> axum::response::Response {
+        // ReplicaSet `<deployment>-<hash>` is owned by Deployment `<deployment>`.
+        let deployment = name
+            .rsplit_once('-')
+            .map_or(name.as_str(), |(d, _)| d)
+            .to_string();
+        axum::Json(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": name, "namespace": ns, "uid": format!("rs-{name}"), "resourceVersion": "7",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment,
+                                     "uid": format!("d-{deployment}"), "controller": true}]}
+        }))
+        .into_response()
+    }
+
+    pub async fn serve(fake: Fake) -> SocketAddr {
+        let app = axum::Router::new()
+            .route("/api/v1/pods", axum::routing::get(pods))
+            .route(
+                "/apis/apps/v1/namespaces/{ns}/replicasets/{name}",
+                axum::routing::get(replicaset),
+            )
+            .with_state(fake);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    /// A pod on the node, owned by ReplicaSet `rs`.
+    pub fn pod(
+        ns: &str,
+        name: &str,
+        rs: &str,
+        phase: &str,
+        annotations: serde_json::Value,
+        labels: serde_json::Value,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "resourceVersion": "90",
+                "labels": labels, "annotations": annotations,
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs,
+                                     "uid": format!("rs-{rs}"), "controller": true}]},
+            "spec": {"nodeName": "gpu-node-3", "containers": [{"name": "server", "image": "server:1"}]},
+            "status": {"phase": phase, "podIP": "127.0.0.1"}
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_mode_discovers_opted_in_pods_and_their_workloads() {
+    let Some(dir) = fixtures() else { return };
+    let vllm = serve_page(read(&dir, "vllm-v1-k8s-ai-conformance-kops-qwen2.5-0.5b.txt")).await;
+    let sglang = serve_page(read(&dir, "sglang-docs-production-metrics-llama3.1-8b.txt")).await;
+    let scrape = |port: u16, path: &str| serde_json::json!({"gpuscale.io/scrape": "true", "gpuscale.io/port": port.to_string(), "gpuscale.io/path": path});
+    let pods = serde_json::json!([
+        // A Deployment's pod: workload = the Deployment behind its ReplicaSet.
+        apiserver::pod(
+            "llm",
+            "qwen-7d9f8-abcde",
+            "qwen-7d9f8",
+            "Running",
+            scrape(vllm.port(), "/metrics"),
+            serde_json::json!({})
+        ),
+        // A KServe predictor: workload = its InferenceService label (--workload-label).
+        apiserver::pod(
+            "llm",
+            "llama-predictor-5c6b7-xyz",
+            "llama-predictor-5c6b7",
+            "Running",
+            scrape(sglang.port(), "metrics"),
+            serde_json::json!({"serving.kserve.io/inferenceservice": "llama"})
+        ),
+        // Not opted in, and not running yet: neither is scraped.
+        apiserver::pod(
+            "llm",
+            "other-1-a",
+            "other-1",
+            "Running",
+            serde_json::json!({}),
+            serde_json::json!({})
+        ),
+        apiserver::pod(
+            "llm",
+            "late-1-b",
+            "late-1",
+            "Pending",
+            scrape(vllm.port(), "/metrics"),
+            serde_json::json!({})
+        ),
+    ]);
+    let selectors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let api = apiserver::serve(apiserver::Fake {
+        node: "gpu-node-3".into(),
+        pods,
+        selectors: selectors.clone(),
+    })
+    .await;
+    let kubeconfig = std::env::temp_dir().join(format!("gpuscale-kubeconfig-{}", std::process::id()));
+    let _ = std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{api}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n\
+             users:\n- name: fake\n  user:\n    token: test-token\n"
+        ),
+    );
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _collector = Kill(
+        Command::new(BIN)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--gpu-source",
+                "none",
+                "--interval",
+                "0.3",
+            ])
+            .args([
+                "--kube",
+                "--node-name",
+                "gpu-node-3",
+                "--pod-resources-socket",
+                "none",
+            ])
+            .args(["--workload-label", "serving.kserve.io/inferenceservice"])
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{BIN}: {e}")),
+    );
+    let client = reqwest::Client::new();
+    wait_ready(&client, &base).await;
+    let start = Instant::now();
+    let fams = loop {
+        let (_, text) = get(&client, &format!("{base}/metrics"), None)
+            .await
+            .unwrap_or_default();
+        let fams = parse_prometheus(&text, &Limits::default()).unwrap_or_default();
+        let both = value(
+            &fams,
+            "gpuscale_workload_requests_waiting",
+            &[("workload", "llama")],
+        )
+        .is_some()
+            && value(
+                &fams,
+                "gpuscale_workload_requests_waiting",
+                &[("workload", "qwen")],
+            )
+            .is_some();
+        if both || start.elapsed() > Duration::from_secs(20) {
+            break fams;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let waiting = |labels: &[(&str, &str)]| value(&fams, "gpuscale_workload_requests_waiting", labels);
+    assert_eq!(
+        waiting(&[
+            ("namespace", "llm"),
+            ("workload", "qwen"),
+            ("pod", "qwen-7d9f8-abcde")
+        ]),
+        Some(0.0)
+    );
+    assert_eq!(
+        waiting(&[
+            ("namespace", "llm"),
+            ("workload", "llama"),
+            ("pod", "llama-predictor-5c6b7-xyz")
+        ]),
+        Some(2826.0)
+    );
+    let scraped = fams
+        .iter()
+        .flat_map(|f| &f.samples)
+        .filter(|s| s.name == "gpuscale_scrape_up")
+        .count();
+    assert_eq!(scraped, 2, "only the two running, opted-in pods are scraped");
+    let sel = selectors.lock().map(|s| s.clone()).unwrap_or_default();
+    assert!(
+        sel.iter().all(|s| s == "spec.nodeName=gpu-node-3"),
+        "pods must be listed for this node only: {sel:?}"
+    );
+    let _ = std::fs::remove_file(&kubeconfig);
+}
