@@ -473,17 +473,7 @@ fn unescape_help(s: &str) -> String {
 }
 
 fn parse_prometheus_sample(line: &str, limits: &Limits) -> Result<Sample, String> {
-    let name_len = line
-        .bytes()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b':')
-        .count();
-    let name = &line[..name_len];
-    if !is_metric_name(name) {
-        return Err(format!(
-            "expected a metric name at the start of `{}`",
-            truncate(line)
-        ));
-    }
+    let (name, name_len) = leading_metric_name(line)?;
     let mut rest = line[name_len..].trim_start_matches([' ', '\t']);
     let mut labels = Vec::new();
     if rest.starts_with('{') {
@@ -512,6 +502,22 @@ fn parse_prometheus_sample(line: &str, limits: &Limits) -> Result<Sample, String
         value,
         timestamp,
     })
+}
+
+/// The metric name a sample line starts with, and its length.
+fn leading_metric_name(line: &str) -> Result<(&str, usize), String> {
+    let len = line
+        .bytes()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b':')
+        .count();
+    let name = &line[..len];
+    if !is_metric_name(name) {
+        return Err(format!(
+            "expected a metric name at the start of `{}`",
+            truncate(line)
+        ));
+    }
+    Ok((name, len))
 }
 
 fn truncate(s: &str) -> &str {
@@ -926,17 +932,7 @@ fn check_histogram(f: &MetricFamily) -> Result<(), String> {
 /// `name[{labels}] value[ timestamp][ # {labels} value[ timestamp]]`, single spaces, strict.
 /// Returns the sample and whether it carried an exemplar (validated, then dropped).
 fn parse_om_sample(line: &str, limits: &Limits) -> Result<(Sample, bool), String> {
-    let name_len = line
-        .bytes()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b':')
-        .count();
-    let name = &line[..name_len];
-    if !is_metric_name(name) {
-        return Err(format!(
-            "expected a metric name at the start of `{}`",
-            truncate(line)
-        ));
-    }
+    let (name, name_len) = leading_metric_name(line)?;
     let mut rest = &line[name_len..];
     let mut labels = Vec::new();
     if rest.starts_with('{') {

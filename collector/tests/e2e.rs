@@ -79,6 +79,26 @@ async fn wait_ready(client: &reqwest::Client, base: &str) {
     panic!("{base}/readyz never became ready");
 }
 
+/// Poll /metrics until `done` holds for the parsed page (or `secs` pass); the last page.
+async fn metrics_until(
+    client: &reqwest::Client,
+    base: &str,
+    secs: u64,
+    done: impl Fn(&[MetricFamily]) -> bool,
+) -> Vec<MetricFamily> {
+    let start = Instant::now();
+    loop {
+        let (_, text) = get(client, &format!("{base}/metrics"), None)
+            .await
+            .unwrap_or_default();
+        let fams = parse_prometheus(&text, &Limits::default()).unwrap_or_default();
+        if done(&fams) || start.elapsed() > Duration::from_secs(secs) {
+            return fams;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn value(fams: &[MetricFamily], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     fams.iter()
         .flat_map(|f| &f.samples)
@@ -475,19 +495,10 @@ async fn gpus_are_attributed_to_pods_through_the_kubelet() {
     let client = reqwest::Client::new();
     wait_ready(&client, &base).await;
     // The attribution refreshes on its own timer; wait for it to reach a tick.
-    let start = Instant::now();
-    let fams = loop {
-        let (_, text) = get(&client, &format!("{base}/metrics"), None)
-            .await
-            .unwrap_or_default();
-        let fams = parse_prometheus(&text, &Limits::default()).unwrap_or_default();
-        if value(&fams, "gpuscale_gpu_utilization_ratio", &[("pod", "qwen-0")]).is_some()
-            || start.elapsed() > Duration::from_secs(15)
-        {
-            break fams;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let fams = metrics_until(&client, &base, 15, |f| {
+        value(f, "gpuscale_gpu_utilization_ratio", &[("pod", "qwen-0")]).is_some()
+    })
+    .await;
     let util = |labels: &[(&str, &str)]| value(&fams, "gpuscale_gpu_utilization_ratio", labels);
     assert_eq!(
         util(&[
@@ -695,29 +706,11 @@ async fn kube_mode_discovers_opted_in_pods_and_their_workloads() {
     );
     let client = reqwest::Client::new();
     wait_ready(&client, &base).await;
-    let start = Instant::now();
-    let fams = loop {
-        let (_, text) = get(&client, &format!("{base}/metrics"), None)
-            .await
-            .unwrap_or_default();
-        let fams = parse_prometheus(&text, &Limits::default()).unwrap_or_default();
-        let both = value(
-            &fams,
-            "gpuscale_workload_requests_waiting",
-            &[("workload", "llama")],
-        )
-        .is_some()
-            && value(
-                &fams,
-                "gpuscale_workload_requests_waiting",
-                &[("workload", "qwen")],
-            )
-            .is_some();
-        if both || start.elapsed() > Duration::from_secs(20) {
-            break fams;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let fams = metrics_until(&client, &base, 20, |f| {
+        value(f, "gpuscale_workload_requests_waiting", &[("workload", "llama")]).is_some()
+            && value(f, "gpuscale_workload_requests_waiting", &[("workload", "qwen")]).is_some()
+    })
+    .await;
     let waiting = |labels: &[(&str, &str)]| value(&fams, "gpuscale_workload_requests_waiting", labels);
     assert_eq!(
         waiting(&[
