@@ -347,9 +347,8 @@ fn is_integer(v: f64) -> bool {
 // Prometheus text 0.0.4 (scrape mode)
 // ----------------------------------------------------------------------------------------------
 
-/// Parse a Prometheus text-format page (0.0.4), grouping samples into families the way
-/// Prometheus' client libraries do.
-pub fn parse_prometheus(text: &str, limits: &Limits) -> Result<Vec<MetricFamily>, ParseError> {
+/// The page-size limit, checked before any parsing.
+fn check_size(text: &str, limits: &Limits) -> Result<(), ParseError> {
     if text.len() > limits.max_bytes {
         return err(
             0,
@@ -360,6 +359,13 @@ pub fn parse_prometheus(text: &str, limits: &Limits) -> Result<Vec<MetricFamily>
             ),
         );
     }
+    Ok(())
+}
+
+/// Parse a Prometheus text-format page (0.0.4), grouping samples into families the way
+/// Prometheus' client libraries do.
+pub fn parse_prometheus(text: &str, limits: &Limits) -> Result<Vec<MetricFamily>, ParseError> {
+    check_size(text, limits)?;
     let mut families: Vec<MetricFamily> = Vec::new();
     let mut cur: Option<MetricFamily> = None;
     let mut allowed: Vec<String> = Vec::new();
@@ -533,16 +539,7 @@ fn truncate(s: &str) -> &str {
 
 /// Strictly parse an OpenMetrics 1.0 page (must end with `# EOF`).
 pub fn parse_openmetrics(text: &str, limits: &Limits) -> Result<Vec<MetricFamily>, ParseError> {
-    if text.len() > limits.max_bytes {
-        return err(
-            0,
-            format!(
-                "page of {} bytes exceeds the limit of {}",
-                text.len(),
-                limits.max_bytes
-            ),
-        );
-    }
+    check_size(text, limits)?;
     let mut p = OmParser {
         limits,
         families: Vec::new(),

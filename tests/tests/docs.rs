@@ -89,12 +89,12 @@ fn readme_shows_the_commands_ci_runs() {
         "README must show the main command `{main}` on its own line"
     );
     assert!(
-        readme.lines().any(|l| l.trim() == "scripts/test"),
-        "README must show `scripts/test` on its own line"
+        readme.lines().any(|l| l.trim() == "./scripts/test"),
+        "README must show `./scripts/test` on its own line"
     );
     assert!(
-        ci.lines().any(|l| l.trim() == "scripts/test"),
-        ".ci/run must run scripts/test"
+        ci.lines().any(|l| l.trim() == "./scripts/test"),
+        ".ci/run must run ./scripts/test"
     );
     let in_ci = main.replacen("cargo run --release", "cargo run --release --locked", 1);
     assert!(ci.contains(&in_ci), ".ci/run must run the main command: {in_ci}");
