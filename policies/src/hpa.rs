@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use crate::band::ceil_replicas;
 use crate::decision::{Bounds, Recommendation, Rule};
 use crate::signals::{Metric, PodPhase, SignalKind, Signals};
 use crate::window::{Extremes, History};
@@ -264,7 +265,7 @@ impl Hpa {
                 if tol.is_within(ratio) {
                     Ok((status, Rule::HpaWithinTolerance))
                 } else {
-                    Ok((ceil_u32(usage as f64 / target_m as f64), Rule::HpaRatio))
+                    Ok((ceil_replicas(usage as f64 / target_m as f64), Rule::HpaRatio))
                 }
             }
             HpaTarget::Value(_) => {
@@ -275,11 +276,11 @@ impl Hpa {
                 });
                 let ratio = usage as f64 / target_m as f64;
                 if s.current == 0 {
-                    Ok((ceil_u32(ratio), Rule::HpaRatio))
+                    Ok((ceil_replicas(ratio), Rule::HpaRatio))
                 } else if tol.is_within(ratio) {
                     Ok((s.current, Rule::HpaWithinTolerance))
                 } else {
-                    Ok((ceil_u32(ratio * s.ready as f64), Rule::HpaRatio))
+                    Ok((ceil_replicas(ratio * s.ready as f64), Rule::HpaRatio))
                 }
             }
             HpaTarget::PodAverage(_) => self.plain_metric_replicas(m.metric, target_m, tol, ctx, s),
@@ -336,7 +337,7 @@ impl Hpa {
             if tol.is_within(usage_ratio) {
                 return Ok((s.current, Rule::HpaWithinTolerance));
             }
-            return Ok((ceil_u32(usage_ratio * ready_count as f64), Rule::HpaRatio));
+            return Ok((ceil_replicas(usage_ratio * ready_count as f64), Rule::HpaRatio));
         }
         let mut extra: Vec<i64> = Vec::with_capacity(missing + unready);
         // Missing pods count as at target on a scale-down, as 0 on a scale-up.
@@ -352,7 +353,7 @@ impl Hpa {
         {
             return Ok((s.current, Rule::HpaDirectionFlip));
         }
-        let new_replicas = ceil_u32(new_ratio * (values.len() + extra.len()) as f64);
+        let new_replicas = ceil_replicas(new_ratio * (values.len() + extra.len()) as f64);
         if (new_ratio < 1.0 && new_replicas > s.current) || (new_ratio > 1.0 && new_replicas < s.current) {
             return Ok((s.current, Rule::HpaDirectionFlip));
         }
@@ -497,16 +498,6 @@ impl Hpa {
 
 /// Picks one of two limits: `i64::max` or `i64::min`.
 type Pick = fn(i64, i64) -> i64;
-
-fn ceil_u32(x: f64) -> u32 {
-    if x.is_nan() || x <= 0.0 {
-        0
-    } else if x >= f64::from(u32::MAX) {
-        u32::MAX
-    } else {
-        x.ceil() as u32
-    }
-}
 
 impl Policy for Hpa {
     fn name(&self) -> &'static str {

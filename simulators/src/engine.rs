@@ -590,7 +590,9 @@ impl<'a> Engine<'a> {
 
     /// Run the control loop for this second; whether the autoscaler decided (and so observed).
     fn control_step(&mut self, sec: u64, now: Duration, signals: &Signals) -> bool {
-        match self.control.loop_model.clone() {
+        // Copy the `&'a ControlConfig` out so matching on it does not borrow `self`.
+        let control = self.control;
+        match control.loop_model {
             LoopModel::Direct { tick } => {
                 let period = tick.unwrap_or(match self.spec {
                     "hpa" => 15,

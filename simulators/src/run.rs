@@ -95,22 +95,18 @@ pub fn replay(
             pareto: None,
         })
     };
-    let threads = threads.clamp(1, runs.len().max(1));
-    let mut results: Vec<Option<Result<PolicyResult, spec::SpecError>>> = vec![None; runs.len()];
+    let threads = threads.clamp(1, runs.len());
+    let chunk = runs.len().div_ceil(threads);
+    let one = &one;
+    // Each thread replays a contiguous chunk; joining in order keeps the results in run order.
     thread::scope(|s| {
-        for (chunk_runs, chunk_out) in runs
-            .chunks(runs.len().div_ceil(threads))
-            .zip(results.chunks_mut(runs.len().div_ceil(threads)))
-        {
-            s.spawn(move || {
-                for (run, slot) in chunk_runs.iter().zip(chunk_out.iter_mut()) {
-                    *slot = Some(one(run));
-                }
-            });
-        }
-    });
-    results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(spec::SpecError::UnknownPolicy { name: "?".into() })))
-        .collect()
+        let handles: Vec<_> = runs
+            .chunks(chunk)
+            .map(|c| s.spawn(move || c.iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    })
 }
