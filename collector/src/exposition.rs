@@ -96,16 +96,24 @@ fn number(v: f64) -> String {
     }
 }
 
-/// Writes families in either format.
-struct Writer {
+/// Writes families in either format; the scaler writes its own `/metrics` with it too.
+pub struct Writer {
     out: String,
     format: Format,
 }
 
 impl Writer {
+    /// An empty page in `format`.
+    pub fn new(format: Format) -> Self {
+        Writer {
+            out: String::new(),
+            format,
+        }
+    }
+
     /// `name` is the family name; for counters the samples are `name_total`. Text 0.0.4 names
     /// a counter family after its samples (`x_total`), OpenMetrics after the family (`x`).
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
         let suffix = if kind == "counter" && self.format == Format::Prometheus {
             "_total"
         } else {
@@ -115,7 +123,8 @@ impl Writer {
         let _ = writeln!(self.out, "# TYPE {name}{suffix} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+    /// One sample; labels with empty values are left out, as Prometheus treats them alike.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.out.push_str(name);
         let labels: Vec<&(&str, &str)> = labels.iter().filter(|(_, v)| !v.is_empty()).collect();
         if !labels.is_empty() {
@@ -131,7 +140,8 @@ impl Writer {
         let _ = writeln!(self.out, " {}", number(value));
     }
 
-    fn finish(mut self) -> String {
+    /// The page, with `# EOF` for OpenMetrics.
+    pub fn finish(mut self) -> String {
         if self.format == Format::OpenMetrics {
             self.out.push_str("# EOF\n");
         }
@@ -371,7 +381,13 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
         for q in &s.queues {
             w.sample(
                 "gpuscale_scrape_up",
-                &[("target", &q.target.url), ("node", &s.node)],
+                &[
+                    ("namespace", &q.target.namespace),
+                    ("workload", &q.target.workload),
+                    ("pod", &q.target.pod),
+                    ("target", &q.target.url),
+                    ("node", &s.node),
+                ],
                 f64::from(u8::from(q.up)),
             );
         }

@@ -1,8 +1,29 @@
 //! gpuscale-scaler: the central service.
 //!
-//! It will own the KEDA external-scaler gRPC API, collector polling and aggregation, direct
-//! Deployment scaling and the scale-from-zero activator (issues #5 and #6). Every decision it
-//! makes will come from [`gpuscale_policies`], so the scaler and the simulator cannot disagree.
-//! Nothing is implemented here yet.
+//! It owns KEDA's external-scaler gRPC API ([`grpc`], wire types in [`pb`]), the trigger
+//! metadata it accepts ([`trigger`]), reading the collectors ([`poll`]) and combining their
+//! pages per workload ([`aggregate`]), the per-workload state and the answers KEDA reads
+//! ([`workloads`]), its own HTTP endpoints ([`http`]), TLS with certificate reload ([`tls`]),
+//! the Kubernetes side ([`cluster`]: collector discovery, Deployment status, direct mode with a
+//! Lease).
+//!
+//! Every decision comes from [`gpuscale_policies`], so the scaler and the simulator cannot
+//! disagree about what a policy does.
+
+pub mod aggregate;
+pub mod cluster;
+pub mod grpc;
+pub mod http;
+pub mod poll;
+pub mod telemetry;
+pub mod tls;
+pub mod trigger;
+pub mod workloads;
+
+/// Types generated from KEDA's `externalscaler.proto`.
+#[allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]
+pub mod pb {
+    tonic::include_proto!("externalscaler");
+}
 
 pub use gpuscale_policies as policies;

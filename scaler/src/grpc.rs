@@ -1,0 +1,208 @@
+//! KEDA's `externalscaler.ExternalScaler` service.
+//!
+//! Every RPC answers from the state the last poll tick published ([`crate::workloads`]):
+//! nothing here waits on a collector or the API server. KEDA calls `GetMetricSpec` on every
+//! reconcile, poll and HPA sync, so the common case (metadata already seen) is a hash-map
+//! lookup and a fingerprint comparison.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::pb::external_scaler_server::ExternalScaler;
+use crate::pb::{
+    GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
+    ScaledObjectRef,
+};
+use crate::poll::Clock;
+use crate::telemetry::Telemetry;
+use crate::trigger::{Trigger, TriggerError, WorkloadKey, fingerprint};
+use crate::workloads::{RegisterError, Workload, Workloads, lock};
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct Scaler {
+    workloads: Arc<Workloads>,
+    telemetry: Arc<Telemetry>,
+    clock: Clock,
+}
+
+impl Scaler {
+    /// A service over shared state.
+    pub fn new(workloads: Arc<Workloads>, telemetry: Arc<Telemetry>, clock: Clock) -> Self {
+        Scaler {
+            workloads,
+            telemetry,
+            clock,
+        }
+    }
+
+    /// The workload a ScaledObjectRef names, registering it (or its changed metadata).
+    fn resolve(&self, r: &ScaledObjectRef) -> Result<Arc<Mutex<Workload>>, Status> {
+        let md = &r.scaler_metadata;
+        let name = md
+            .get("deployment")
+            .ok_or_else(|| Status::invalid_argument(TriggerError::MissingDeployment.to_string()))?;
+        let key = WorkloadKey {
+            namespace: md.get("namespace").unwrap_or(&r.namespace).trim().to_string(),
+            name: name.trim().to_string(),
+        };
+        let now = self.clock.now();
+        if let Some(w) = self.workloads.get(&key) {
+            let mut g = lock(&w);
+            if g.trigger.fingerprint == fingerprint(&r.namespace, md) {
+                g.last_asked = now;
+                drop(g);
+                return Ok(w);
+            }
+        }
+        let trigger = Trigger::parse(&r.namespace, md).map_err(|e| {
+            Status::invalid_argument(format!(
+                "ScaledObject {}/{}: trigger metadata: {e}",
+                r.namespace, r.name
+            ))
+        })?;
+        self.workloads.register(trigger, now).map_err(|e| match e {
+            RegisterError::Full(_) => Status::resource_exhausted(e.to_string()),
+            RegisterError::Trigger(t) => Status::invalid_argument(t.to_string()),
+        })
+    }
+
+    fn timed<T>(&self, method: usize, started: Instant, r: Result<T, Status>) -> Result<T, Status> {
+        self.telemetry.rpc(method, started.elapsed(), r.is_ok());
+        r
+    }
+}
+
+fn unavailable(key: &WorkloadKey, why: &str) -> Status {
+    Status::unavailable(format!("{key}: {why}"))
+}
+
+type ActiveStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalScaler for Scaler {
+    async fn is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<IsActiveResponse>, Status> {
+        let started = Instant::now();
+        let r = self.resolve(request.get_ref()).and_then(|w| {
+            let g = lock(&w);
+            match &g.answer.active {
+                Ok(a) => Ok(Response::new(IsActiveResponse { result: *a })),
+                Err(why) => Err(unavailable(&g.trigger.workload, why)),
+            }
+        });
+        self.timed(2, started, r)
+    }
+
+    type StreamIsActiveStream = ActiveStream;
+
+    async fn stream_is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
+        let started = Instant::now();
+        let w = match self.resolve(request.get_ref()) {
+            Ok(w) => w,
+            Err(e) => return self.timed(3, started, Err(e)),
+        };
+        let mut rx = lock(&w).subscribe();
+        drop(w);
+        let (tx, out) = mpsc::channel(4);
+        let telemetry = self.telemetry.clone();
+        telemetry.streams_open.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            // What the client last heard: `true` is sent on open and on every inactive-to-active
+            // edge, never repeated while active; `false` only as the state on open (KEDA ignores
+            // it since 2.18, and before that it scaled down at once, which the keep-alive decides).
+            let mut heard: Option<bool> = None;
+            loop {
+                let now = *rx.borrow_and_update();
+                if let Some(active) = now {
+                    let send = match heard {
+                        None => true,
+                        Some(prev) => active && !prev,
+                    };
+                    if send {
+                        if tx.send(Ok(IsActiveResponse { result: active })).await.is_err() {
+                            break;
+                        }
+                        if active {
+                            telemetry.stream_pushes.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    heard = Some(active);
+                }
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { break },
+                    () = tx.closed() => break,
+                }
+            }
+            telemetry.streams_open.fetch_sub(1, Ordering::Relaxed);
+        });
+        let stream: ActiveStream = Box::pin(ReceiverStream::new(out));
+        self.timed(3, started, Ok(Response::new(stream)))
+    }
+
+    async fn get_metric_spec(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<GetMetricSpecResponse>, Status> {
+        let started = Instant::now();
+        let r = self.resolve(request.get_ref()).map(|w| {
+            let g = lock(&w);
+            let target = g.trigger.target();
+            Response::new(GetMetricSpecResponse {
+                metric_specs: vec![MetricSpec {
+                    metric_name: g.trigger.metric_name(),
+                    // The deprecated integer field for KEDA < 2.17; never 0, which KEDA rejects.
+                    target_size: (target.ceil() as i64).max(1),
+                    target_size_float: target,
+                }],
+            })
+        });
+        self.timed(0, started, r)
+    }
+
+    async fn get_metrics(
+        &self,
+        request: Request<GetMetricsRequest>,
+    ) -> Result<Response<GetMetricsResponse>, Status> {
+        let started = Instant::now();
+        let req = request.get_ref();
+        let r = match &req.scaled_object_ref {
+            None => Err(Status::invalid_argument(
+                "GetMetricsRequest.scaledObjectRef is missing: KEDA always sends it; check the client",
+            )),
+            Some(so) => self.resolve(so).and_then(|w| {
+                let g = lock(&w);
+                let name = g.trigger.metric_name();
+                if !req.metric_name.is_empty() && req.metric_name != name {
+                    return Err(Status::not_found(format!(
+                        "metric `{}` is not served for {}: its metric is `{name}` (from GetMetricSpec)",
+                        req.metric_name, g.trigger.workload
+                    )));
+                }
+                match &g.answer.value {
+                    Ok(v) => Ok(Response::new(GetMetricsResponse {
+                        metric_values: vec![MetricValue {
+                            metric_name: name,
+                            metric_value: v.ceil() as i64,
+                            metric_value_float: *v,
+                        }],
+                    })),
+                    Err(why) => Err(unavailable(&g.trigger.workload, why)),
+                }
+            }),
+        };
+        self.timed(1, started, r)
+    }
+}

@@ -1,0 +1,429 @@
+//! The scaler's HTTP side: `/metrics`, `/debug/workloads`, `/healthz`, `/readyz`, and
+//! `POST /v1/held`, where a separate activator reports held requests.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use gpuscale_collector::exposition::{Format, Writer};
+use serde::{Deserialize, Serialize};
+
+use crate::poll::{Clock, Polled};
+use crate::telemetry::{METHODS, Telemetry};
+use crate::trigger::{Mode, WorkloadKey};
+use crate::workloads::{Workloads, lock};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Workloads.
+    pub workloads: Arc<Workloads>,
+    /// Poll state.
+    pub polled: Arc<Polled>,
+    /// Counters.
+    pub telemetry: Arc<Telemetry>,
+    /// Clock.
+    pub clock: Clock,
+    /// Whether this replica leads (direct mode); `None` when there is no election.
+    pub leader: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// The router.
+pub fn router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/debug/workloads", get(debug))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/v1/held", post(held))
+        .layer(DefaultBodyLimit::max(16 * 1024))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    if s.polled.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no poll of the collectors has completed yet\n",
+        )
+            .into_response()
+    }
+}
+
+/// An activator's report.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldReport {
+    /// Namespace of the workload.
+    pub namespace: String,
+    /// Deployment name.
+    pub workload: String,
+    /// Requests held now.
+    pub requests: f64,
+}
+
+async fn held(
+    State(s): State<AppState>,
+    body: Result<Json<HeldReport>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(r) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("{e}: expected {{\"namespace\": \"...\", \"workload\": \"...\", \"requests\": N}}\n"),
+            )
+                .into_response();
+        }
+    };
+    if !r.requests.is_finite() || r.requests < 0.0 {
+        return (
+            StatusCode::BAD_REQUEST,
+            "`requests` must be a number, 0 or more\n",
+        )
+            .into_response();
+    }
+    s.telemetry.held_reports.fetch_add(1, Ordering::Relaxed);
+    let key = WorkloadKey {
+        namespace: r.namespace,
+        name: r.workload,
+    };
+    if s.workloads.held(&key, r.requests, s.clock.now()) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            format!("{key} is not a workload this scaler tracks: no ScaledObject (or annotated Deployment) names it yet\n"),
+        )
+            .into_response()
+    }
+}
+
+#[derive(Serialize)]
+struct DebugWorkload<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    policy: &'a str,
+    mode: &'static str,
+    metric_name: String,
+    params: &'a [(String, String)],
+    observed: &'a Option<crate::aggregate::Observed>,
+    unknown: &'a Option<String>,
+    signals: &'a Option<gpuscale_policies::Signals>,
+    decision: Option<DebugDecision>,
+    capacity: &'a Option<String>,
+    held: &'a Option<crate::workloads::Held>,
+    replicas: &'a Option<crate::workloads::Replicas>,
+    value: Option<f64>,
+    active: Option<bool>,
+    unavailable: Option<&'a str>,
+    seconds_since_asked: f64,
+}
+
+#[derive(Serialize)]
+struct DebugDecision {
+    desired: u32,
+    recommended: u32,
+    policy: &'static str,
+    rule: String,
+    reason: String,
+    seconds_ago: f64,
+}
+
+async fn debug(State(s): State<AppState>) -> Response {
+    let now = s.clock.now();
+    let all = s.workloads.all();
+    let mut out = Vec::with_capacity(all.len());
+    for (_, w) in &all {
+        let g = lock(w);
+        let decision = g.decision.as_ref().map(|(d, at)| DebugDecision {
+            desired: d.desired,
+            recommended: d.recommended,
+            policy: d.policy,
+            rule: d.rule.code().to_string(),
+            reason: match &g.capacity {
+                Some(c) => format!("{}; {c}", d.rule),
+                None => d.rule.to_string(),
+            },
+            seconds_ago: now.saturating_sub(*at).as_secs_f64(),
+        });
+        let item = DebugWorkload {
+            namespace: &g.trigger.workload.namespace,
+            name: &g.trigger.workload.name,
+            policy: &g.trigger.policy,
+            mode: match g.trigger.mode {
+                Mode::Replicas => "replicas",
+                Mode::Signal { .. } => "signal",
+            },
+            metric_name: g.trigger.metric_name(),
+            params: &g.trigger.params,
+            observed: &g.observed,
+            unknown: &g.unknown,
+            signals: &g.signals,
+            decision,
+            capacity: &g.capacity,
+            held: &g.held,
+            replicas: &g.replicas,
+            value: g.answer.value.as_ref().ok().copied(),
+            active: g.answer.active.as_ref().ok().copied(),
+            unavailable: g.answer.value.as_ref().err().map(String::as_str),
+            seconds_since_asked: now.saturating_sub(g.last_asked).as_secs_f64(),
+        };
+        out.push(serde_json::to_value(&item).unwrap_or_default());
+    }
+    Json(out).into_response()
+}
+
+async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let body = render(&s, format);
+    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+}
+
+/// The scaler's `/metrics` page.
+pub fn render(s: &AppState, format: Format) -> String {
+    let mut w = Writer::new(format);
+    let t = &s.telemetry;
+    let now = s.clock.now();
+    w.family(
+        "gpuscale_scaler_grpc_request_duration_seconds",
+        "histogram",
+        "Time to answer a KEDA external-scaler RPC (for StreamIsActive: to open the stream).",
+    );
+    for (i, m) in METHODS.iter().enumerate() {
+        t.grpc_latency[i].write(
+            &mut w,
+            "gpuscale_scaler_grpc_request_duration_seconds",
+            &[("method", m)],
+        );
+    }
+    w.family(
+        "gpuscale_scaler_grpc_errors",
+        "counter",
+        "RPCs answered with an error status.",
+    );
+    let errors = "gpuscale_scaler_grpc_errors_total";
+    for (i, m) in METHODS.iter().enumerate() {
+        w.sample(
+            errors,
+            &[("method", m)],
+            t.grpc_errors[i].load(Ordering::Relaxed) as f64,
+        );
+    }
+    let gauges: [(&str, &str, f64); 3] = [
+        (
+            "gpuscale_scaler_streams_open",
+            "StreamIsActive streams open now.",
+            t.streams_open.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "gpuscale_scaler_workloads",
+            "Workloads tracked.",
+            s.workloads.len() as f64,
+        ),
+        (
+            "gpuscale_scaler_leader",
+            "1 if this replica leads direct mode (0 when it does not, absent without election).",
+            s.leader
+                .as_ref()
+                .map_or(f64::NAN, |l| f64::from(u8::from(*l.borrow()))),
+        ),
+    ];
+    for (name, help, v) in gauges {
+        if v.is_nan() {
+            continue;
+        }
+        w.family(name, "gauge", help);
+        w.sample(name, &[], v);
+    }
+    let counters: [(&str, &str, u64); 4] = [
+        (
+            "gpuscale_scaler_stream_pushes",
+            "`true` messages pushed on StreamIsActive.",
+            t.stream_pushes.load(Ordering::Relaxed),
+        ),
+        (
+            "gpuscale_scaler_polls",
+            "Poll rounds completed.",
+            t.polls.load(Ordering::Relaxed),
+        ),
+        (
+            "gpuscale_scaler_poll_errors",
+            "Failed collector reads.",
+            t.poll_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "gpuscale_scaler_held_reports",
+            "Held-request reports from activators.",
+            t.held_reports.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, v) in counters {
+        w.family(name, "counter", help);
+        w.sample(&format!("{name}_total"), &[], v as f64);
+    }
+    w.family(
+        "gpuscale_scaler_poll_duration_seconds",
+        "histogram",
+        "Time of one poll round: read every collector, combine, decide.",
+    );
+    t.poll_duration
+        .write(&mut w, "gpuscale_scaler_poll_duration_seconds", &[]);
+
+    {
+        let sources = s.polled.sources.read().unwrap_or_else(|e| e.into_inner());
+        w.family(
+            "gpuscale_scaler_collector_age_seconds",
+            "gauge",
+            "Seconds since each collector was last read successfully.",
+        );
+        for (addr, src) in sources.iter() {
+            if let Some((at, _)) = &src.last_ok {
+                w.sample(
+                    "gpuscale_scaler_collector_age_seconds",
+                    &[("collector", addr)],
+                    now.saturating_sub(*at).as_secs_f64(),
+                );
+            }
+        }
+        w.family(
+            "gpuscale_scaler_collector_up",
+            "gauge",
+            "1 if the last read of the collector succeeded.",
+        );
+        for (addr, src) in sources.iter() {
+            w.sample(
+                "gpuscale_scaler_collector_up",
+                &[("collector", addr)],
+                f64::from(u8::from(src.error.is_none() && src.last_ok.is_some())),
+            );
+        }
+    }
+    {
+        let view = s.polled.view.read().unwrap_or_else(|e| e.into_inner());
+        if !view.capacity.is_empty() {
+            w.family(
+                "gpuscale_cluster_gpus",
+                "gauge",
+                "GPUs per node and product as the collectors report them: allocatable, or allocated to a pod.",
+            );
+            for ((node, model), c) in &view.capacity {
+                for (state, v) in [("allocatable", c.allocatable), ("allocated", c.allocated)] {
+                    w.sample(
+                        "gpuscale_cluster_gpus",
+                        &[("node", node), ("model", model), ("state", state)],
+                        f64::from(v),
+                    );
+                }
+            }
+        }
+    }
+
+    let all = s.workloads.all();
+    type Row = (String, String, String, f64);
+    let mut desired: Vec<Row> = Vec::new();
+    let mut values: Vec<Row> = Vec::new();
+    let mut actives: Vec<Row> = Vec::new();
+    let mut unavailable: Vec<Row> = Vec::new();
+    let mut signals: Vec<(String, String, &'static str, f64)> = Vec::new();
+    let mut ages: Vec<Row> = Vec::new();
+    for (k, wl) in &all {
+        let g = lock(wl);
+        let (ns, name) = (k.namespace.clone(), k.name.clone());
+        if let Some((d, _)) = &g.decision {
+            desired.push((
+                ns.clone(),
+                name.clone(),
+                d.rule.code().to_string(),
+                f64::from(d.desired),
+            ));
+        }
+        if let Ok(v) = g.answer.value {
+            values.push((ns.clone(), name.clone(), String::new(), v));
+        }
+        if let Ok(a) = g.answer.active {
+            actives.push((ns.clone(), name.clone(), String::new(), f64::from(u8::from(a))));
+        }
+        unavailable.push((
+            ns.clone(),
+            name.clone(),
+            String::new(),
+            f64::from(u8::from(g.answer.value.is_err())),
+        ));
+        if let Some(sig) = &g.signals {
+            let readings = [
+                ("waiting", sig.waiting),
+                ("running", sig.running),
+                ("kv_cache_usage", sig.kv_cache_usage),
+                ("gpu_utilization", sig.gpu_utilization),
+            ];
+            let mut oldest: Option<f64> = None;
+            for (kind, r) in readings {
+                if let Some(r) = r {
+                    signals.push((ns.clone(), name.clone(), kind, r.value));
+                    oldest = Some(oldest.unwrap_or(0.0).max(r.age.as_secs_f64()));
+                }
+            }
+            if let Some(a) = oldest {
+                ages.push((ns, name, String::new(), a));
+            }
+        }
+    }
+    let tables: [(&str, &str, &Vec<Row>); 5] = [
+        (
+            "gpuscale_scaler_desired_replicas",
+            "The policy's desired replicas, by deciding rule.",
+            &desired,
+        ),
+        (
+            "gpuscale_scaler_metric_value",
+            "The value GetMetrics returns.",
+            &values,
+        ),
+        (
+            "gpuscale_scaler_active",
+            "1 if IsActive says the workload should be awake.",
+            &actives,
+        ),
+        (
+            "gpuscale_scaler_unavailable",
+            "1 while GetMetrics answers UNAVAILABLE (missing or stale data).",
+            &unavailable,
+        ),
+        (
+            "gpuscale_scaler_signal_age_seconds",
+            "Age of the oldest signal behind the last decision.",
+            &ages,
+        ),
+    ];
+    for (name, help, rows) in tables {
+        if rows.is_empty() {
+            continue;
+        }
+        w.family(name, "gauge", help);
+        for (ns, wl, rule, v) in rows.iter() {
+            w.sample(name, &[("namespace", ns), ("workload", wl), ("rule", rule)], *v);
+        }
+    }
+    if !signals.is_empty() {
+        w.family(
+            "gpuscale_scaler_signal",
+            "gauge",
+            "Aggregated signals behind the last decision.",
+        );
+        for (ns, wl, kind, v) in &signals {
+            w.sample(
+                "gpuscale_scaler_signal",
+                &[("namespace", ns), ("workload", wl), ("signal", kind)],
+                *v,
+            );
+        }
+    }
+    w.finish()
+}

@@ -1,0 +1,224 @@
+//! `gpuscale-scaler`: KEDA external scaler, scale-to-zero activation and direct mode.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use gpuscale_policies::spec::parse_duration;
+use gpuscale_scaler::grpc::Scaler;
+use gpuscale_scaler::http::{AppState, router};
+use gpuscale_scaler::pb::external_scaler_server::ExternalScalerServer;
+use gpuscale_scaler::poll::{self, Clock, PollConfig, Polled};
+use gpuscale_scaler::telemetry::Telemetry;
+use gpuscale_scaler::tls::{self, TlsFiles};
+use gpuscale_scaler::workloads::Workloads;
+use tokio::sync::watch;
+
+fn duration(v: &str) -> Result<Duration, String> {
+    parse_duration("duration", v).map_err(|e| e.to_string())
+}
+
+/// The central gpuscale service: answers KEDA's external-scaler gRPC calls from the signals
+/// of every gpuscale-collector, so a ScaledObject with an `external-push` trigger scales a GPU
+/// workload (to and from zero) on queue depth, KV cache and GPU utilization.
+///
+/// Without KEDA, `--kube --direct` scales Deployments annotated `gpuscale.io/policy` itself.
+/// Every flag has an environment twin; docs/scaler.md explains the trigger keys.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// gRPC address KEDA dials (the trigger's `scalerAddress`).
+    #[arg(long, env = "GPUSCALE_SCALER_GRPC_LISTEN", default_value = "0.0.0.0:9090")]
+    grpc_listen: SocketAddr,
+
+    /// HTTP address for /metrics, /debug/workloads, /healthz, /readyz and POST /v1/held.
+    #[arg(long, env = "GPUSCALE_SCALER_HTTP_LISTEN", default_value = "0.0.0.0:9091")]
+    http_listen: SocketAddr,
+
+    /// A collector to read: `host:port` (its /metrics) or a full URL. Repeatable; the env
+    /// twin takes a comma-separated list. With --kube, discovered collectors are added.
+    #[arg(long = "collector", env = "GPUSCALE_SCALER_COLLECTORS", value_delimiter = ',')]
+    collectors: Vec<String>,
+
+    /// Time between polls of the collectors; every workload is decided after each poll.
+    #[arg(long, env = "GPUSCALE_SCALER_POLL_INTERVAL", default_value = "1s", value_parser = duration)]
+    poll_interval: Duration,
+
+    /// Time allowed for one collector read.
+    #[arg(long, env = "GPUSCALE_SCALER_POLL_TIMEOUT", default_value = "2s", value_parser = duration)]
+    poll_timeout: Duration,
+
+    /// Largest collector page read, bytes.
+    #[arg(long, env = "GPUSCALE_SCALER_MAX_PAGE_BYTES", default_value_t = 8 << 20)]
+    max_page_bytes: usize,
+
+    /// Collector reads in flight at once.
+    #[arg(long, env = "GPUSCALE_SCALER_MAX_CONCURRENT_POLLS", default_value_t = 32)]
+    max_concurrent_polls: usize,
+
+    /// Most workloads (ScaledObjects) tracked; beyond it GetMetricSpec answers RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GPUSCALE_SCALER_MAX_WORKLOADS", default_value_t = 20_000)]
+    max_workloads: usize,
+
+    /// A workload no RPC has named for this long is forgotten (KEDA asks every pollingInterval).
+    #[arg(long, env = "GPUSCALE_SCALER_WORKLOAD_IDLE_TTL", default_value = "10m", value_parser = duration)]
+    workload_idle_ttl: Duration,
+
+    /// PEM certificate chain for TLS on the gRPC port (KEDA `enableTLS: "true"`).
+    #[arg(long, env = "GPUSCALE_SCALER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "GPUSCALE_SCALER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: require client certificates signed by it (mTLS; KEDA's `tlsClientCert`).
+    #[arg(long, env = "GPUSCALE_SCALER_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// How often the TLS files are checked for changes.
+    #[arg(long, env = "GPUSCALE_SCALER_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = duration)]
+    tls_reload_interval: Duration,
+
+    /// Close client connections after this long so KEDA re-resolves a headless Service and
+    /// spreads calls over the scaler replicas (0 = never).
+    #[arg(long, env = "GPUSCALE_SCALER_MAX_CONNECTION_AGE", default_value = "5m", value_parser = duration)]
+    max_connection_age: Duration,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "GPUSCALE_SCALER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+
+    #[command(flatten)]
+    kube: gpuscale_scaler::cluster::KubeArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.log_format == "json" {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    if args.poll_interval.is_zero() {
+        bail!("--poll-interval must be above 0 (e.g. 1s)");
+    }
+    if args.collectors.is_empty() && !args.kube.kube {
+        tracing::warn!(
+            "no --collector and no --kube: there are no signals, so every GetMetrics answers UNAVAILABLE \
+             except for workloads an activator reports demand for"
+        );
+    }
+
+    let clock = Clock::start();
+    let workloads = Arc::new(Workloads::new(args.max_workloads, args.workload_idle_ttl));
+    let telemetry = Arc::new(Telemetry::default());
+    let polled = Arc::new(Polled::default());
+    let (collectors_tx, collectors_rx) = watch::channel(args.collectors.clone());
+
+    let leader = gpuscale_scaler::cluster::start(
+        &args.kube,
+        &args.collectors,
+        collectors_tx,
+        workloads.clone(),
+        clock,
+    )
+    .await
+    .context("starting the Kubernetes side (--kube)")?;
+
+    tokio::spawn(poll::run(
+        PollConfig {
+            interval: args.poll_interval,
+            timeout: args.poll_timeout,
+            max_page_bytes: args.max_page_bytes,
+            max_concurrent: args.max_concurrent_polls,
+        },
+        collectors_rx,
+        polled.clone(),
+        workloads.clone(),
+        telemetry.clone(),
+        clock,
+    ));
+
+    let state = AppState {
+        workloads: workloads.clone(),
+        polled,
+        telemetry: telemetry.clone(),
+        clock,
+        leader,
+    };
+    let http = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding --http-listen {}", args.http_listen))?;
+    tracing::info!(addr = %args.http_listen, "HTTP listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, router(state))
+            .with_graceful_shutdown(shutdown())
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    let service = ExternalScalerServer::new(Scaler::new(workloads, telemetry, clock));
+    let mut server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    if !args.max_connection_age.is_zero() {
+        server = server.max_connection_age(args.max_connection_age);
+    }
+    let grpc = tokio::net::TcpListener::bind(args.grpc_listen)
+        .await
+        .with_context(|| format!("binding --grpc-listen {}", args.grpc_listen))?;
+    match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = TlsFiles {
+                cert,
+                key,
+                client_ca: args.tls_client_ca,
+            };
+            let tls = tls::Reloading::start(files, args.tls_reload_interval).context("loading TLS files")?;
+            tracing::info!(addr = %args.grpc_listen, "gRPC listening (TLS)");
+            server
+                .add_service(service)
+                .serve_with_incoming_shutdown(tls::incoming(grpc, tls), shutdown())
+                .await?;
+        }
+        _ => {
+            tracing::info!(addr = %args.grpc_listen, "gRPC listening (plaintext h2c)");
+            server
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                    shutdown(),
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,510 @@
+//! Every workload the scaler answers for: its trigger, autoscaler, last signals, decision and
+//! the answers KEDA reads.
+//!
+//! Decisions are made on the poll tick, for all workloads at once, from the combined
+//! [`View`]: never on the request path. `GetMetrics` and `IsActive` read the answer the last
+//! tick published, so they never wait on I/O and two scaler replicas fed the same pages give
+//! the same answers. Time is passed in (a [`Duration`] since the process's epoch), so tests
+//! drive this module with a virtual clock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use gpuscale_policies::{Autoscaler, Decision, Reading, Signals};
+use tokio::sync::watch;
+
+use crate::aggregate::{Observed, Seen, View};
+use crate::trigger::{Mode, Trigger, TriggerError, WorkloadKey};
+
+/// Replica counts of a Deployment as the API server reports them (kube mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Replicas {
+    /// `spec.replicas`.
+    pub desired: u32,
+    /// `status.readyReplicas`.
+    pub ready: u32,
+    /// `status.replicas - status.readyReplicas`: created but not ready.
+    pub starting: u32,
+}
+
+/// Held requests reported by an activator, and when.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Held {
+    /// Requests waiting for the workload to wake.
+    pub requests: f64,
+    /// When reported.
+    #[serde(skip)]
+    pub at: Duration,
+}
+
+/// How long an activator's report counts. Activators repeat it every second while they hold.
+pub const HELD_TTL: Duration = Duration::from_secs(5);
+
+/// One workload.
+pub struct Workload {
+    /// Its trigger.
+    pub trigger: Trigger,
+    autoscaler: Autoscaler,
+    /// The last observation, if known.
+    pub observed: Option<Observed>,
+    /// Why it is not known.
+    pub unknown: Option<String>,
+    /// Signals given to the last decision.
+    pub signals: Option<Signals>,
+    /// The last decision and when it was made.
+    pub decision: Option<(Decision, Duration)>,
+    /// A scale-up the cluster's free GPUs cannot hold, in words.
+    pub capacity: Option<String>,
+    /// From the activator.
+    pub held: Option<Held>,
+    /// From the API server (kube mode).
+    pub replicas: Option<Replicas>,
+    /// Last time KEDA (or direct mode) asked about it.
+    pub last_asked: Duration,
+    /// The published answers.
+    pub answer: Answer,
+    active: watch::Sender<Option<bool>>,
+}
+
+/// What GetMetrics and IsActive return until the next tick.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    /// The metric value, or why there is none.
+    pub value: Result<f64, String>,
+    /// Whether the workload should be awake, or why that is not known.
+    pub active: Result<bool, String>,
+}
+
+impl Default for Answer {
+    fn default() -> Self {
+        let why = "no decision yet: the scaler has not completed a poll of the collectors since this workload was registered".to_string();
+        Answer {
+            value: Err(why.clone()),
+            active: Err(why),
+        }
+    }
+}
+
+impl Workload {
+    fn new(trigger: Trigger, autoscaler: Autoscaler, now: Duration) -> Self {
+        Workload {
+            trigger,
+            autoscaler,
+            observed: None,
+            unknown: None,
+            signals: None,
+            decision: None,
+            capacity: None,
+            held: None,
+            replicas: None,
+            last_asked: now,
+            answer: Answer::default(),
+            active: watch::channel(None).0,
+        }
+    }
+
+    fn fresh_held(&self, now: Duration) -> f64 {
+        self.held
+            .filter(|h| now.saturating_sub(h.at) <= HELD_TTL)
+            .map_or(0.0, |h| h.requests)
+    }
+
+    /// Subscribe to the activity edges (for StreamIsActive).
+    pub fn subscribe(&self) -> watch::Receiver<Option<bool>> {
+        self.active.subscribe()
+    }
+
+    /// Build signals from the view and decide.
+    fn decide(&mut self, view: &View, now: Duration) {
+        let held = self.fresh_held(now);
+        let seen = view.observe(&self.trigger.workload);
+        let (observed, at) = match seen {
+            Seen::Known { observed, at } => match self.replicas {
+                // The API server says pods are ready, but no collector reports them yet.
+                Some(r) if r.ready > 0 && observed.up == 0 => {
+                    self.unknown = Some(format!(
+                        "the Deployment has {} ready replicas but no collector reports them yet",
+                        r.ready
+                    ));
+                    (None, None)
+                }
+                _ => {
+                    self.unknown = None;
+                    (Some(observed), Some(at))
+                }
+            },
+            Seen::Unknown(why) => {
+                self.unknown = Some(why);
+                (None, None)
+            }
+        };
+        let prev_current = self.signals.as_ref().map_or(0, |s| s.current);
+        let (current, ready, starting) = match (self.replicas, &observed) {
+            (Some(r), _) => (r.desired, r.ready, r.starting),
+            (None, Some(o)) => (o.up, o.up, 0),
+            (None, None) => (prev_current, prev_current, 0),
+        };
+        let reading = |v: f64| at.map(|at| Reading::aged(v, now.saturating_sub(at)));
+        let signals = Signals {
+            current,
+            ready,
+            starting,
+            waiting: observed.as_ref().and_then(|o| reading(o.waiting + held)),
+            running: observed.as_ref().and_then(|o| reading(o.running)),
+            kv_cache_usage: observed.as_ref().and_then(|o| o.kv_cache_usage.and_then(reading)),
+            gpu_utilization: observed
+                .as_ref()
+                .and_then(|o| o.gpu_utilization.and_then(reading)),
+            arrival_rate: None,
+            service_time: None,
+            pods: Vec::new(),
+        };
+        let d = self.autoscaler.decide(now, &signals);
+        self.capacity = None;
+        if d.desired > current && !view.capacity.is_empty() {
+            let need = (d.desired - current).saturating_mul(self.trigger.gpus_per_replica);
+            let free = view.free_gpus(&self.trigger.gpu_model);
+            if need > free {
+                let model = if self.trigger.gpu_model.is_empty() {
+                    "GPUs"
+                } else {
+                    self.trigger.gpu_model.as_str()
+                };
+                self.capacity = Some(format!(
+                    "capacity: scaling {current} -> {} needs {need} {model} but the collectors report {free} free",
+                    d.desired
+                ));
+            }
+        }
+        self.observed = observed;
+        self.signals = Some(signals);
+        self.decision = Some((d, now));
+        self.publish(now);
+    }
+
+    /// Recompute the answers from the last decision and the held requests.
+    fn publish(&mut self, now: Duration) {
+        let held = self.fresh_held(now);
+        let threshold = self.trigger.activation_threshold;
+        let why_not = match (&self.unknown, &self.decision) {
+            (Some(why), _) => Some(why.clone()),
+            (None, None) => Some(Answer::default().active.err().unwrap_or_default()),
+            (None, Some((d, _))) if d.rule.is_safety_hold() => Some(d.rule.to_string()),
+            _ => None,
+        };
+        let value = match (&why_not, &self.decision) {
+            (Some(why), _) => Err(why.clone()),
+            (None, Some((d, _))) => Ok(match self.trigger.mode {
+                Mode::Replicas => f64::from(d.desired),
+                Mode::Signal { metric, .. } => {
+                    let o = self.observed.clone().unwrap_or_default();
+                    match metric {
+                        gpuscale_policies::Metric::Waiting => o.waiting + held,
+                        gpuscale_policies::Metric::Running => o.running,
+                        gpuscale_policies::Metric::KvCacheUsage => o.kv_cache_usage.unwrap_or(0.0),
+                        gpuscale_policies::Metric::GpuUtilization => o.gpu_utilization.unwrap_or(0.0),
+                        _ => o.waiting + o.running + held,
+                    }
+                }
+            }),
+            (None, None) => Err(String::new()),
+        };
+        let active = if held > threshold {
+            // Requests are waiting at an activator: wake, whatever the collectors say.
+            Ok(true)
+        } else {
+            match (&why_not, &self.decision, &self.observed) {
+                (Some(why), _, _) => Err(why.clone()),
+                (None, Some((d, _)), Some(o)) => {
+                    let demand = o.waiting + o.running + held;
+                    let current = self.signals.as_ref().map_or(0, |s| s.current);
+                    Ok(if current == 0 {
+                        demand > threshold
+                    } else {
+                        d.desired > 0 || o.running > 0.0 || demand > threshold
+                    })
+                }
+                _ => Err("no observation yet".to_string()),
+            }
+        };
+        if let Ok(a) = active {
+            self.active.send_if_modified(|s| {
+                let changed = *s != Some(a);
+                *s = Some(a);
+                changed
+            });
+        }
+        self.answer = Answer { value, active };
+    }
+}
+
+/// Why a workload could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The metadata is invalid.
+    #[error(transparent)]
+    Trigger(#[from] TriggerError),
+    /// The table is full.
+    #[error(
+        "the scaler already tracks {0} workloads (--max-workloads); raise the limit or run another scaler"
+    )]
+    Full(usize),
+}
+
+/// All workloads, shared by the gRPC server, the HTTP server and the poll loop.
+pub struct Workloads {
+    map: RwLock<HashMap<WorkloadKey, Arc<Mutex<Workload>>>>,
+    max: usize,
+    idle_ttl: Duration,
+}
+
+/// Lock a workload; a panic elsewhere while holding it leaves data that is still consistent
+/// enough to read (every write is a whole-field assignment), so poisoning is ignored.
+pub fn lock(w: &Mutex<Workload>) -> MutexGuard<'_, Workload> {
+    w.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Workloads {
+    /// At most `max` workloads; one nobody asked about for `idle_ttl` is forgotten.
+    pub fn new(max: usize, idle_ttl: Duration) -> Self {
+        Workloads {
+            map: RwLock::new(HashMap::new()),
+            max,
+            idle_ttl,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<WorkloadKey, Arc<Mutex<Workload>>>> {
+        self.map.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The workload, if tracked.
+    pub fn get(&self, key: &WorkloadKey) -> Option<Arc<Mutex<Workload>>> {
+        self.read().get(key).cloned()
+    }
+
+    /// Number tracked.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Whether none are tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every workload, sorted by key.
+    pub fn all(&self) -> Vec<(WorkloadKey, Arc<Mutex<Workload>>)> {
+        let mut v: Vec<_> = self.read().iter().map(|(k, w)| (k.clone(), w.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Register (or refresh) the workload a trigger names. Metadata that changed rebuilds the
+    /// autoscaler; the same metadata only marks the workload as asked about.
+    pub fn register(&self, trigger: Trigger, now: Duration) -> Result<Arc<Mutex<Workload>>, RegisterError> {
+        if let Some(w) = self.get(&trigger.workload) {
+            let mut g = lock(&w);
+            g.last_asked = now;
+            if g.trigger.fingerprint != trigger.fingerprint {
+                tracing::info!(workload = %trigger.workload, "trigger metadata changed: rebuilding its autoscaler");
+                g.autoscaler = trigger.autoscaler()?;
+                g.trigger = trigger;
+                g.decision = None;
+                g.publish(now);
+            }
+            drop(g);
+            return Ok(w);
+        }
+        let autoscaler = trigger.autoscaler()?;
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = map.get(&trigger.workload) {
+            return Ok(w.clone());
+        }
+        if map.len() >= self.max {
+            return Err(RegisterError::Full(self.max));
+        }
+        tracing::info!(workload = %trigger.workload, policy = %trigger.policy, "tracking a new workload");
+        let key = trigger.workload.clone();
+        let w = Arc::new(Mutex::new(Workload::new(trigger, autoscaler, now)));
+        map.insert(key, w.clone());
+        Ok(w)
+    }
+
+    /// Decide every workload from the view; forget those nobody asked about for the idle TTL.
+    /// Returns the workloads whose activity went from inactive to active.
+    pub fn tick(&self, view: &View, now: Duration) -> usize {
+        let mut expired = Vec::new();
+        let mut woke = 0;
+        for (k, w) in self.read().iter() {
+            let mut g = lock(w);
+            if now.saturating_sub(g.last_asked) > self.idle_ttl {
+                expired.push(k.clone());
+                continue;
+            }
+            let was = g.answer.active.clone();
+            g.decide(view, now);
+            woke += usize::from(was != Ok(true) && g.answer.active == Ok(true));
+        }
+        if !expired.is_empty() {
+            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            for k in expired {
+                tracing::info!(workload = %k, "forgetting a workload nobody asked about");
+                map.remove(&k);
+            }
+        }
+        woke
+    }
+
+    /// An activator reports held requests: update the activity at once, without waiting for
+    /// the next tick, so StreamIsActive pushes within milliseconds. Returns false for an
+    /// unknown workload.
+    pub fn held(&self, key: &WorkloadKey, requests: f64, now: Duration) -> bool {
+        let Some(w) = self.get(key) else { return false };
+        let mut g = lock(&w);
+        g.held = Some(Held { requests, at: now });
+        g.publish(now);
+        true
+    }
+
+    /// The API server reports a Deployment's replicas.
+    pub fn set_replicas(&self, key: &WorkloadKey, r: Replicas) {
+        if let Some(w) = self.get(key) {
+            lock(&w).replicas = Some(r);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{Page, Source};
+    use std::collections::HashMap as Map;
+
+    fn trigger(extra: &[(&str, &str)]) -> Trigger {
+        let mut md: Map<String, String> = Map::new();
+        md.insert("deployment".into(), "qwen".into());
+        for (k, v) in extra {
+            md.insert(k.to_string(), v.to_string());
+        }
+        Trigger::parse("llm", &md).unwrap()
+    }
+
+    fn view(at: u64, waiting: f64, running: f64, up: u32) -> View {
+        let mut page = Page::default();
+        if up > 0 || waiting > 0.0 {
+            page.workloads.insert(
+                WorkloadKey {
+                    namespace: "llm".into(),
+                    name: "qwen".into(),
+                },
+                Observed {
+                    waiting,
+                    running,
+                    up,
+                    ..Observed::default()
+                },
+            );
+        }
+        let src = Source {
+            last_ok: Some((Duration::from_secs(at), page)),
+            error: None,
+        };
+        View::combine([("c", &src)])
+    }
+
+    #[test]
+    fn answers_follow_the_tick_and_stale_data_is_unavailable() {
+        let ws = Workloads::new(10, Duration::from_secs(600));
+        let w = ws
+            .register(
+                trigger(&[("keepAlive", "0s"), ("queue.target", "2")]),
+                Duration::ZERO,
+            )
+            .unwrap();
+        assert!(lock(&w).answer.value.is_err());
+        ws.tick(&view(1, 6.0, 2.0, 1), Duration::from_secs(1));
+        assert_eq!(lock(&w).answer.value, Ok(4.0));
+        assert_eq!(lock(&w).answer.active, Ok(true));
+        // The same page, 60 s later: stale; no number, no activity verdict.
+        ws.tick(&view(1, 6.0, 2.0, 1), Duration::from_secs(61));
+        let a = lock(&w).answer.clone();
+        assert!(a.value.unwrap_err().contains("signal_stale"));
+        assert!(a.active.is_err());
+    }
+
+    #[test]
+    fn idle_goes_inactive_and_held_requests_wake_at_once() {
+        let ws = Workloads::new(10, Duration::from_secs(600));
+        let w = ws
+            .register(trigger(&[("keepAlive", "0s")]), Duration::ZERO)
+            .unwrap();
+        let mut rx = lock(&w).subscribe();
+        ws.tick(&view(1, 0.0, 0.0, 0), Duration::from_secs(1));
+        assert_eq!(lock(&w).answer.active, Ok(false));
+        assert_eq!(*rx.borrow_and_update(), Some(false));
+        let key = lock(&w).trigger.workload.clone();
+        assert!(ws.held(&key, 1.0, Duration::from_millis(1500)));
+        assert_eq!(lock(&w).answer.active, Ok(true));
+        assert!(rx.has_changed().unwrap());
+        // Held requests are demand for the policy too.
+        ws.tick(&view(2, 0.0, 0.0, 0), Duration::from_secs(2));
+        assert_eq!(lock(&w).answer.value, Ok(1.0));
+        // Unknown workloads are refused.
+        let other = WorkloadKey {
+            namespace: "x".into(),
+            name: "y".into(),
+        };
+        assert!(!ws.held(&other, 1.0, Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn activation_threshold_gates_waking_only() {
+        let ws = Workloads::new(10, Duration::from_secs(600));
+        let w = ws
+            .register(
+                trigger(&[("keepAlive", "0s"), ("activationThreshold", "3")]),
+                Duration::ZERO,
+            )
+            .unwrap();
+        ws.tick(&view(1, 2.0, 0.0, 0), Duration::from_secs(1));
+        assert_eq!(lock(&w).answer.active, Ok(false));
+        ws.tick(&view(2, 4.0, 0.0, 0), Duration::from_secs(2));
+        assert_eq!(lock(&w).answer.active, Ok(true));
+        // Awake with one busy replica and demand under the threshold: still active.
+        ws.tick(&view(3, 0.0, 1.0, 1), Duration::from_secs(3));
+        assert_eq!(lock(&w).answer.active, Ok(true));
+    }
+
+    #[test]
+    fn bounded_and_forgetful() {
+        let ws = Workloads::new(1, Duration::from_secs(60));
+        ws.register(trigger(&[]), Duration::ZERO).unwrap();
+        let mut md: Map<String, String> = Map::new();
+        md.insert("deployment".into(), "other".into());
+        let e = ws.register(Trigger::parse("llm", &md).unwrap(), Duration::ZERO);
+        assert!(matches!(e, Err(RegisterError::Full(1))));
+        ws.tick(&view(100, 0.0, 0.0, 0), Duration::from_secs(100));
+        assert!(ws.is_empty());
+    }
+
+    #[test]
+    fn kube_replicas_without_collector_series_are_unknown() {
+        let ws = Workloads::new(10, Duration::from_secs(600));
+        let w = ws.register(trigger(&[]), Duration::ZERO).unwrap();
+        let key = lock(&w).trigger.workload.clone();
+        ws.set_replicas(
+            &key,
+            Replicas {
+                desired: 2,
+                ready: 2,
+                starting: 0,
+            },
+        );
+        ws.tick(&view(1, 0.0, 0.0, 0), Duration::from_secs(1));
+        let e = lock(&w).answer.value.clone().unwrap_err();
+        assert!(e.contains("no collector reports them"), "{e}");
+    }
+}

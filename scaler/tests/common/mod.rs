@@ -1,0 +1,171 @@
+//! Shared by the scaler's tests: a model server serving a captured vLLM page with a settable
+//! queue, a real collector (the library's tick loop and router, in-process, on a real socket),
+//! and the scaler binary.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use gpuscale_collector::scrape::{CustomNames, Preset, Target};
+use gpuscale_collector::service::{Config, Pages, router, tick_loop};
+
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The captured vLLM page (shared/fixtures), or a page in the same format when the fixtures
+/// are not beside this checkout.
+pub fn vllm_page() -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/metrics/vllm-v1-k8s-ai-conformance-kops-qwen2.5-0.5b.txt");
+    match std::fs::read_to_string(&p) {
+        Ok(s) => s,
+        Err(_) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{} is missing under CI", p.display());
+            }
+            println!(
+                "SKIPPED (fixture): {} not found; using a minimal vLLM page",
+                p.display()
+            );
+            "vllm:num_requests_running{engine=\"0\",model_name=\"Qwen/Qwen2.5-0.5B-Instruct\"} 0.0\n\
+             vllm:num_requests_waiting{engine=\"0\",model_name=\"Qwen/Qwen2.5-0.5B-Instruct\"} 0.0\n\
+             vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"Qwen/Qwen2.5-0.5B-Instruct\"} 0.0\n"
+                .to_string()
+        }
+    }
+}
+
+/// A model server whose queue the test sets; `None` answers 500.
+#[derive(Clone)]
+pub struct ModelServer {
+    pub addr: SocketAddr,
+    state: Arc<RwLock<Option<(f64, f64)>>>,
+}
+
+impl ModelServer {
+    pub async fn start() -> ModelServer {
+        let state: Arc<RwLock<Option<(f64, f64)>>> = Arc::new(RwLock::new(Some((0.0, 0.0))));
+        let page = vllm_page();
+        let s = state.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let s = s.clone();
+                let page = page.clone();
+                async move {
+                    let Some((waiting, running)) = *s.read().unwrap() else {
+                        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, String::new());
+                    };
+                    let body = page
+                        .lines()
+                        .map(|l| {
+                            if l.starts_with("vllm:num_requests_waiting{") {
+                                format!("{} {waiting:.1}", l.rsplit_once(' ').unwrap().0)
+                            } else if l.starts_with("vllm:num_requests_running{") {
+                                format!("{} {running:.1}", l.rsplit_once(' ').unwrap().0)
+                            } else {
+                                l.to_string()
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                        + "\n";
+                    (axum::http::StatusCode::OK, body)
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        ModelServer { addr, state }
+    }
+
+    pub fn set(&self, waiting: f64, running: f64) {
+        *self.state.write().unwrap() = Some((waiting, running));
+    }
+
+    pub fn fail(&self) {
+        *self.state.write().unwrap() = None;
+    }
+}
+
+/// A real collector (library loop and router) scraping `targets` every 100 ms, with two fake GPUs.
+pub async fn collector(targets: &[(&str, SocketAddr)]) -> SocketAddr {
+    let pages: Arc<RwLock<Pages>> = Arc::default();
+    let config = Config {
+        node: "gpu-node-1".into(),
+        targets: targets
+            .iter()
+            .map(|(w, a)| Target::parse(&format!("{w}=http://{a}/metrics")).unwrap())
+            .collect(),
+        preset: Preset::Auto,
+        custom: CustomNames::default(),
+        interval: Duration::from_millis(100),
+        scrape_timeout: Duration::from_secs(1),
+        max_page_bytes: 1 << 20,
+        max_concurrent_scrapes: 4,
+        dcgm_compat: false,
+        pod_resources_socket: None,
+        pod_resources_interval: Duration::from_secs(60),
+        discovered: None,
+    };
+    let (gpus, _handle) = gpuscale_collector::gpu::FakeGpus::new(2);
+    tokio::spawn(tick_loop(config, Box::new(gpus), pages.clone()));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, router(pages)).await });
+    addr
+}
+
+pub struct Scaler {
+    pub proc: Kill,
+    pub grpc: String,
+    pub http: String,
+}
+
+/// Start the scaler binary and wait for /readyz.
+pub async fn scaler(args: &[&str]) -> Scaler {
+    let grpc_port = free_port();
+    let http_port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_gpuscale-scaler"))
+        .args(["--grpc-listen", &format!("127.0.0.1:{grpc_port}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let s = Scaler {
+        proc: Kill(child),
+        grpc: format!("http://127.0.0.1:{grpc_port}"),
+        http: format!("http://127.0.0.1:{http_port}"),
+    };
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if let Ok(r) = client.get(format!("{}/readyz", s.http)).send().await
+            && r.status().is_success()
+        {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("scaler did not become ready");
+}
