@@ -30,6 +30,8 @@ pub struct AppState {
     pub clock: Clock,
     /// Whether this replica leads (direct mode); `None` when there is no election.
     pub leader: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The in-process activator, if one runs.
+    pub activator: Option<Arc<crate::activator::Activator>>,
 }
 
 /// The router.
@@ -424,6 +426,9 @@ pub fn render(s: &AppState, format: Format) -> String {
                 *v,
             );
         }
+    }
+    if let Some(a) = &s.activator {
+        a.write_metrics(&mut w);
     }
     w.finish()
 }

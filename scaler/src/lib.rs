@@ -5,11 +5,12 @@
 //! pages per workload ([`aggregate`]), the per-workload state and the answers KEDA reads
 //! ([`workloads`]), its own HTTP endpoints ([`http`]), TLS with certificate reload ([`tls`]),
 //! the Kubernetes side ([`cluster`]: collector discovery, Deployment status, direct mode with a
-//! Lease).
+//! Lease) and the activator that holds requests while a workload wakes ([`activator`]).
 //!
 //! Every decision comes from [`gpuscale_policies`], so the scaler and the simulator cannot
 //! disagree about what a policy does.
 
+pub mod activator;
 pub mod aggregate;
 pub mod cluster;
 pub mod grpc;

@@ -94,6 +94,9 @@ struct Args {
 
     #[command(flatten)]
     kube: gpuscale_scaler::cluster::KubeArgs,
+
+    #[command(flatten)]
+    activator: gpuscale_scaler::activator::ActivatorArgs,
 }
 
 #[tokio::main]
@@ -146,12 +149,30 @@ async fn main() -> anyhow::Result<()> {
         clock,
     ));
 
+    let activator = match args.activator.activator_listen {
+        None => None,
+        Some(addr) => {
+            let config = args.activator.config().map_err(anyhow::Error::msg)?;
+            let a = gpuscale_scaler::activator::Activator::new(config);
+            a.spawn_readiness(gpuscale_scaler::activator::Reporter::InProcess(
+                workloads.clone(),
+                clock,
+            ));
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --activator-listen {addr}"))?;
+            tracing::info!(%addr, "activator listening");
+            tokio::spawn(gpuscale_scaler::activator::serve(a.clone(), l, shutdown()));
+            Some(a)
+        }
+    };
     let state = AppState {
         workloads: workloads.clone(),
         polled,
         telemetry: telemetry.clone(),
         clock,
         leader,
+        activator,
     };
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await

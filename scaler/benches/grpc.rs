@@ -1,0 +1,302 @@
+//! GetMetrics under load, side by side with a bare tonic server of the same proto that answers
+//! a constant (the baseline: what tonic and HTTP/2 cost here), then the scaler binary's RSS with
+//! 10 000 ScaledObjects, then push latency (activator report to StreamIsActive message).
+//!
+//! `cargo bench -p gpuscale-scaler --bench grpc` (env: BENCH_SECONDS, BENCH_CLIENTS, BENCH_WORKLOADS).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gpuscale_scaler::aggregate::{Page, Source, View};
+use gpuscale_scaler::grpc::Scaler;
+use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
+use gpuscale_scaler::pb::external_scaler_server::{ExternalScaler, ExternalScalerServer};
+use gpuscale_scaler::pb::*;
+use gpuscale_scaler::poll::Clock;
+use gpuscale_scaler::telemetry::Telemetry;
+use gpuscale_scaler::trigger::Trigger;
+use gpuscale_scaler::workloads::Workloads;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The baseline: same service, constant answers, no state.
+struct Echo;
+
+#[tonic::async_trait]
+impl ExternalScaler for Echo {
+    async fn is_active(&self, _: Request<ScaledObjectRef>) -> Result<Response<IsActiveResponse>, Status> {
+        Ok(Response::new(IsActiveResponse { result: true }))
+    }
+    type StreamIsActiveStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
+    async fn stream_is_active(
+        &self,
+        _: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn get_metric_spec(
+        &self,
+        _: Request<ScaledObjectRef>,
+    ) -> Result<Response<GetMetricSpecResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn get_metrics(
+        &self,
+        r: Request<GetMetricsRequest>,
+    ) -> Result<Response<GetMetricsResponse>, Status> {
+        Ok(Response::new(GetMetricsResponse {
+            metric_values: vec![MetricValue {
+                metric_name: r.into_inner().metric_name,
+                metric_value: 1,
+                metric_value_float: 1.0,
+            }],
+        }))
+    }
+}
+
+fn so(i: usize) -> ScaledObjectRef {
+    let mut md = HashMap::new();
+    md.insert("scalerAddress".to_string(), "gpuscale-scaler:9090".to_string());
+    md.insert("deployment".to_string(), format!("model-{i}"));
+    md.insert("policy".to_string(), "queue+gpu".to_string());
+    md.insert("queue.target".to_string(), "4".to_string());
+    ScaledObjectRef {
+        name: format!("model-{i}"),
+        namespace: "llm".to_string(),
+        scaler_metadata: md,
+    }
+}
+
+async fn serve<S: ExternalScaler>(svc: S) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ExternalScalerServer::new(svc))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    addr
+}
+
+struct Run {
+    calls: u64,
+    per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+    p999: Duration,
+}
+
+async fn load(addr: SocketAddr, workloads: usize, clients: usize, secs: u64, names: Arc<Vec<String>>) -> Run {
+    // KEDA shares one connection per scaler address; a few connections model a few operators.
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(
+            Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    let reqs: Arc<Vec<GetMetricsRequest>> = Arc::new(
+        (0..workloads)
+            .map(|i| GetMetricsRequest {
+                scaled_object_ref: Some(so(i)),
+                metric_name: names[i].clone(),
+            })
+            .collect(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut client = ExternalScalerClient::new(channels[c % channels.len()].clone());
+        let reqs = reqs.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(100_000);
+            let mut i = c * 7919;
+            while Instant::now() < deadline {
+                i = (i + 104_729) % reqs.len();
+                let t = Instant::now();
+                let r = client.get_metrics(reqs[i].clone()).await;
+                lat.push(t.elapsed());
+                assert!(r.is_ok(), "{r:?}");
+            }
+            lat
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let took = started.elapsed();
+    all.sort();
+    let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Run {
+        calls: all.len() as u64,
+        per_sec: all.len() as f64 / took.as_secs_f64(),
+        p50: q(0.5),
+        p99: q(0.99),
+        p999: q(0.999),
+    }
+}
+
+fn idle_view(at: Duration) -> View {
+    let src = Source {
+        last_ok: Some((at, Page::default())),
+        error: None,
+    };
+    View::combine([("bench", &src)])
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run short then.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let secs = env("BENCH_SECONDS", if quick { 1 } else { 5 });
+    let clients = env("BENCH_CLIENTS", 64) as usize;
+    let n = env("BENCH_WORKLOADS", if quick { 500 } else { 10_000 }) as usize;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let clock = Clock::start();
+        let workloads = Arc::new(Workloads::new(n + 10, Duration::from_secs(3600)));
+        let telemetry = Arc::new(Telemetry::default());
+        let mut names = Vec::with_capacity(n);
+        for i in 0..n {
+            let r = so(i);
+            let t = Trigger::parse(&r.namespace, &r.scaler_metadata).unwrap();
+            names.push(t.metric_name());
+            workloads.register(t, clock.now()).unwrap();
+        }
+        let t = Instant::now();
+        workloads.tick(&idle_view(clock.now()), clock.now());
+        println!("decide {n} workloads (one poll tick): {:?}", t.elapsed());
+        let names = Arc::new(names);
+
+        let echo = serve(Echo).await;
+        let scaler = serve(Scaler::new(workloads.clone(), telemetry.clone(), clock)).await;
+        // Warm both, then measure each twice, interleaved, to see the noise.
+        let _ = load(echo, n, clients, 1, names.clone()).await;
+        let _ = load(scaler, n, clients, 1, names.clone()).await;
+        println!(
+            "GetMetrics, {n} ScaledObjects, {clients} concurrent clients over 4 connections, {secs} s each:"
+        );
+        println!(
+            "{:<22} {:>10} {:>12} {:>10} {:>10} {:>10}",
+            "server", "calls", "calls/s", "p50", "p99", "p99.9"
+        );
+        for round in 0..2 {
+            for (name, addr) in [("tonic echo (baseline)", echo), ("gpuscale scaler", scaler)] {
+                let r = load(addr, n, clients, secs, names.clone()).await;
+                println!(
+                    "{:<22} {:>10} {:>12.0} {:>10.1?} {:>10.1?} {:>10.1?}  (round {})",
+                    name,
+                    r.calls,
+                    r.per_sec,
+                    r.p50,
+                    r.p99,
+                    r.p999,
+                    round + 1
+                );
+            }
+        }
+
+        // Push latency: an activator's report to the stream's `true`, over TCP.
+        let mut c = ExternalScalerClient::connect(format!("http://{scaler}"))
+            .await
+            .unwrap();
+        let r0 = so(0);
+        let key = Trigger::parse(&r0.namespace, &r0.scaler_metadata)
+            .unwrap()
+            .workload;
+        let mut stream = c.stream_is_active(r0).await.unwrap().into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        assert!(!first.result);
+        let mut pushes = Vec::new();
+        for _ in 0..200 {
+            let now = clock.now();
+            let t = Instant::now();
+            workloads.held(&key, 1.0, now);
+            let m = stream.message().await.unwrap().unwrap();
+            pushes.push(t.elapsed());
+            assert!(m.result);
+            // Back to idle: no held requests, a fresh idle view.
+            workloads.held(&key, 0.0, now);
+            workloads.tick(&idle_view(clock.now()), clock.now());
+        }
+        pushes.sort();
+        println!(
+            "push latency (report -> StreamIsActive message), 200 edges: p50 {:?}, p99 {:?}, max {:?}",
+            pushes[100], pushes[197], pushes[199]
+        );
+    });
+
+    // RSS of the real binary holding n ScaledObjects.
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gpuscale-scaler"))
+        .args([
+            "--grpc-listen",
+            &grpc.to_string(),
+            "--http-listen",
+            &http.to_string(),
+        ])
+        .env("RUST_LOG", "error")
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    rt.block_on(async move {
+        let mut c = None;
+        for _ in 0..100 {
+            if let Ok(x) = ExternalScalerClient::connect(format!("http://{grpc}")).await {
+                c = Some(x);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut c = c.unwrap();
+        let before = rss_kib(pid);
+        for i in 0..n {
+            c.get_metric_spec(so(i)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        println!(
+            "scaler binary RSS: {:.1} MiB at start, {:.1} MiB with {n} ScaledObjects registered and decided",
+            before as f64 / 1024.0,
+            rss_kib(pid) as f64 / 1024.0
+        );
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,103 @@
+//! `gpuscale-activator`: the activator as its own process, reporting held requests to a
+//! gpuscale-scaler over HTTP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::http::header;
+use axum::response::IntoResponse;
+use clap::Parser;
+use gpuscale_collector::exposition::{Format, Writer};
+use gpuscale_scaler::activator::{Activator, ActivatorArgs, Reporter};
+
+/// Reverse proxy in front of GPU workloads that may sleep at zero: requests for a workload with
+/// no ready replica wait (bounded) while gpuscale-scaler is told to wake it, then are released
+/// in arrival order, never more at once than the ready replicas can take.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    #[command(flatten)]
+    activator: ActivatorArgs,
+
+    /// The scaler's HTTP base URL; held requests are reported to its /v1/held.
+    #[arg(long, env = "GPUSCALE_ACTIVATOR_SCALER_URL")]
+    scaler_url: String,
+
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "GPUSCALE_ACTIVATOR_HTTP_LISTEN", default_value = "0.0.0.0:9092")]
+    http_listen: SocketAddr,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "GPUSCALE_ACTIVATOR_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+async fn shutdown() {
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.log_format == "json" {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let listen = args
+        .activator
+        .activator_listen
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080)));
+    let config = args.activator.config().map_err(anyhow::Error::msg)?;
+    if !args.scaler_url.starts_with("http://") && !args.scaler_url.starts_with("https://") {
+        anyhow::bail!(
+            "--scaler-url `{}` must be the scaler's HTTP base URL, e.g. http://gpuscale-scaler.gpuscale-system:9091",
+            args.scaler_url
+        );
+    }
+    let activator = Activator::new(config);
+    activator.spawn_readiness(Reporter::Remote(
+        reqwest::Client::new(),
+        args.scaler_url.trim_end_matches('/').to_string(),
+    ));
+    let a: Arc<Activator> = activator.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let a = a.clone();
+                async move {
+                    let mut w = Writer::new(Format::Prometheus);
+                    a.write_metrics(&mut w);
+                    (
+                        [(header::CONTENT_TYPE, Format::Prometheus.content_type())],
+                        w.finish(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route("/readyz", axum::routing::get(|| async { "ok\n" }));
+    let http = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding --http-listen {}", args.http_listen))?;
+    tokio::spawn(async move { axum::serve(http, app).await });
+    let proxy = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding --activator-listen {listen}"))?;
+    tracing::info!(%listen, "activator listening");
+    gpuscale_scaler::activator::serve(activator, proxy, shutdown()).await;
+    Ok(())
+}

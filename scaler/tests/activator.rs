@@ -1,0 +1,319 @@
+//! The activator against real upstreams over loopback: one that starts only after a delay,
+//! concurrent requests released in order within the concurrency limit, SSE streaming chunk by
+//! chunk, 503s for timeouts, full queues and shutdown, 413 for large held bodies, freed places
+//! for clients that leave, and HTTP/2 clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use gpuscale_scaler::activator::{Activator, Config, Reporter, Route};
+use gpuscale_scaler::poll::Clock;
+use gpuscale_scaler::trigger::{Trigger, WorkloadKey};
+use gpuscale_scaler::workloads::{Workloads, lock};
+
+#[derive(Default)]
+struct Upstream {
+    order: Mutex<Vec<String>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// A model server: `/health`, `/echo` (answers its body after 50 ms), `/stream` (5 SSE events,
+/// 200 ms apart).
+async fn upstream_on(addr: SocketAddr, u: Arc<Upstream>) {
+    let echo_state = u.clone();
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/echo",
+            axum::routing::post(move |body: Bytes| {
+                let u = echo_state.clone();
+                async move {
+                    u.order
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&body).to_string());
+                    let now = u.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    u.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    u.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    format!("echo:{}", String::from_utf8_lossy(&body))
+                }
+            }),
+        )
+        .route(
+            "/stream",
+            axum::routing::get(|| async {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+                tokio::spawn(async move {
+                    for i in 0..5 {
+                        let _ = tx.send(Ok(Bytes::from(format!("data: token{i}\n\n")))).await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                });
+                (
+                    [("content-type", "text/event-stream")],
+                    axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+                )
+            }),
+        );
+    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+}
+
+fn config(upstream: SocketAddr, concurrency: usize) -> Config {
+    Config {
+        routes: vec![
+            Route::parse(&format!("qwen.example.com=llm/qwen=http://{upstream}")).unwrap(),
+            Route::parse(&format!("/v1/=llm/qwen=http://{upstream}")).unwrap(),
+        ],
+        concurrency,
+        max_held: 100,
+        cold_start_timeout: Duration::from_secs(10),
+        max_body_bytes: 1024,
+        probe_path: "/health".into(),
+        probe_interval: Duration::from_millis(50),
+        drain_timeout: Duration::from_millis(500),
+    }
+}
+
+async fn start(
+    config: Config,
+    reporter: Reporter,
+) -> (Arc<Activator>, SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let a = Activator::new(config);
+    a.spawn_readiness(reporter);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(gpuscale_scaler::activator::serve(a.clone(), l, async move {
+        let _ = stop_rx.await;
+    }));
+    (a, addr, stop_tx)
+}
+
+fn free_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", common::free_port()).parse().unwrap()
+}
+
+async fn post(client: &reqwest::Client, proxy: SocketAddr, body: String) -> (u16, String) {
+    let r = client
+        .post(format!("http://{proxy}/echo"))
+        .header("host", "qwen.example.com")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_until_the_upstream_starts_then_released_in_order_one_at_a_time() {
+    let up_addr = free_addr();
+    let upstream = Arc::new(Upstream::default());
+    // The scaler in-process: held requests make the workload active at once.
+    let clock = Clock::start();
+    let ws = Arc::new(Workloads::new(10, Duration::from_secs(600)));
+    let mut md = std::collections::HashMap::new();
+    md.insert("deployment".to_string(), "qwen".to_string());
+    let w = ws
+        .register(Trigger::parse("llm", &md).unwrap(), clock.now())
+        .unwrap();
+    let (a, proxy, _stop) = start(config(up_addr, 1), Reporter::InProcess(ws.clone(), clock)).await;
+
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            post(&c, proxy, format!("req{i:02}")).await
+        }));
+        // Spaced so that arrival order is the index order.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let key = WorkloadKey {
+        namespace: "llm".into(),
+        name: "qwen".into(),
+    };
+    assert_eq!(
+        a.gates()[0].1.held(),
+        20,
+        "all 20 held while the upstream is down"
+    );
+    assert_eq!(
+        lock(&w).held.map(|h| h.requests),
+        Some(20.0),
+        "the scaler learned of the demand"
+    );
+    assert_eq!(lock(&w).answer.active, Ok(true), "and wants {key} awake");
+
+    upstream_on(up_addr, upstream.clone()).await;
+    let started = Instant::now();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (status, body) = t.await.unwrap();
+        assert_eq!((status, body), (200, format!("echo:req{i:02}")));
+    }
+    let order = upstream.order.lock().unwrap().clone();
+    let want: Vec<String> = (0..20).map(|i| format!("req{i:02}")).collect();
+    assert_eq!(order, want, "released in arrival order");
+    assert_eq!(
+        upstream.max_in_flight.load(Ordering::SeqCst),
+        1,
+        "concurrency 1 x 1 replica"
+    );
+    // 20 requests of 50 ms, one at a time: at least a second.
+    assert!(started.elapsed() >= Duration::from_millis(950));
+    assert_eq!(a.gates()[0].1.held(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_respects_the_concurrency_limit_and_streams_pass_through() {
+    let up_addr = free_addr();
+    let upstream = Arc::new(Upstream::default());
+    let (_a, proxy, _stop) = start(config(up_addr, 3), Reporter::None).await;
+    let client = reqwest::Client::new();
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let c = client.clone();
+            tokio::spawn(async move { post(&c, proxy, format!("r{i}")).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    upstream_on(up_addr, upstream.clone()).await;
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap(), (200, format!("echo:r{i}")));
+    }
+    assert_eq!(
+        upstream.max_in_flight.load(Ordering::SeqCst),
+        3,
+        "never more than 3 x 1 replica at once"
+    );
+
+    // SSE through the path-prefix route: each event arrives as the upstream sends it.
+    let started = Instant::now();
+    let mut r = client.get(format!("http://{proxy}/stream")).send().await.unwrap();
+    assert_eq!(r.status(), 404, "/stream matches no route");
+    let mut r2 = client
+        .get(format!("http://{proxy}/stream"))
+        .header("host", "qwen.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r2.headers()["content-type"], "text/event-stream");
+    let mut chunks = Vec::new();
+    while let Some(c) = r2.chunk().await.unwrap() {
+        chunks.push((started.elapsed(), String::from_utf8_lossy(&c).to_string()));
+    }
+    let text: String = chunks.iter().map(|c| c.1.as_str()).collect();
+    assert_eq!(
+        text,
+        (0..5).map(|i| format!("data: token{i}\n\n")).collect::<String>()
+    );
+    assert!(
+        chunks.len() >= 4,
+        "chunk by chunk, not one buffered body: {chunks:?}"
+    );
+    assert!(
+        chunks[0].0 < Duration::from_millis(400),
+        "first token before the stream ended: {chunks:?}"
+    );
+    assert!(chunks.last().unwrap().0 >= Duration::from_millis(750));
+    let _ = r.chunk().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_full_queues_large_bodies_and_leaving_clients() {
+    let never = free_addr();
+    let mut cfg = config(never, 1);
+    cfg.cold_start_timeout = Duration::from_millis(400);
+    cfg.max_held = 2;
+    let (a, proxy, stop) = start(cfg, Reporter::None).await;
+    let client = reqwest::Client::new();
+
+    // Held past the cold-start timeout: 503 with Retry-After, saying why.
+    let started = Instant::now();
+    let r = client
+        .post(format!("http://{proxy}/v1/chat"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert!(r.text().await.unwrap().contains("did not become ready"));
+
+    // Large body while held: 413.
+    let r = client
+        .post(format!("http://{proxy}/v1/chat"))
+        .body(vec![b'a'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
+    // Two held fill the queue; the third is refused at once.
+    let c1 = client.clone();
+    let c2 = client.clone();
+    let h1 = tokio::spawn(async move { c1.post(format!("http://{proxy}/v1/a")).body("1").send().await });
+    let h2 = tokio::spawn(async move { c2.post(format!("http://{proxy}/v1/b")).body("2").send().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    let r = client
+        .post(format!("http://{proxy}/v1/c"))
+        .body("3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(t.elapsed() < Duration::from_millis(200));
+    assert!(r.text().await.unwrap().contains("already held"));
+    let _ = (h1.await, h2.await);
+
+    // A client that leaves frees its place.
+    let gate = a.gates()[0].1.clone();
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let _ = quick.post(format!("http://{proxy}/v1/a")).body("1").send().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(gate.held(), 0, "the departed client's place is freed");
+
+    // Shutdown with a request held: it is answered 503 by the drain deadline, not dropped.
+    let c = client.clone();
+    let held = tokio::spawn(async move { c.post(format!("http://{proxy}/v1/a")).body("1").send().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = stop.send(());
+    let r = held.await.unwrap().unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_are_proxied() {
+    use http_body_util::BodyExt as _;
+    let up_addr = free_addr();
+    upstream_on(up_addr, Arc::new(Upstream::default())).await;
+    let (_a, proxy, _stop) = start(config(up_addr, 4), Reporter::None).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<Bytes>>();
+    let req = http::Request::post(format!("http://{proxy}/echo"))
+        .header("host", "qwen.example.com")
+        .body(http_body_util::Full::new(Bytes::from("h2")))
+        .unwrap();
+    let resp = h2.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"echo:h2");
+}
