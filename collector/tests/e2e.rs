@@ -395,12 +395,28 @@ fn every_flag_is_documented() {
         .filter(|f| *f != "help" && *f != "version")
         .collect();
     assert!(flags.len() >= 14, "{flags:?}");
+    let reference =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md"))
+            .unwrap_or_default();
     for f in flags {
         assert!(
             doc.contains(&format!("| `--{f}` |")),
             "docs/collector.md does not document --{f}"
         );
-        assert!(help.contains("[env: "), "--{f} has no env twin");
+        // Its env twin, as --help prints it, in the configuration reference.
+        let start = help
+            .find(&format!("\n      --{f}"))
+            .or_else(|| help.find(&format!("  --{f} ")))
+            .unwrap_or(0);
+        let env = help[start..]
+            .split("[env: ")
+            .nth(1)
+            .and_then(|e| e.split('=').next())
+            .unwrap_or_else(|| panic!("--{f} has no env twin"));
+        assert!(
+            reference.contains(&format!("| `--{f}` | `{env}` |")),
+            "docs/configuration.md has no row `--{f}` with env `{env}`"
+        );
     }
 }
 

@@ -120,26 +120,28 @@ impl ExternalScaler for Scaler {
         let telemetry = self.telemetry.clone();
         telemetry.streams_open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            // What the client last heard: `true` is sent on open and on every inactive-to-active
-            // edge, never repeated while active; `false` only as the state on open (KEDA ignores
-            // it since 2.18, and before that it scaled down at once, which the keep-alive decides).
-            let mut heard: Option<bool> = None;
+            // The state is sent on open; after that `true` for every inactive-to-active edge
+            // (counted by the workload, so none is lost if this task runs late), never repeated
+            // while active. `false` is not pushed: KEDA ignores it since 2.18, and before that it
+            // scaled down at once, which is the keep-alive's decision to make.
+            let mut heard: Option<u64> = None;
             loop {
                 let now = *rx.borrow_and_update();
-                if let Some(active) = now {
+                if let Some((active, edges)) = now {
                     let send = match heard {
-                        None => true,
-                        Some(prev) => active && !prev,
+                        None => Some(active),
+                        Some(seen) if edges > seen => Some(true),
+                        Some(_) => None,
                     };
-                    if send {
-                        if tx.send(Ok(IsActiveResponse { result: active })).await.is_err() {
+                    if let Some(result) = send {
+                        if tx.send(Ok(IsActiveResponse { result })).await.is_err() {
                             break;
                         }
-                        if active {
+                        if result {
                             telemetry.stream_pushes.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    heard = Some(active);
+                    heard = Some(edges);
                 }
                 tokio::select! {
                     changed = rx.changed() => if changed.is_err() { break },

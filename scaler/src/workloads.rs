@@ -64,7 +64,7 @@ pub struct Workload {
     pub last_asked: Duration,
     /// The published answers.
     pub answer: Answer,
-    active: watch::Sender<Option<bool>>,
+    active: watch::Sender<Option<(bool, u64)>>,
 }
 
 /// What GetMetrics and IsActive return until the next tick.
@@ -110,8 +110,9 @@ impl Workload {
             .map_or(0.0, |h| h.requests)
     }
 
-    /// Subscribe to the activity edges (for StreamIsActive).
-    pub fn subscribe(&self) -> watch::Receiver<Option<bool>> {
+    /// Subscribe to the activity (for StreamIsActive): whether active, and how many
+    /// inactive-to-active edges there have been.
+    pub fn subscribe(&self) -> watch::Receiver<Option<(bool, u64)>> {
         self.active.subscribe()
     }
 
@@ -229,9 +230,14 @@ impl Workload {
             }
         };
         if let Ok(a) = active {
+            // Count inactive-to-active edges, so a stream that wakes up late (after a quick
+            // true-false-true) still pushes the edge it did not see.
             self.active.send_if_modified(|s| {
-                let changed = *s != Some(a);
-                *s = Some(a);
+                let (prev, edges) = s.map_or((None, 0), |(p, e)| (Some(p), e));
+                let edges = edges + u64::from(a && prev != Some(true));
+                let next = Some((a, edges));
+                let changed = *s != next;
+                *s = next;
                 changed
             });
         }
@@ -444,11 +450,18 @@ mod tests {
         let mut rx = lock(&w).subscribe();
         ws.tick(&view(1, 0.0, 0.0, 0), Duration::from_secs(1));
         assert_eq!(lock(&w).answer.active, Ok(false));
-        assert_eq!(*rx.borrow_and_update(), Some(false));
+        assert_eq!(*rx.borrow_and_update(), Some((false, 0)));
         let key = lock(&w).trigger.workload.clone();
         assert!(ws.held(&key, 1.0, Duration::from_millis(1500)));
         assert_eq!(lock(&w).answer.active, Ok(true));
         assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), Some((true, 1)));
+        // true -> false -> true before a reader looks: the edge count still shows the new edge.
+        ws.held(&key, 0.0, Duration::from_millis(1600));
+        ws.tick(&view(2, 0.0, 0.0, 0), Duration::from_millis(1700));
+        assert_eq!(lock(&w).answer.active, Ok(false));
+        ws.held(&key, 1.0, Duration::from_millis(1800));
+        assert_eq!(*rx.borrow_and_update(), Some((true, 2)));
         // Held requests are demand for the policy too.
         ws.tick(&view(2, 0.0, 0.0, 0), Duration::from_secs(2));
         assert_eq!(lock(&w).answer.value, Ok(1.0));

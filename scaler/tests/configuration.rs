@@ -1,0 +1,80 @@
+//! docs/configuration.md lists every flag with its environment twin, every trigger key and
+//! every policy parameter with its default; checked against the binaries and the parsers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+fn page() -> String {
+    std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md"))
+        .unwrap()
+}
+
+/// (flag, env) pairs from `--help`.
+fn flags(bin: &str) -> Vec<(String, String)> {
+    let out = std::process::Command::new(bin).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut rows = Vec::new();
+    let mut current: Option<String> = None;
+    for line in help.lines() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("--") {
+            current = rest.split([' ', '<']).next().map(String::from);
+        }
+        if let (Some(f), Some(i)) = (&current, line.find("[env: ")) {
+            let env = line[i + 6..].split('=').next().unwrap().to_string();
+            rows.push((f.clone(), env));
+            current = None;
+        }
+    }
+    rows
+}
+
+#[test]
+fn every_flag_and_env_twin_is_in_the_reference() {
+    let doc = page();
+    for bin in [
+        env!("CARGO_BIN_EXE_gpuscale-scaler"),
+        env!("CARGO_BIN_EXE_gpuscale-activator"),
+    ] {
+        let rows = flags(bin);
+        assert!(rows.len() >= 12, "{bin}: {rows:?}");
+        for (f, env) in rows {
+            assert!(
+                doc.contains(&format!("| `--{f}` | `{env}` |")),
+                "docs/configuration.md has no row `--{f}` with env `{env}` ({bin})"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_trigger_key_and_policy_parameter_is_in_the_reference() {
+    let doc = page();
+    for k in gpuscale_scaler::trigger::TRIGGER_KEYS {
+        assert!(
+            doc.contains(&format!("| `{}` |", k.name)),
+            "trigger key `{}` missing",
+            k.name
+        );
+    }
+    for k in gpuscale_scaler::policies::spec::KEYS {
+        let name = if k.policy.is_empty() {
+            k.name.to_string()
+        } else {
+            format!("{}.{}", k.policy, k.name)
+        };
+        assert!(
+            doc.contains(&format!("| `{name}` | `{}` |", k.default)),
+            "policy parameter `{name}` with default `{}` missing",
+            k.default
+        );
+    }
+    for a in [
+        "gpuscale.io/scrape",
+        "gpuscale.io/port",
+        "gpuscale.io/path",
+        "gpuscale.io/policy",
+    ] {
+        assert!(doc.contains(&format!("| `{a}` |")), "annotation {a} missing");
+    }
+}
