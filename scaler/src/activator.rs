@@ -411,15 +411,19 @@ pub struct ActivatorTelemetry {
     pub upstream_errors: AtomicU64,
 }
 
+#[derive(Clone)]
 struct RouteState {
-    route: Route,
+    route: Arc<Route>,
     gate: Arc<Gate>,
 }
 
 /// The proxy.
 pub struct Activator {
     config: Config,
-    routes: Vec<RouteState>,
+    /// Replaced whole when routes change (kube mode); requests read a snapshot.
+    routes: std::sync::RwLock<Arc<Vec<RouteState>>>,
+    gates: Mutex<std::collections::HashMap<WorkloadKey, Arc<Gate>>>,
+    reporter: Mutex<Option<Reporter>>,
     client: Client<HttpConnector, Body>,
     /// Counters.
     pub telemetry: ActivatorTelemetry,
@@ -435,38 +439,60 @@ impl Activator {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        let mut gates: Vec<(WorkloadKey, Arc<Gate>)> = Vec::new();
-        let routes = config
-            .routes
-            .iter()
-            .map(|r| {
-                let gate = match gates.iter().find(|(k, _)| *k == r.workload) {
-                    Some((_, g)) => g.clone(),
-                    None => {
-                        let g = Gate::new(config.max_held);
-                        gates.push((r.workload.clone(), g.clone()));
-                        g
-                    }
-                };
-                RouteState {
-                    route: r.clone(),
-                    gate,
-                }
-            })
-            .collect();
-        Arc::new(Activator {
-            config,
-            routes,
+        let a = Arc::new(Activator {
+            routes: std::sync::RwLock::new(Arc::new(Vec::new())),
+            gates: Mutex::new(std::collections::HashMap::new()),
+            reporter: Mutex::new(None),
             client,
             telemetry: ActivatorTelemetry::default(),
             shutdown: watch::channel(false).0,
-        })
+            config,
+        });
+        let routes = a.config.routes.clone();
+        a.set_routes(routes);
+        a
     }
 
-    /// Every workload's gate.
+    /// The gate of a workload, created (with its reporter task) on first use.
+    pub fn gate(self: &Arc<Self>, key: &WorkloadKey) -> Arc<Gate> {
+        let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = gates.get(key) {
+            return g.clone();
+        }
+        let g = Gate::new(self.config.max_held);
+        gates.insert(key.clone(), g.clone());
+        drop(gates);
+        if let Some(r) = self.reporter.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            spawn_reporter(r, key.clone(), g.clone());
+        }
+        g
+    }
+
+    /// The routes given by flags or file.
+    pub fn static_routes(&self) -> Vec<Route> {
+        self.config.routes.clone()
+    }
+
+    /// Replace the routes (kube mode calls this as annotated Services change).
+    pub fn set_routes(self: &Arc<Self>, routes: Vec<Route>) {
+        let states: Vec<RouteState> = routes
+            .into_iter()
+            .map(|r| RouteState {
+                gate: self.gate(&r.workload),
+                route: Arc::new(r),
+            })
+            .collect();
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(states);
+    }
+
+    fn snapshot(&self) -> Arc<Vec<RouteState>> {
+        self.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Every routed workload's gate, with its (first) upstream.
     pub fn gates(&self) -> Vec<(WorkloadKey, Arc<Gate>, Uri)> {
         let mut v: Vec<(WorkloadKey, Arc<Gate>, Uri)> = Vec::new();
-        for r in &self.routes {
+        for r in self.snapshot().iter() {
             if !v.iter().any(|(k, _, _)| *k == r.route.workload) {
                 v.push((r.route.workload.clone(), r.gate.clone(), r.route.upstream.clone()));
             }
@@ -474,7 +500,7 @@ impl Activator {
         v
     }
 
-    fn route(&self, req: &Request<Incoming>) -> Option<&RouteState> {
+    fn route(&self, req: &Request<Incoming>) -> Option<RouteState> {
         let host = req
             .headers()
             .get(header::HOST)
@@ -482,20 +508,22 @@ impl Activator {
             .or_else(|| req.uri().host())
             .map(|h| h.rsplit_once(':').map_or(h, |(a, _)| a).to_ascii_lowercase());
         let path = req.uri().path();
-        let by_host = self
-            .routes
+        let routes = self.snapshot();
+        let by_host = routes
             .iter()
             .find(|r| matches!(&r.route.matches, Match::Host(h) if Some(h) == host.as_ref()));
-        by_host.or_else(|| {
-            self.routes
-                .iter()
-                .filter_map(|r| match &r.route.matches {
-                    Match::Prefix(p) if path.starts_with(p.as_str()) => Some((p.len(), r)),
-                    _ => None,
-                })
-                .max_by_key(|(n, _)| *n)
-                .map(|(_, r)| r)
-        })
+        by_host
+            .or_else(|| {
+                routes
+                    .iter()
+                    .filter_map(|r| match &r.route.matches {
+                        Match::Prefix(p) if path.starts_with(p.as_str()) => Some((p.len(), r)),
+                        _ => None,
+                    })
+                    .max_by_key(|(n, _)| *n)
+                    .map(|(_, r)| r)
+            })
+            .cloned()
     }
 
     fn refused(&self, e: Refused, w: &WorkloadKey) -> Response<Body> {
@@ -647,11 +675,29 @@ impl Activator {
         Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
     }
 
-    /// Probe every upstream and set capacities; report held counts to the scaler.
+    /// Report held counts to the scaler (for every gate, present and future), and probe the
+    /// upstream of every static route to set its capacity. Kube-mode routes get their
+    /// capacity from EndpointSlices instead ([`crate::cluster::activator_routes`]).
     pub fn spawn_readiness(self: &Arc<Self>, reporter: Reporter) {
-        for (key, gate, upstream) in self.gates() {
+        *self.reporter.lock().unwrap_or_else(|e| e.into_inner()) = Some(reporter.clone());
+        let existing: Vec<(WorkloadKey, Arc<Gate>)> = self
+            .gates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, g)| (k.clone(), g.clone()))
+            .collect();
+        for (key, gate) in existing {
+            spawn_reporter(reporter.clone(), key, gate);
+        }
+        let mut probed: Vec<&WorkloadKey> = Vec::new();
+        for r in &self.config.routes {
+            if probed.contains(&&r.workload) {
+                continue;
+            }
+            probed.push(&r.workload);
+            let (gate, upstream) = (self.gate(&r.workload), r.upstream.clone());
             let me = self.clone();
-            let gate2 = gate.clone();
             tokio::spawn(async move {
                 let probe = format!(
                     "{}{}",
@@ -671,30 +717,18 @@ impl Activator {
                         tracing::info!(upstream = %upstream, ready = ok, "upstream readiness changed");
                         ready = ok;
                     }
-                    let replicas = usize::from(ok);
-                    let cap = if me.config.concurrency == 0 {
-                        if ok { usize::MAX } else { 0 }
-                    } else {
-                        me.config.concurrency * replicas
-                    };
-                    gate2.set_capacity(cap);
+                    gate.set_capacity(me.capacity(usize::from(ok)));
                 }
             });
-            let reporter = reporter.clone();
-            tokio::spawn(async move {
-                let mut rx = gate.watch_held();
-                let mut last_sent = 0usize;
-                loop {
-                    let held = *rx.borrow_and_update();
-                    // Report at once on change, and every second while anything is held so the
-                    // report stays fresh at the scaler.
-                    if held != last_sent || held > 0 {
-                        reporter.report(&key, held).await;
-                        last_sent = held;
-                    }
-                    let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
-                }
-            });
+        }
+    }
+
+    /// Requests in flight allowed for `ready` replicas.
+    pub fn capacity(&self, ready: usize) -> usize {
+        match (self.config.concurrency, ready) {
+            (_, 0) => 0,
+            (0, _) => usize::MAX,
+            (c, r) => c.saturating_mul(r),
         }
     }
 
@@ -775,6 +809,23 @@ impl Activator {
         t.pass_through
             .write(w, "gpuscale_activator_pass_through_seconds", &[]);
     }
+}
+
+/// Report a gate's held count at once on change, and every second while anything is held so
+/// the report stays fresh at the scaler.
+fn spawn_reporter(reporter: Reporter, key: WorkloadKey, gate: Arc<Gate>) {
+    tokio::spawn(async move {
+        let mut rx = gate.watch_held();
+        let mut last_sent = 0usize;
+        loop {
+            let held = *rx.borrow_and_update();
+            if held != last_sent || held > 0 {
+                reporter.report(&key, held).await;
+                last_sent = held;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+        }
+    });
 }
 
 /// A response body that keeps its request's slot until it ends.
@@ -873,6 +924,16 @@ pub struct ActivatorArgs {
     #[arg(long = "route", env = "GPUSCALE_ACTIVATOR_ROUTES", value_delimiter = ',')]
     pub routes: Vec<String>,
 
+    /// A file of routes, one per line in the --route syntax (`#` starts a comment); read at
+    /// start, added to --route.
+    #[arg(long, env = "GPUSCALE_ACTIVATOR_ROUTES_FILE")]
+    pub routes_file: Option<std::path::PathBuf>,
+
+    /// Also route to Services annotated `gpuscale.io/activate: "true"` (any namespace), with
+    /// readiness from their EndpointSlices; uses the in-cluster service account or KUBECONFIG.
+    #[arg(long, env = "GPUSCALE_ACTIVATOR_KUBE")]
+    pub activator_kube: bool,
+
     /// Requests one ready replica takes at once (vLLM's max concurrent sequences is a good
     /// start; 0 = no limit once ready). Held requests are released at most this many per
     /// ready replica, so the first replica is not flooded.
@@ -907,8 +968,21 @@ pub struct ActivatorArgs {
 impl ActivatorArgs {
     /// The config, with every route parsed.
     pub fn config(&self) -> Result<Config, String> {
-        if self.routes.is_empty() {
-            return Err("the activator needs at least one --route, e.g. --route qwen.example.com=llm/qwen=http://qwen-predictor.llm:80".into());
+        let mut lines: Vec<String> = self.routes.clone();
+        if let Some(f) = &self.routes_file {
+            let text =
+                std::fs::read_to_string(f).map_err(|e| format!("--routes-file {}: {e}", f.display()))?;
+            for (i, l) in text.lines().enumerate() {
+                let l = l.split('#').next().unwrap_or("").trim();
+                if l.is_empty() {
+                    continue;
+                }
+                Route::parse(l).map_err(|e| format!("{}:{}: {e}", f.display(), i + 1))?;
+                lines.push(l.to_string());
+            }
+        }
+        if lines.is_empty() && !self.activator_kube {
+            return Err("the activator needs at least one --route (or --routes-file, or --activator-kube), e.g. --route qwen.example.com=llm/qwen=http://qwen-predictor.llm:80".into());
         }
         if !self.activator_probe_path.starts_with('/') {
             return Err(format!(
@@ -917,11 +991,7 @@ impl ActivatorArgs {
             ));
         }
         Ok(Config {
-            routes: self
-                .routes
-                .iter()
-                .map(|r| Route::parse(r))
-                .collect::<Result<_, _>>()?,
+            routes: lines.iter().map(|r| Route::parse(r)).collect::<Result<_, _>>()?,
             concurrency: self.activator_concurrency,
             max_held: self.activator_max_held,
             cold_start_timeout: self.activator_cold_start_timeout,

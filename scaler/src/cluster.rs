@@ -426,3 +426,146 @@ async fn direct(
         }
     }
 }
+
+/// Annotation that puts a Service behind the activator.
+pub const ACTIVATE: &str = "gpuscale.io/activate";
+
+/// The activator routes an annotated Service gives: Host routes for its cluster DNS names (or
+/// `gpuscale.io/host`, comma-separated), to `gpuscale.io/upstream` or the Service's first port,
+/// for the workload `gpuscale.io/workload` (default: the Service's name).
+pub fn service_routes(
+    svc: &k8s_openapi::api::core::v1::Service,
+) -> Result<Vec<crate::activator::Route>, String> {
+    use crate::activator::{Match, Route};
+    let ann = svc.metadata.annotations.clone().unwrap_or_default();
+    let ns = svc.namespace().unwrap_or_default();
+    let name = svc.name_any();
+    let port = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|p| p.first())
+        .map(|p| p.port)
+        .unwrap_or(80);
+    let upstream = ann
+        .get("gpuscale.io/upstream")
+        .cloned()
+        .unwrap_or_else(|| format!("http://{name}.{ns}.svc:{port}"));
+    let upstream: http::Uri = upstream
+        .parse()
+        .map_err(|e| format!("Service {ns}/{name}: gpuscale.io/upstream `{upstream}`: {e}"))?;
+    let hosts: Vec<String> = match ann.get("gpuscale.io/host") {
+        Some(h) => h
+            .split(',')
+            .map(|x| x.trim().to_ascii_lowercase())
+            .filter(|x| !x.is_empty())
+            .collect(),
+        None => vec![
+            format!("{name}.{ns}.svc.cluster.local"),
+            format!("{name}.{ns}.svc"),
+        ],
+    };
+    let workload = WorkloadKey {
+        namespace: ns.clone(),
+        name: ann
+            .get("gpuscale.io/workload")
+            .cloned()
+            .unwrap_or_else(|| name.clone()),
+    };
+    Ok(hosts
+        .into_iter()
+        .map(|h| Route {
+            matches: Match::Host(h),
+            workload: workload.clone(),
+            upstream: upstream.clone(),
+        })
+        .collect())
+}
+
+/// Ready endpoints of a Service, from its EndpointSlices.
+fn ready_count(slices: &[Arc<EndpointSlice>], ns: &str, svc: &str) -> usize {
+    slices
+        .iter()
+        .filter(|s| {
+            s.namespace().as_deref() == Some(ns)
+                && s.labels().get("kubernetes.io/service-name").map(String::as_str) == Some(svc)
+        })
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .count()
+}
+
+/// Activator kube mode: keep the routes of annotated Services (plus the static ones) and each
+/// workload's capacity (concurrency x ready endpoints) current, from watches on Services and
+/// EndpointSlices.
+pub async fn activator_routes(client: Client, activator: Arc<crate::activator::Activator>, every: Duration) {
+    use k8s_openapi::api::core::v1::Service;
+    let (services, w1) = reflector::store::<Service>();
+    let (slices, w2) = reflector::store::<EndpointSlice>();
+    let svc_api: Api<Service> = Api::all(client.clone());
+    let slice_api: Api<EndpointSlice> = Api::all(client);
+    tokio::spawn(async move {
+        let s = reflector(w1, watcher(svc_api, watcher::Config::default()))
+            .default_backoff()
+            .applied_objects();
+        futures_util::pin_mut!(s);
+        while let Some(r) = s.next().await {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "Service watch error; retrying");
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let s = reflector(w2, watcher(slice_api, watcher::Config::default()))
+            .default_backoff()
+            .applied_objects();
+        futures_util::pin_mut!(s);
+        while let Some(r) = s.next().await {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "EndpointSlice watch error; retrying");
+            }
+        }
+    });
+    let statics = activator.static_routes();
+    let mut last: Option<Vec<crate::activator::Route>> = None;
+    let mut refused: HashSet<String> = HashSet::new();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let mut routes = statics.clone();
+        let mut services_of: Vec<(WorkloadKey, String, String)> = Vec::new();
+        for svc in services.state() {
+            let on = svc.annotations().get(ACTIVATE).map(String::as_str) == Some("true");
+            if !on {
+                continue;
+            }
+            match service_routes(&svc) {
+                Ok(rs) => {
+                    if let Some(r) = rs.first() {
+                        services_of.push((
+                            r.workload.clone(),
+                            svc.namespace().unwrap_or_default(),
+                            svc.name_any(),
+                        ));
+                    }
+                    routes.extend(rs);
+                }
+                Err(e) => {
+                    if refused.insert(e.clone()) {
+                        tracing::error!(error = %e, "annotated Service refused");
+                    }
+                }
+            }
+        }
+        if last.as_ref() != Some(&routes) {
+            tracing::info!(routes = routes.len(), "activator routes changed");
+            activator.set_routes(routes.clone());
+            last = Some(routes);
+        }
+        let slices = slices.state();
+        for (key, ns, svc) in services_of {
+            let ready = ready_count(&slices, &ns, &svc);
+            activator.gate(&key).set_capacity(activator.capacity(ready));
+        }
+    }
+}

@@ -158,6 +158,16 @@ async fn main() -> anyhow::Result<()> {
                 workloads.clone(),
                 clock,
             ));
+            if args.activator.activator_kube {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("--activator-kube: no in-cluster service account or KUBECONFIG")?;
+                tokio::spawn(gpuscale_scaler::cluster::activator_routes(
+                    client,
+                    a.clone(),
+                    args.activator.activator_probe_interval,
+                ));
+            }
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding --activator-listen {addr}"))?;

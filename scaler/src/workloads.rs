@@ -504,6 +504,34 @@ mod tests {
     }
 
     #[test]
+    fn scale_up_past_free_gpus_is_reported() {
+        let ws = Workloads::new(10, Duration::from_secs(600));
+        let w = ws
+            .register(
+                trigger(&[("queue.target", "1"), ("gpusPerReplica", "2")]),
+                Duration::ZERO,
+            )
+            .unwrap();
+        let mut v = view(1, 5.0, 0.0, 1);
+        v.capacity.insert(
+            ("n1".into(), "NVIDIA H100".into()),
+            crate::aggregate::Capacity {
+                allocatable: 8,
+                allocated: 5,
+            },
+        );
+        ws.tick(&v, Duration::from_secs(1));
+        let g = lock(&w);
+        assert_eq!(
+            g.answer.value,
+            Ok(5.0),
+            "still asked for: the cluster autoscaler may add nodes"
+        );
+        let c = g.capacity.clone().unwrap();
+        assert!(c.contains("1 -> 5 needs 8 GPUs") && c.contains("3 free"), "{c}");
+    }
+
+    #[test]
     fn kube_replicas_without_collector_series_are_unknown() {
         let ws = Workloads::new(10, Duration::from_secs(600));
         let w = ws.register(trigger(&[]), Duration::ZERO).unwrap();

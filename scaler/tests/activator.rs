@@ -317,3 +317,38 @@ async fn http2_clients_are_proxied() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"echo:h2");
 }
+
+#[test]
+fn routes_come_from_flags_and_a_file_with_errors_naming_the_line() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        a: gpuscale_scaler::activator::ActivatorArgs,
+    }
+    let dir = std::env::temp_dir().join(format!("gpuscale-routes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("routes");
+    std::fs::write(&f, "# models\nqwen.example.com=llm/qwen=http://qwen.llm:80\n\n/v1/llama/=llm/llama=http://llama.llm:80  # prefix\n").unwrap();
+    let args = Args::parse_from([
+        "x",
+        "--route",
+        "a.example.com=llm/a=http://a:80",
+        "--routes-file",
+        f.to_str().unwrap(),
+    ]);
+    let c = args.a.config().unwrap();
+    assert_eq!(c.routes.len(), 3);
+    assert_eq!(c.routes[2].workload.name, "llama");
+    std::fs::write(&f, "qwen.example.com=llm/qwen=http://qwen.llm:80\nbroken\n").unwrap();
+    let args = Args::parse_from(["x", "--routes-file", f.to_str().unwrap()]);
+    let e = args.a.config().unwrap_err();
+    assert!(
+        e.contains("routes:2") && e.contains("expected HOST=NAMESPACE/WORKLOAD="),
+        "{e}"
+    );
+    let e = Args::parse_from(["x"]).a.config().unwrap_err();
+    assert!(e.contains("--route"), "{e}");
+    assert!(Args::parse_from(["x", "--activator-kube"]).a.config().is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -71,6 +71,16 @@ async fn main() -> anyhow::Result<()> {
         reqwest::Client::new(),
         args.scaler_url.trim_end_matches('/').to_string(),
     ));
+    if args.activator.activator_kube {
+        let client = kube::Client::try_default()
+            .await
+            .context("--activator-kube: no in-cluster service account or KUBECONFIG")?;
+        tokio::spawn(gpuscale_scaler::cluster::activator_routes(
+            client,
+            activator.clone(),
+            args.activator.activator_probe_interval,
+        ));
+    }
     let a: Arc<Activator> = activator.clone();
     let app = axum::Router::new()
         .route(
