@@ -144,6 +144,33 @@ pub fn ready_endpoints(slices: &[EndpointSlice]) -> Vec<String> {
     out
 }
 
+/// A cache of every `K` in the cluster, kept current by a watch that retries with backoff.
+fn cached<K>(client: Client) -> reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let api: Api<K> = Api::all(client);
+    tokio::spawn(async move {
+        let stream = reflector(writer, watcher(api, watcher::Config::default()))
+            .default_backoff()
+            .applied_objects();
+        futures_util::pin_mut!(stream);
+        while let Some(r) = stream.next().await {
+            if let Err(e) = r {
+                tracing::warn!(kind = %K::kind(&()), error = %e, "watch error; retrying");
+            }
+        }
+    });
+    store
+}
+
 /// Start the Kubernetes side. Returns the leadership flag in direct mode.
 pub async fn start(
     args: &KubeArgs,
@@ -172,19 +199,7 @@ pub async fn start(
         args.discovery_interval,
     ));
 
-    let (store, writer) = reflector::store::<Deployment>();
-    let api: Api<Deployment> = Api::all(client.clone());
-    tokio::spawn(async move {
-        let stream = reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff()
-            .applied_objects();
-        futures_util::pin_mut!(stream);
-        while let Some(r) = stream.next().await {
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "Deployment watch error; retrying");
-            }
-        }
-    });
+    let store = cached::<Deployment>(client.clone());
 
     let leader = if args.direct {
         let identity = args
@@ -500,32 +515,8 @@ fn ready_count(slices: &[Arc<EndpointSlice>], ns: &str, svc: &str) -> usize {
 /// EndpointSlices.
 pub async fn activator_routes(client: Client, activator: Arc<crate::activator::Activator>, every: Duration) {
     use k8s_openapi::api::core::v1::Service;
-    let (services, w1) = reflector::store::<Service>();
-    let (slices, w2) = reflector::store::<EndpointSlice>();
-    let svc_api: Api<Service> = Api::all(client.clone());
-    let slice_api: Api<EndpointSlice> = Api::all(client);
-    tokio::spawn(async move {
-        let s = reflector(w1, watcher(svc_api, watcher::Config::default()))
-            .default_backoff()
-            .applied_objects();
-        futures_util::pin_mut!(s);
-        while let Some(r) = s.next().await {
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "Service watch error; retrying");
-            }
-        }
-    });
-    tokio::spawn(async move {
-        let s = reflector(w2, watcher(slice_api, watcher::Config::default()))
-            .default_backoff()
-            .applied_objects();
-        futures_util::pin_mut!(s);
-        while let Some(r) = s.next().await {
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "EndpointSlice watch error; retrying");
-            }
-        }
-    });
+    let services = cached::<Service>(client.clone());
+    let slices = cached::<EndpointSlice>(client);
     let statics = activator.static_routes();
     let mut last: Option<Vec<crate::activator::Route>> = None;
     let mut refused: HashSet<String> = HashSet::new();

@@ -144,10 +144,11 @@ async fn annotated_services_route_and_endpointslices_release() {
     grpc.get_metric_spec(so.clone()).await.unwrap();
 
     let proxy_port = common::free_port();
+    let metrics_port = common::free_port();
     let _activator = common::Kill(
         std::process::Command::new(env!("CARGO_BIN_EXE_gpuscale-activator"))
             .args(["--activator-listen", &format!("127.0.0.1:{proxy_port}")])
-            .args(["--http-listen", &format!("127.0.0.1:{}", common::free_port())])
+            .args(["--http-listen", &format!("127.0.0.1:{metrics_port}")])
             .args(["--activator-kube", "--activator-probe-interval", "100ms"])
             .args(["--scaler-url", &scaler.http])
             .env("KUBECONFIG", &kc)
@@ -214,5 +215,44 @@ async fn annotated_services_route_and_endpointslices_release() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "hello");
+
+    // The activator's own metrics count the release, the hold and the 404 it answered itself.
+    let m = client
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let fams =
+        gpuscale_collector::text::parse_prometheus(&m, &gpuscale_collector::text::Limits::default()).unwrap();
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        fams.iter()
+            .flat_map(|f| f.samples.iter())
+            .find(|s| {
+                s.name == name && label.is_none_or(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))
+            })
+            .map(|s| s.value)
+    };
+    assert_eq!(
+        value(
+            "gpuscale_activator_releases_total",
+            Some(("workload", "qwen-predictor"))
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            "gpuscale_activator_requests_held",
+            Some(("workload", "qwen-predictor"))
+        ),
+        Some(0.0)
+    );
+    assert_eq!(value("gpuscale_activator_hold_seconds_count", None), Some(1.0));
+    assert_eq!(
+        value("gpuscale_activator_rejected_total", Some(("reason", "timeout"))),
+        Some(0.0)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

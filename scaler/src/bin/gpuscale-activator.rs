@@ -33,28 +33,10 @@ struct Args {
     log_format: String,
 }
 
-async fn shutdown() {
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            s.recv().await;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = term => {},
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if args.log_format == "json" {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    gpuscale_scaler::init_logging(args.log_format == "json");
     let listen = args
         .activator
         .activator_listen
@@ -108,6 +90,6 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --activator-listen {listen}"))?;
     tracing::info!(%listen, "activator listening");
-    gpuscale_scaler::activator::serve(activator, proxy, shutdown()).await;
+    gpuscale_scaler::activator::serve(activator, proxy, gpuscale_scaler::shutdown_signal()).await;
     Ok(())
 }
