@@ -966,6 +966,26 @@ pub struct ActivatorArgs {
 }
 
 impl ActivatorArgs {
+    /// Build the activator, start its readiness and reporting tasks, and with
+    /// `--activator-kube` its routes from annotated Services. The caller binds and serves.
+    pub async fn start(&self, reporter: Reporter) -> anyhow::Result<Arc<Activator>> {
+        let activator = Activator::new(self.config().map_err(anyhow::Error::msg)?);
+        activator.spawn_readiness(reporter);
+        if self.activator_kube {
+            let client = kube::Client::try_default().await.map_err(|e| {
+                anyhow::anyhow!(
+                    "--activator-kube: {e}: run in a pod with a service account, or set KUBECONFIG"
+                )
+            })?;
+            tokio::spawn(crate::cluster::activator_routes(
+                client,
+                activator.clone(),
+                self.activator_probe_interval,
+            ));
+        }
+        Ok(activator)
+    }
+
     /// The config, with every route parsed.
     pub fn config(&self) -> Result<Config, String> {
         let mut lines: Vec<String> = self.routes.clone();

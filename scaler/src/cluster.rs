@@ -240,17 +240,17 @@ pub async fn start(
         None
     };
 
-    // Replica counts for every tracked workload.
+    // Replica counts for every tracked workload: a lookup per tracked workload, not a pass
+    // over every Deployment in the cluster.
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
-            for d in store.state() {
-                let key = WorkloadKey {
-                    namespace: d.namespace().unwrap_or_default(),
-                    name: d.name_any(),
-                };
-                workloads.set_replicas(&key, replicas_of(&d));
+            for (key, w) in workloads.all() {
+                let at = reflector::ObjectRef::new(&key.name).within(&key.namespace);
+                if let Some(d) = store.get(&at) {
+                    lock(&w).replicas = Some(replicas_of(&d));
+                }
             }
         }
     });

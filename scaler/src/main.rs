@@ -146,22 +146,13 @@ async fn main() -> anyhow::Result<()> {
     let activator = match args.activator.activator_listen {
         None => None,
         Some(addr) => {
-            let config = args.activator.config().map_err(anyhow::Error::msg)?;
-            let a = gpuscale_scaler::activator::Activator::new(config);
-            a.spawn_readiness(gpuscale_scaler::activator::Reporter::InProcess(
-                workloads.clone(),
-                clock,
-            ));
-            if args.activator.activator_kube {
-                let client = kube::Client::try_default()
-                    .await
-                    .context("--activator-kube: no in-cluster service account or KUBECONFIG")?;
-                tokio::spawn(gpuscale_scaler::cluster::activator_routes(
-                    client,
-                    a.clone(),
-                    args.activator.activator_probe_interval,
-                ));
-            }
+            let a = args
+                .activator
+                .start(gpuscale_scaler::activator::Reporter::InProcess(
+                    workloads.clone(),
+                    clock,
+                ))
+                .await?;
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding --activator-listen {addr}"))?;

@@ -66,7 +66,7 @@ pub fn metrics_url(addr: &str) -> String {
     }
 }
 
-/// One round: fetch every collector, combine, decide. Returns the view.
+/// One round: fetch every collector, combine, decide.
 pub async fn round(
     client: &reqwest::Client,
     config: &PollConfig,
@@ -75,7 +75,7 @@ pub async fn round(
     workloads: &Workloads,
     telemetry: &Telemetry,
     clock: Clock,
-) -> usize {
+) {
     let started = Instant::now();
     let results: Vec<(String, Duration, Result<Page, String>)> =
         futures_util::stream::iter(collectors.iter().cloned())
@@ -110,12 +110,11 @@ pub async fn round(
         }
         View::combine(sources.iter().map(|(k, v)| (k.as_str(), v)))
     };
-    let woke = workloads.tick(&view, clock.now());
+    workloads.tick(&view, clock.now());
     *polled.view.write().unwrap_or_else(|e| e.into_inner()) = view;
     polled.ready.store(true, Ordering::Relaxed);
     telemetry.polls.fetch_add(1, Ordering::Relaxed);
     telemetry.poll_duration.observe(started.elapsed());
-    woke
 }
 
 /// Poll forever.

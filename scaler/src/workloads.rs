@@ -76,12 +76,13 @@ pub struct Answer {
     pub active: Result<bool, String>,
 }
 
+const NO_DECISION: &str = "no decision yet: the scaler has not completed a poll of the collectors since this workload was registered";
+
 impl Default for Answer {
     fn default() -> Self {
-        let why = "no decision yet: the scaler has not completed a poll of the collectors since this workload was registered".to_string();
         Answer {
-            value: Err(why.clone()),
-            active: Err(why),
+            value: Err(NO_DECISION.to_string()),
+            active: Err(NO_DECISION.to_string()),
         }
     }
 }
@@ -188,46 +189,38 @@ impl Workload {
     fn publish(&mut self, now: Duration) {
         let held = self.fresh_held(now);
         let threshold = self.trigger.activation_threshold;
-        let why_not = match (&self.unknown, &self.decision) {
-            (Some(why), _) => Some(why.clone()),
-            (None, None) => Some(Answer::default().active.err().unwrap_or_default()),
-            (None, Some((d, _))) if d.rule.is_safety_hold() => Some(d.rule.to_string()),
-            _ => None,
-        };
-        let value = match (&why_not, &self.decision) {
+        // A decision on fresh data, or why there is none. `observed` is set whenever
+        // `unknown` is clear after a decision.
+        let decided = match (&self.unknown, &self.decision) {
             (Some(why), _) => Err(why.clone()),
-            (None, Some((d, _))) => Ok(match self.trigger.mode {
-                Mode::Replicas => f64::from(d.desired),
-                Mode::Signal { metric, .. } => {
-                    let o = self.observed.clone().unwrap_or_default();
-                    match metric {
-                        gpuscale_policies::Metric::Waiting => o.waiting + held,
-                        gpuscale_policies::Metric::Running => o.running,
-                        gpuscale_policies::Metric::KvCacheUsage => o.kv_cache_usage.unwrap_or(0.0),
-                        gpuscale_policies::Metric::GpuUtilization => o.gpu_utilization.unwrap_or(0.0),
-                        _ => o.waiting + o.running + held,
-                    }
-                }
-            }),
-            (None, None) => Err(String::new()),
+            (None, None) => Err(NO_DECISION.to_string()),
+            (None, Some((d, _))) if d.rule.is_safety_hold() => Err(d.rule.to_string()),
+            (None, Some((d, _))) => Ok(*d),
         };
+        let o = self.observed.clone().unwrap_or_default();
+        let value = decided.clone().map(|d| match self.trigger.mode {
+            Mode::Replicas => f64::from(d.desired),
+            Mode::Signal { metric, .. } => match metric {
+                gpuscale_policies::Metric::Waiting => o.waiting + held,
+                gpuscale_policies::Metric::Running => o.running,
+                gpuscale_policies::Metric::KvCacheUsage => o.kv_cache_usage.unwrap_or(0.0),
+                gpuscale_policies::Metric::GpuUtilization => o.gpu_utilization.unwrap_or(0.0),
+                _ => o.waiting + o.running + held,
+            },
+        });
         let active = if held > threshold {
             // Requests are waiting at an activator: wake, whatever the collectors say.
             Ok(true)
         } else {
-            match (&why_not, &self.decision, &self.observed) {
-                (Some(why), _, _) => Err(why.clone()),
-                (None, Some((d, _)), Some(o)) => {
-                    let demand = o.waiting + o.running + held;
-                    let current = self.signals.as_ref().map_or(0, |s| s.current);
-                    Ok(if current == 0 {
-                        demand > threshold
-                    } else {
-                        d.desired > 0 || o.running > 0.0 || demand > threshold
-                    })
+            decided.map(|d| {
+                let demand = o.waiting + o.running + held;
+                let current = self.signals.as_ref().map_or(0, |s| s.current);
+                if current == 0 {
+                    demand > threshold
+                } else {
+                    d.desired > 0 || o.running > 0.0 || demand > threshold
                 }
-                _ => Err("no observation yet".to_string()),
-            }
+            })
         };
         if let Ok(a) = active {
             // Count inactive-to-active edges, so a stream that wakes up late (after a quick
@@ -339,19 +332,15 @@ impl Workloads {
     }
 
     /// Decide every workload from the view; forget those nobody asked about for the idle TTL.
-    /// Returns the workloads whose activity went from inactive to active.
-    pub fn tick(&self, view: &View, now: Duration) -> usize {
+    pub fn tick(&self, view: &View, now: Duration) {
         let mut expired = Vec::new();
-        let mut woke = 0;
         for (k, w) in self.read().iter() {
             let mut g = lock(w);
             if now.saturating_sub(g.last_asked) > self.idle_ttl {
                 expired.push(k.clone());
                 continue;
             }
-            let was = g.answer.active.clone();
             g.decide(view, now);
-            woke += usize::from(was != Ok(true) && g.answer.active == Ok(true));
         }
         if !expired.is_empty() {
             let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
@@ -360,7 +349,6 @@ impl Workloads {
                 map.remove(&k);
             }
         }
-        woke
     }
 
     /// An activator reports held requests: update the activity at once, without waiting for

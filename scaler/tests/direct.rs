@@ -42,6 +42,16 @@ struct Fake {
     watch: broadcast::Sender<Value>,
 }
 
+impl Fake {
+    /// Who holds the Lease now.
+    fn holder(&self) -> Option<String> {
+        let api = self.api.lock().unwrap();
+        api.lease
+            .as_ref()
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(String::from))
+    }
+}
+
 fn status(code: u16, reason: &str, message: &str) -> Response {
     (
         StatusCode::from_u16(code).unwrap(),
@@ -413,13 +423,7 @@ async fn direct_mode_scales_with_retries_events_and_leader_handover() {
 
     let a = scaler_cmd(&kc, "scaler-a");
     until("scaler-a to hold the lease", Duration::from_secs(15), || {
-        fake.api
-            .lock()
-            .unwrap()
-            .lease
-            .as_ref()
-            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(String::from))
-            == Some("scaler-a".into())
+        fake.holder().as_deref() == Some("scaler-a")
     })
     .await;
     let b = scaler_cmd(&kc, "scaler-b");
@@ -473,13 +477,7 @@ async fn direct_mode_scales_with_retries_events_and_leader_handover() {
     // The leader dies; the other replica takes the lease once it expires and carries on.
     drop(a);
     until("scaler-b to take the lease", Duration::from_secs(20), || {
-        fake.api
-            .lock()
-            .unwrap()
-            .lease
-            .as_ref()
-            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(String::from))
-            == Some("scaler-b".into())
+        fake.holder().as_deref() == Some("scaler-b")
     })
     .await;
     model.set(10.0, 0.0);

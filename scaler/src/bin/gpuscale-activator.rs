@@ -41,28 +41,19 @@ async fn main() -> anyhow::Result<()> {
         .activator
         .activator_listen
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080)));
-    let config = args.activator.config().map_err(anyhow::Error::msg)?;
     if !args.scaler_url.starts_with("http://") && !args.scaler_url.starts_with("https://") {
         anyhow::bail!(
             "--scaler-url `{}` must be the scaler's HTTP base URL, e.g. http://gpuscale-scaler.gpuscale-system:9091",
             args.scaler_url
         );
     }
-    let activator = Activator::new(config);
-    activator.spawn_readiness(Reporter::Remote(
-        reqwest::Client::new(),
-        args.scaler_url.trim_end_matches('/').to_string(),
-    ));
-    if args.activator.activator_kube {
-        let client = kube::Client::try_default()
-            .await
-            .context("--activator-kube: no in-cluster service account or KUBECONFIG")?;
-        tokio::spawn(gpuscale_scaler::cluster::activator_routes(
-            client,
-            activator.clone(),
-            args.activator.activator_probe_interval,
-        ));
-    }
+    let activator = args
+        .activator
+        .start(Reporter::Remote(
+            reqwest::Client::new(),
+            args.scaler_url.trim_end_matches('/').to_string(),
+        ))
+        .await?;
     let a: Arc<Activator> = activator.clone();
     let app = axum::Router::new()
         .route(
