@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use crate::contract::{self, Fault, label};
 use crate::gpu::GpuReading;
 use crate::podresources::{Attribution, Owner};
 use crate::scrape::{Preset, Target};
@@ -22,8 +23,12 @@ pub struct QueueReading {
     pub running: Option<f64>,
     /// KV-cache usage, 0-1.
     pub kv_cache: Option<f64>,
-    /// Whether the last scrape succeeded.
+    /// Whether the last scrape answered a page that parsed.
     pub up: bool,
+    /// Why there is no valid queue reading (`None`: the values above are real).
+    pub fault: Option<Fault>,
+    /// When the reading was measured, Unix seconds (`None`: never scraped).
+    pub measured_at: Option<f64>,
     /// How long it took, seconds.
     pub duration_seconds: f64,
     /// Failed scrapes since start.
@@ -152,11 +157,9 @@ impl Writer {
 type GpuField = (&'static str, &'static str, fn(&GpuReading) -> Option<f64>);
 
 const GPU_GAUGES: [GpuField; 8] = [
-    (
-        "gpuscale_gpu_utilization_ratio",
-        "SM (compute) utilization, 0-1.",
-        |g| g.utilization,
-    ),
+    (contract::GPU_UTILIZATION, "SM (compute) utilization, 0-1.", |g| {
+        g.utilization
+    }),
     (
         "gpuscale_gpu_memory_utilization_ratio",
         "Memory-controller utilization, 0-1.",
@@ -253,7 +256,7 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
     }
     if !s.gpus.is_empty() {
         w.family(
-            "gpuscale_gpu_info",
+            contract::GPU_INFO,
             "gauge",
             "One per GPU and container holding it: index, UUID, product, node.",
         );
@@ -265,7 +268,7 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
                 ("node", &s.node),
             ];
             for o in owners(s, g) {
-                w.sample("gpuscale_gpu_info", &with_owner(&base, o), 1.0);
+                w.sample(contract::GPU_INFO, &with_owner(&base, o), 1.0);
             }
         }
     }
@@ -334,72 +337,116 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
     type QueueField = (&'static str, &'static str, fn(&QueueReading) -> Option<f64>);
     let queue_gauges: [QueueField; 3] = [
         (
-            "gpuscale_workload_requests_waiting",
+            contract::WAITING,
             "Requests queued at the model server, not yet served.",
             |q| q.waiting,
         ),
         (
-            "gpuscale_workload_requests_running",
+            contract::RUNNING,
             "Requests being served by the model server.",
             |q| q.running,
         ),
         (
-            "gpuscale_workload_kv_cache_usage_ratio",
+            contract::KV_CACHE,
             "KV-cache usage of the model server, 0-1.",
             |q| q.kv_cache,
         ),
     ];
+    // Secrets in a target's URL never reach a label.
+    let shown: Vec<String> = s
+        .queues
+        .iter()
+        .map(|q| contract::redact_url(&q.target.url))
+        .collect();
     for (name, help, get) in queue_gauges {
-        let rows: Vec<(&QueueReading, f64)> =
-            s.queues.iter().filter_map(|q| get(q).map(|v| (q, v))).collect();
+        // An invalid reading is not exported as queue depth: the scaler must not read it.
+        let rows: Vec<(usize, &QueueReading, f64)> = s
+            .queues
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.fault.is_none())
+            .filter_map(|(i, q)| get(q).map(|v| (i, q, v)))
+            .collect();
         if rows.is_empty() {
             continue;
         }
         w.family(name, "gauge", help);
-        for (q, v) in rows {
+        for (i, q, v) in rows {
             let server = q.server.map_or("", |p| p.as_str());
             w.sample(
                 name,
                 &[
-                    ("namespace", &q.target.namespace),
-                    ("workload", &q.target.workload),
-                    ("pod", &q.target.pod),
+                    (label::NAMESPACE, &q.target.namespace),
+                    (label::WORKLOAD, &q.target.workload),
+                    (label::POD, &q.target.pod),
                     ("server", server),
-                    ("target", &q.target.url),
-                    ("node", &s.node),
+                    (label::TARGET, &shown[i]),
+                    (label::NODE, &s.node),
                 ],
                 v,
             );
         }
     }
     if !s.queues.is_empty() {
+        let target_labels = |i: usize, q: &'_ QueueReading| -> [(&'static str, String); 5] {
+            [
+                (label::NAMESPACE, q.target.namespace.clone()),
+                (label::WORKLOAD, q.target.workload.clone()),
+                (label::POD, q.target.pod.clone()),
+                (label::TARGET, shown[i].clone()),
+                (label::NODE, s.node.clone()),
+            ]
+        };
         w.family(
-            "gpuscale_scrape_up",
+            contract::SCRAPE_UP,
             "gauge",
-            "1 if the last scrape of the target succeeded.",
+            "1 if the last scrape of the target answered a page that parsed.",
         );
-        for q in &s.queues {
+        for (i, q) in s.queues.iter().enumerate() {
+            let l = target_labels(i, q);
+            let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            w.sample(contract::SCRAPE_UP, &l, f64::from(u8::from(q.up)));
+        }
+        w.family(
+            contract::READING_VALID,
+            "gauge",
+            "1 if the target's last page held a plausible queue reading; reason says why not.",
+        );
+        for (i, q) in s.queues.iter().enumerate() {
+            let l = target_labels(i, q);
+            let mut l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            if let Some(f) = q.fault {
+                l.push((label::REASON, f.code()));
+            }
             w.sample(
-                "gpuscale_scrape_up",
-                &[
-                    ("namespace", &q.target.namespace),
-                    ("workload", &q.target.workload),
-                    ("pod", &q.target.pod),
-                    ("target", &q.target.url),
-                    ("node", &s.node),
-                ],
-                f64::from(u8::from(q.up)),
+                contract::READING_VALID,
+                &l,
+                f64::from(u8::from(q.fault.is_none())),
             );
+        }
+        if s.queues.iter().any(|q| q.measured_at.is_some()) {
+            w.family(
+                contract::SCRAPE_TIMESTAMP,
+                "gauge",
+                "Unix time the target's last reading was measured (each target runs on its own clock).",
+            );
+            for (i, q) in s.queues.iter().enumerate() {
+                if let Some(t) = q.measured_at {
+                    let l = target_labels(i, q);
+                    let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    w.sample(contract::SCRAPE_TIMESTAMP, &l, t);
+                }
+            }
         }
         w.family(
             "gpuscale_scrape_duration_seconds",
             "gauge",
             "Duration of the last scrape of the target.",
         );
-        for q in &s.queues {
+        for (i, q) in s.queues.iter().enumerate() {
             w.sample(
                 "gpuscale_scrape_duration_seconds",
-                &[("target", &q.target.url), ("node", &s.node)],
+                &[(label::TARGET, &shown[i]), (label::NODE, &s.node)],
                 q.duration_seconds,
             );
         }
@@ -408,24 +455,34 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
             "counter",
             "Failed scrapes of the target since start.",
         );
-        for q in &s.queues {
+        for (i, q) in s.queues.iter().enumerate() {
             w.sample(
                 "gpuscale_scrape_errors_total",
-                &[("target", &q.target.url), ("node", &s.node)],
+                &[(label::TARGET, &shown[i]), (label::NODE, &s.node)],
                 q.errors_total as f64,
             );
         }
     }
     w.family(
-        "gpuscale_collector_last_tick_timestamp_seconds",
+        contract::COLLECTOR_INFO,
+        "gauge",
+        "Identity of a gpuscale collector and the version of its contract with the scaler.",
+    );
+    w.sample(
+        contract::COLLECTOR_INFO,
+        &[
+            (label::NODE, &s.node),
+            (label::VERSION, env!("CARGO_PKG_VERSION")),
+            (label::CONTRACT, contract::CONTRACT_VERSION),
+        ],
+        1.0,
+    );
+    w.family(
+        contract::LAST_TICK,
         "gauge",
         "Unix time of the last completed tick.",
     );
-    w.sample(
-        "gpuscale_collector_last_tick_timestamp_seconds",
-        &[("node", &s.node)],
-        s.timestamp_seconds,
-    );
+    w.sample(contract::LAST_TICK, &[("node", &s.node)], s.timestamp_seconds);
     w.family(
         "gpuscale_collector_tick_duration_seconds",
         "gauge",
@@ -485,6 +542,8 @@ mod tests {
                 running: Some(8.0),
                 kv_cache: None,
                 up: true,
+                fault: None,
+                measured_at: Some(1.7e9 - 1.0),
                 duration_seconds: 0.01,
                 errors_total: 2,
             }],

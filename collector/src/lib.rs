@@ -5,8 +5,10 @@
 //! ([`discovery`]: annotated pods through the API server) and how to read their queues
 //! ([`scrape`]: presets), the node snapshot and its exposition ([`exposition`]: Prometheus text,
 //! OpenMetrics, dcgm-exporter names), the process that ties them together ([`service`]), and
-//! the Prometheus / OpenMetrics text parser ([`text`]) that the scaler uses too.
+//! the Prometheus / OpenMetrics text parser ([`text`]) that the scaler uses too, and the
+//! collector-to-scaler contract ([`contract`]): the series names, labels and rules both sides share.
 
+pub mod contract;
 pub mod discovery;
 pub mod exposition;
 pub mod gpu;

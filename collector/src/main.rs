@@ -53,6 +53,10 @@ struct Args {
     /// Largest page accepted from a target, bytes.
     #[arg(long, default_value_t = 16 << 20, env = "GPUSCALE_COLLECTOR_MAX_PAGE_BYTES")]
     max_page_bytes: usize,
+    /// A file holding a bearer token sent to every scrape target (`Authorization: Bearer`),
+    /// instead of a token in the target's URL. Read at start.
+    #[arg(long, env = "GPUSCALE_COLLECTOR_SCRAPE_BEARER_TOKEN_FILE")]
+    scrape_bearer_token_file: Option<std::path::PathBuf>,
     /// Scrapes in flight at once.
     #[arg(long, default_value_t = 16, env = "GPUSCALE_COLLECTOR_MAX_CONCURRENT_SCRAPES")]
     max_concurrent_scrapes: usize,
@@ -119,6 +123,33 @@ async fn main() -> anyhow::Result<()> {
         .filter(|s| !s.trim().is_empty())
         .map(|s| Target::parse(s.trim()).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    for (i, t) in targets.iter().enumerate() {
+        let shown = gpuscale_collector::contract::redact_url(&t.url);
+        if let Some(other) = targets[..i]
+            .iter()
+            .find(|o| gpuscale_collector::contract::redact_url(&o.url) == shown)
+        {
+            anyhow::bail!(
+                "--scrape-target: `{}/{}` and `{}/{}` both scrape {shown}: two targets must differ in more than their secrets",
+                other.namespace,
+                other.workload,
+                t.namespace,
+                t.workload
+            );
+        }
+    }
+    let bearer = match &args.scrape_bearer_token_file {
+        None => None,
+        Some(p) => {
+            let token = std::fs::read_to_string(p)
+                .with_context(|| format!("--scrape-bearer-token-file {}", p.display()))?;
+            let token = token.trim().to_string();
+            if token.is_empty() {
+                anyhow::bail!("--scrape-bearer-token-file {}: the file is empty", p.display());
+            }
+            Some(token)
+        }
+    };
     if targets.len() > 1024 {
         anyhow::bail!(
             "--scrape-target: {} targets; at most 1024 per collector",
@@ -152,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
         scrape_timeout: seconds("--scrape-timeout", args.scrape_timeout, 0.01, 300.0)?,
         max_page_bytes: args.max_page_bytes,
         max_concurrent_scrapes: args.max_concurrent_scrapes.max(1),
+        bearer,
         dcgm_compat: args.dcgm_compat,
         pod_resources_socket: (args.pod_resources_socket != "none")
             .then(|| args.pod_resources_socket.clone().into()),

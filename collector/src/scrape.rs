@@ -7,10 +7,91 @@ use thiserror::Error;
 
 use crate::text::{Limits, MetricFamily, parse_prometheus};
 
+/// The forms `--collector`, `--scrape-target` and activator upstreams accept, for errors.
+pub const URL_FORMS: &str = "HOST:PORT (means http://HOST:PORT/metrics), http://HOST:PORT (the same), or a full http://HOST:PORT/PATH";
+
+/// Normalise a metrics address: `host:port` and `http://host:port` mean `/metrics` (as
+/// Prometheus' `metrics_path` default), a URL with a path is kept as it is, and a bad scheme,
+/// host or port is refused with the accepted forms. `flag` names the input in the error.
+pub fn metrics_url(flag: &str, input: &str) -> Result<String, String> {
+    normalize_url(flag, input, "/metrics")
+}
+
+/// As [`metrics_url`], with `default_path` for an address given without a path.
+pub fn normalize_url(flag: &str, input: &str, default_path: &str) -> Result<String, String> {
+    let input = input.trim();
+    let shown = crate::contract::quote(&crate::contract::redact_url(input), 200);
+    let bad = |why: &str| format!("{flag} `{shown}`: {why}; accepted: {URL_FORMS}");
+    let rest = match input.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some(("https", _)) => {
+            return Err(bad(
+                "https is not supported (this build has no TLS client): use http on the cluster network",
+            ));
+        }
+        Some((scheme, _)) => {
+            return Err(bad(&format!(
+                "unsupported scheme `{}`",
+                crate::contract::quote(scheme, 20)
+            )));
+        }
+        None => input,
+    };
+    if rest.contains("://") {
+        return Err(bad("more than one scheme"));
+    }
+    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((h, p)) => (h, p.strip_prefix(':')),
+            None => return Err(bad("unclosed `[` in an IPv6 address")),
+        }
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    let host_ok = hostport.starts_with('[')
+        || host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if !host_ok {
+        return Err(bad(&format!(
+            "`{}` is not a host name or address",
+            crate::contract::quote(host, 80)
+        )));
+    }
+    match port {
+        None if input.contains("://") => {}
+        None => return Err(bad("no port")),
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => {}
+            _ => {
+                return Err(bad(&format!(
+                    "`{}` is not a port (1-65535)",
+                    crate::contract::quote(p, 20)
+                )));
+            }
+        },
+    }
+    let path = match path {
+        "" | "/" => default_path.to_string(),
+        p if p.starts_with('?') => format!("{default_path}{p}"),
+        p => p.to_string(),
+    };
+    Ok(format!("http://{authority}{path}"))
+}
+
 /// One static scrape target: `[NAMESPACE/WORKLOAD=]URL`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Target {
-    /// Namespace of the workload it serves ("" when not given).
+    /// Namespace of the workload it serves ([`crate::contract::DEFAULT_NAMESPACE`] when not
+    /// given, the rule the scaler applies too).
     pub namespace: String,
     /// The workload (Deployment) it serves; defaults to the URL's host:port.
     pub workload: String,
@@ -21,29 +102,28 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parse `[NAMESPACE/WORKLOAD=]URL`.
+    /// Parse `[NAMESPACE/WORKLOAD=]URL`; the URL takes the forms of [`metrics_url`].
     pub fn parse(s: &str) -> Result<Target, String> {
         let (name, url) = match s.split_once('=') {
-            Some((n, u)) if !n.contains("://") => (Some(n), u),
+            Some((n, u)) if !n.contains("://") && !n.contains('?') => (Some(n), u),
             _ => (None, s),
         };
-        let Some(rest) = url.strip_prefix("http://") else {
-            return Err(format!(
-                "--scrape-target {s}: expected [NAMESPACE/WORKLOAD=]http://HOST:PORT/PATH (plain http, as model servers expose metrics)"
-            ));
-        };
-        let host = rest.split('/').next().unwrap_or("");
-        if host.is_empty() {
-            return Err(format!("--scrape-target {s}: the URL has no host"));
-        }
+        let url = metrics_url("--scrape-target", url)?;
+        let host = url
+            .trim_start_matches("http://")
+            .split(['/', '?'])
+            .next()
+            .unwrap_or("");
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        let shown = crate::contract::quote(&crate::contract::redact_url(s), 200);
         let (namespace, workload) = match name {
-            None => (String::new(), host.to_string()),
+            None => (crate::contract::DEFAULT_NAMESPACE.to_string(), host.to_string()),
             Some(n) => match n.split_once('/') {
                 Some((ns, w)) if !ns.is_empty() && !w.is_empty() => (ns.to_string(), w.to_string()),
-                None if !n.is_empty() => (String::new(), n.to_string()),
+                None if !n.is_empty() => (crate::contract::DEFAULT_NAMESPACE.to_string(), n.to_string()),
                 _ => {
                     return Err(format!(
-                        "--scrape-target {s}: expected NAMESPACE/WORKLOAD before `=`"
+                        "--scrape-target `{shown}`: expected NAMESPACE/WORKLOAD before `=` (e.g. llm/qwen=http://10.0.3.7:8000/metrics)"
                     ));
                 }
             },
@@ -52,7 +132,7 @@ impl Target {
             namespace,
             workload,
             pod: String::new(),
-            url: url.to_string(),
+            url,
         })
     }
 }
@@ -216,21 +296,29 @@ pub fn queue_depth(fams: &[MetricFamily], preset: Preset, custom: &CustomNames) 
     })
 }
 
-/// Why a scrape failed.
+/// Why a scrape failed. URLs in messages are redacted.
 #[derive(Debug, Error)]
 pub enum ScrapeError {
-    /// Connection, timeout or HTTP error.
+    /// Connection or HTTP error.
     #[error("{url}: {message}")]
     Http {
-        /// The target.
+        /// The target, redacted.
         url: String,
         /// What happened.
         message: String,
     },
+    /// No complete answer in time.
+    #[error("{url}: no complete answer within {seconds:.1} s")]
+    Timeout {
+        /// The target, redacted.
+        url: String,
+        /// The timeout.
+        seconds: f64,
+    },
     /// The page is larger than allowed.
     #[error("{url}: page larger than {limit} bytes (raise --max-page-bytes if this is expected)")]
     TooLarge {
-        /// The target.
+        /// The target, redacted.
         url: String,
         /// The limit.
         limit: usize,
@@ -238,64 +326,133 @@ pub enum ScrapeError {
     /// The page does not parse.
     #[error("{url}: {error}")]
     Parse {
-        /// The target.
+        /// The target, redacted.
         url: String,
         /// The parser's error, with its line.
         error: crate::text::ParseError,
     },
 }
 
-/// Fetch and parse one page, within `timeout` and `max_bytes`.
+impl ScrapeError {
+    /// The contract's fault code for it.
+    pub fn fault(&self) -> crate::contract::Fault {
+        use crate::contract::Fault;
+        match self {
+            ScrapeError::Http { .. } => Fault::Http,
+            ScrapeError::Timeout { .. } => Fault::Timeout,
+            ScrapeError::TooLarge { .. } => Fault::TooLarge,
+            ScrapeError::Parse { .. } => Fault::Parse,
+        }
+    }
+}
+
+/// How to fetch one page.
+#[derive(Clone, Copy, Debug)]
+pub struct Fetch<'a> {
+    /// Ask for OpenMetrics (and require it: a page in another format is refused).
+    pub openmetrics: bool,
+    /// Whole answer, headers to last byte.
+    pub timeout: Duration,
+    /// Largest page.
+    pub max_bytes: usize,
+    /// Sent as `Authorization: Bearer ...`.
+    pub bearer: Option<&'a str>,
+}
+
+/// Fetch and parse one Prometheus text page, within `timeout` and `max_bytes`.
 pub async fn fetch(
     client: &reqwest::Client,
     url: &str,
     timeout: Duration,
     max_bytes: usize,
 ) -> Result<Vec<MetricFamily>, ScrapeError> {
+    let how = Fetch {
+        openmetrics: false,
+        timeout,
+        max_bytes,
+        bearer: None,
+    };
+    fetch_page(client, url, &how).await
+}
+
+/// Fetch and parse one page as `how` says. The body is read in chunks and refused as soon as
+/// it passes the limit, so a large page never sits in memory whole beyond `max_bytes`.
+pub async fn fetch_page(
+    client: &reqwest::Client,
+    url: &str,
+    how: &Fetch<'_>,
+) -> Result<Vec<MetricFamily>, ScrapeError> {
+    let shown = crate::contract::redact_url(url);
     let http = |message: String| ScrapeError::Http {
-        url: url.to_string(),
+        url: shown.clone(),
         message,
     };
+    let accept = if how.openmetrics {
+        "application/openmetrics-text;version=1.0.0"
+    } else {
+        "text/plain;version=0.0.4"
+    };
     let work = async {
-        let mut resp = client
-            .get(url)
-            .header("accept", "text/plain;version=0.0.4")
-            .send()
-            .await
-            .map_err(|e| http(e.to_string()))?;
+        let mut req = client.get(url).header("accept", accept);
+        if let Some(token) = how.bearer {
+            req = req.bearer_auth(token);
+        }
+        let mut resp = req.send().await.map_err(|e| http(e.without_url().to_string()))?;
         if !resp.status().is_success() {
             return Err(http(format!("HTTP {}", resp.status())));
         }
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let mut body: Vec<u8> = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| http(e.to_string()))? {
-            if body.len() + chunk.len() > max_bytes {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| http(e.without_url().to_string()))?
+        {
+            if body.len() + chunk.len() > how.max_bytes {
                 return Err(ScrapeError::TooLarge {
-                    url: url.to_string(),
-                    limit: max_bytes,
+                    url: shown.clone(),
+                    limit: how.max_bytes,
                 });
             }
             body.extend_from_slice(&chunk);
         }
         let text = String::from_utf8(body).map_err(|_| http("page is not UTF-8".into()))?;
         let limits = Limits {
-            max_bytes,
+            max_bytes: how.max_bytes,
             ..Limits::default()
         };
-        parse_prometheus(&text, &limits).map_err(|error| ScrapeError::Parse {
-            url: url.to_string(),
+        let parsed = if how.openmetrics {
+            if !content_type.starts_with("application/openmetrics-text") {
+                return Err(http(format!(
+                    "answered `{}` when asked for OpenMetrics",
+                    crate::contract::quote(&content_type, 80)
+                )));
+            }
+            crate::text::parse_openmetrics(&text, &limits)
+        } else {
+            parse_prometheus(&text, &limits)
+        };
+        parsed.map_err(|error| ScrapeError::Parse {
+            url: shown.clone(),
             error,
         })
     };
-    match tokio::time::timeout(timeout, work).await {
+    match tokio::time::timeout(how.timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(http(format!(
-            "no complete answer within {:.1} s",
-            timeout.as_secs_f64()
-        ))),
+        Err(_) => Err(ScrapeError::Timeout {
+            url: shown.clone(),
+            seconds: how.timeout.as_secs_f64(),
+        }),
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::text::Limits;
@@ -307,8 +464,40 @@ mod tests {
         assert_eq!(t.url, "http://10.0.0.5:8000/metrics");
         let t = Target::parse("http://h:1/m?x=1").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((t.workload.as_str(), t.url.as_str()), ("h:1", "http://h:1/m?x=1"));
+        // No namespace: `default`, the rule the scaler applies too.
+        let t = Target::parse("llama=10.0.0.5:8000").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (t.namespace.as_str(), t.workload.as_str(), t.url.as_str()),
+            ("default", "llama", "http://10.0.0.5:8000/metrics")
+        );
         assert!(Target::parse("https://h/metrics").is_err());
         assert!(Target::parse("/w=http://h/").is_err());
+    }
+
+    #[test]
+    fn metrics_urls() {
+        let ok = |s: &str| metrics_url("--collector", s).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ok("h:9400"), "http://h:9400/metrics");
+        assert_eq!(ok("http://h:9400"), "http://h:9400/metrics");
+        assert_eq!(ok("http://h:9400/"), "http://h:9400/metrics");
+        assert_eq!(ok("h:9400/metrics"), "http://h:9400/metrics");
+        assert_eq!(ok("http://h:9400/metrics"), "http://h:9400/metrics");
+        assert_eq!(ok("http://h/custom?x=1"), "http://h/custom?x=1");
+        assert_eq!(ok("[::1]:9400"), "http://[::1]:9400/metrics");
+        let bad = |s: &str| metrics_url("--collector", s).unwrap_err();
+        let e = bad("htp://h:1");
+        assert!(
+            e.contains("unsupported scheme `htp`") && e.contains("HOST:PORT"),
+            "{e}"
+        );
+        assert!(bad("h:99999").contains("not a port"));
+        assert!(bad("h").contains("no port"));
+        assert!(bad("http://:1").contains("no host"));
+        assert!(bad("https://h:1").contains("https"));
+        assert!(bad("http://http://h:1").contains("more than one scheme"));
+        // Secrets never reach the message.
+        let e = bad("http://user:hunter2@h:99999/?token=s3cret");
+        assert!(!e.contains("hunter2") && !e.contains("s3cret"), "{e}");
     }
 
     #[test]

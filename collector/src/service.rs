@@ -2,6 +2,7 @@
 //! snapshot, and an HTTP server that serves the last rendered snapshot. No NVML call and no
 //! scrape ever happens on the request path.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,9 +13,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::Semaphore;
 
+use crate::contract::{self, Fault};
 use crate::exposition::{Format, QueueReading, Snapshot, render};
 use crate::gpu::GpuSource;
-use crate::scrape::{CustomNames, Preset, ScrapeError, Target, fetch, queue_depth};
+use crate::scrape::{CustomNames, Fetch, Preset, ScrapeError, Target, fetch_page, queue_depth};
 
 /// What the loop needs.
 pub struct Config {
@@ -34,6 +36,8 @@ pub struct Config {
     pub max_page_bytes: usize,
     /// Scrapes in flight at once.
     pub max_concurrent_scrapes: usize,
+    /// Bearer token sent to every target (from `--scrape-bearer-token-file`).
+    pub bearer: Option<String>,
     /// Also export dcgm-exporter's names.
     pub dcgm_compat: bool,
     /// The kubelet's PodResources socket (`None`: no attribution).
@@ -87,6 +91,108 @@ pub fn router(pages: SharedPages) -> Router {
         .with_state(pages)
 }
 
+/// The latest reading of every target, written by the target's own task.
+type Readings = Arc<RwLock<HashMap<Target, QueueReading>>>;
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// What one scrape of one target says.
+fn reading_of(
+    target: &Target,
+    result: Result<Vec<crate::text::MetricFamily>, ScrapeError>,
+    preset: Preset,
+    custom: &CustomNames,
+    seconds: f64,
+    errors_total: u64,
+) -> QueueReading {
+    let mut q = QueueReading {
+        target: target.clone(),
+        server: None,
+        waiting: None,
+        running: None,
+        kv_cache: None,
+        up: false,
+        fault: None,
+        measured_at: Some(unix_now()),
+        duration_seconds: seconds,
+        errors_total,
+    };
+    match result {
+        Ok(fams) => {
+            q.up = true;
+            match queue_depth(&fams, preset, custom) {
+                Some(d) => {
+                    q.server = Some(d.server);
+                    q.fault = contract::check_reading(d.waiting, d.running, d.kv_cache);
+                    if q.fault.is_none() {
+                        q.waiting = d.waiting;
+                        q.running = d.running;
+                        q.kv_cache = d.kv_cache;
+                    }
+                }
+                None => q.fault = Some(Fault::NoQueueMetrics),
+            }
+            if let Some(f) = q.fault {
+                tracing::warn!(target = %contract::redact_url(&target.url), reason = f.code(), "{}", f.explain());
+            }
+        }
+        Err(e) => {
+            q.fault = Some(e.fault());
+            tracing::warn!(error = %e, "scrape failed");
+        }
+    }
+    q
+}
+
+/// One target on its own clock: a target that hangs delays only its own readings, which then
+/// age (their timestamp says when they were measured) instead of holding back the others.
+async fn scrape_target(target: Target, shared: Arc<ScrapeShared>, readings: Readings) {
+    let mut errors_total: u64 = 0;
+    let mut tick = tokio::time::interval(shared.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let permit = shared.limit.acquire().await;
+        let t0 = Instant::now();
+        let how = Fetch {
+            openmetrics: false,
+            timeout: shared.timeout,
+            max_bytes: shared.max_page_bytes,
+            bearer: shared.bearer.as_deref(),
+        };
+        let result = fetch_page(&shared.client, &target.url, &how).await;
+        drop(permit);
+        errors_total += u64::from(result.is_err());
+        let q = reading_of(
+            &target,
+            result,
+            shared.preset,
+            &shared.custom,
+            t0.elapsed().as_secs_f64(),
+            errors_total,
+        );
+        if let Ok(mut r) = readings.write() {
+            r.insert(target.clone(), q);
+        }
+    }
+}
+
+/// What every target task shares.
+struct ScrapeShared {
+    client: reqwest::Client,
+    limit: Semaphore,
+    interval: Duration,
+    timeout: Duration,
+    max_page_bytes: usize,
+    bearer: Option<String>,
+    preset: Preset,
+    custom: CustomNames,
+}
+
 /// Run ticks forever, publishing each snapshot into `pages`.
 pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPages) {
     let client = match reqwest::Client::builder()
@@ -122,9 +228,18 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
             }
         })
         .ok();
-    let limit = Arc::new(Semaphore::new(config.max_concurrent_scrapes.max(1)));
-    // Failed scrapes per target URL; bounded by forgetting targets that are gone.
-    let mut errors: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let shared = Arc::new(ScrapeShared {
+        client,
+        limit: Semaphore::new(config.max_concurrent_scrapes.max(1)),
+        interval: config.interval,
+        timeout: config.scrape_timeout,
+        max_page_bytes: config.max_page_bytes,
+        bearer: config.bearer.clone(),
+        preset: config.preset,
+        custom: config.custom.clone(),
+    });
+    let readings: Readings = Arc::default();
+    let mut tasks: HashMap<Target, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut ticks: u64 = 0;
     let mut interval = tokio::time::interval(config.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -132,37 +247,40 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
         interval.tick().await;
         let started = Instant::now();
         let _ = req_tx.send(());
-        // Static targets plus whatever the pod watch found this tick (bounded like static ones).
+        // Static targets plus whatever the pod watch found (bounded like static ones).
         let mut targets = config.targets.clone();
         if let Some(found) = &config.discovered
             && let Ok(f) = found.read()
         {
             targets.extend(f.iter().take(1024).cloned());
         }
-        let tasks: Vec<_> = targets
-            .iter()
-            .map(|t| {
-                let (client, limit, url) = (client.clone(), limit.clone(), t.url.clone());
-                let (timeout, max) = (config.scrape_timeout, config.max_page_bytes);
-                tokio::spawn(async move {
-                    let _permit = limit.acquire().await;
-                    let t0 = Instant::now();
-                    (
-                        fetch(&client, &url, timeout, max).await,
-                        t0.elapsed().as_secs_f64(),
-                    )
-                })
-            })
-            .collect();
-        let mut results = Vec::with_capacity(tasks.len());
-        for (task, t) in tasks.into_iter().zip(&targets) {
-            results.push(task.await.unwrap_or_else(|e| {
-                let err = ScrapeError::Http {
-                    url: t.url.clone(),
-                    message: format!("scrape task failed: {e}"),
-                };
-                (Err(err), 0.0)
-            }));
+        tasks.retain(|t, handle| {
+            let keep = targets.contains(t);
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        if let Ok(mut r) = readings.write() {
+            r.retain(|t, _| targets.contains(t));
+        }
+        for t in &targets {
+            tasks
+                .entry(t.clone())
+                .or_insert_with(|| tokio::spawn(scrape_target(t.clone(), shared.clone(), readings.clone())));
+        }
+        if ticks == 0 {
+            // The first page waits (up to one scrape timeout) for every target's first
+            // reading, so a collector that is ready has read its targets at least once.
+            let deadline = Instant::now() + config.scrape_timeout;
+            while Instant::now() < deadline
+                && readings
+                    .read()
+                    .map(|r| targets.iter().any(|t| !r.contains_key(t)))
+                    .unwrap_or(false)
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         let (gpu_readings, gpu_error) = match gpu_rx.recv().await {
             Some(Ok(g)) => (g, false),
@@ -172,42 +290,26 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
             }
             None => (Vec::new(), true),
         };
-        let mut queues = Vec::with_capacity(results.len());
-        errors.retain(|url, _| targets.iter().any(|t| &t.url == url));
-        for (target, (result, secs)) in targets.into_iter().zip(results) {
-            let errors_so_far = errors.get(&target.url).copied().unwrap_or(0);
-            let mut q = QueueReading {
-                target,
-                server: None,
-                waiting: None,
-                running: None,
-                kv_cache: None,
-                up: false,
-                duration_seconds: secs,
-                errors_total: errors_so_far,
-            };
-            match result {
-                Ok(fams) => {
-                    q.up = true;
-                    match queue_depth(&fams, config.preset, &config.custom) {
-                        Some(d) => {
-                            q.server = Some(d.server);
-                            q.waiting = d.waiting;
-                            q.running = d.running;
-                            q.kv_cache = d.kv_cache;
-                        }
-                        None => tracing::warn!(target = %q.target.url,
-                            "no queue metrics recognised on the page; set --preset or --waiting-metric"),
-                    }
-                }
-                Err(e) => {
-                    q.errors_total = errors_so_far + 1;
-                    errors.insert(q.target.url.clone(), q.errors_total);
-                    tracing::warn!(error = %e, "scrape failed");
-                }
-            }
-            queues.push(q);
-        }
+        let queues: Vec<QueueReading> = {
+            let r = readings.read().unwrap_or_else(|e| e.into_inner());
+            targets
+                .into_iter()
+                .map(|t| {
+                    r.get(&t).cloned().unwrap_or(QueueReading {
+                        target: t,
+                        server: None,
+                        waiting: None,
+                        running: None,
+                        kv_cache: None,
+                        up: false,
+                        fault: Some(Fault::Pending),
+                        measured_at: None,
+                        duration_seconds: 0.0,
+                        errors_total: 0,
+                    })
+                })
+                .collect()
+        };
         ticks += 1;
         let snapshot = Snapshot {
             node: config.node.clone(),
@@ -216,9 +318,7 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
             gpu_error,
             attribution: attribution.read().map(|a| a.clone()).unwrap_or_default(),
             queues,
-            timestamp_seconds: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
+            timestamp_seconds: unix_now(),
             tick_seconds: started.elapsed().as_secs_f64(),
             ticks_total: ticks,
         };

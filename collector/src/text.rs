@@ -370,6 +370,7 @@ pub fn parse_prometheus(text: &str, limits: &Limits) -> Result<Vec<MetricFamily>
     let mut cur: Option<MetricFamily> = None;
     let mut allowed: Vec<String> = Vec::new();
     let mut total = 0usize;
+    let mut seen: std::collections::HashSet<u64> = std::collections::HashSet::new();
     let flush = |cur: &mut Option<MetricFamily>, families: &mut Vec<MetricFamily>| {
         if let Some(f) = cur.take() {
             families.push(f);
@@ -433,6 +434,17 @@ pub fn parse_prometheus(text: &str, limits: &Limits) -> Result<Vec<MetricFamily>
         if total > limits.max_samples {
             return err(line_no, format!("more than {} samples", limits.max_samples));
         }
+        // Prometheus refuses a repeated series; summing or keeping one would both invent a
+        // value. A hash (not the series) is kept, so the check costs 8 bytes a sample.
+        if !seen.insert(series_hash(&sample)) {
+            return err(
+                line_no,
+                format!(
+                    "repeated series `{}` (same name, labels and timestamp as an earlier line)",
+                    truncate(line)
+                ),
+            );
+        }
         if allowed.contains(&sample.name)
             && let Some(f) = cur.as_mut()
         {
@@ -452,6 +464,17 @@ pub fn parse_prometheus(text: &str, limits: &Limits) -> Result<Vec<MetricFamily>
     }
     flush(&mut cur, &mut families);
     Ok(families)
+}
+
+fn series_hash(s: &Sample) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut labels: Vec<&(String, String)> = s.labels.iter().collect();
+    labels.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.name.hash(&mut h);
+    labels.hash(&mut h);
+    s.timestamp.map(f64::to_bits).hash(&mut h);
+    h.finish()
 }
 
 /// HELP in text 0.0.4 escapes only `\\` and `\n`.
@@ -803,9 +826,13 @@ impl OmParser<'_> {
                 return err(no, "only histogram buckets and counter totals can have exemplars");
             }
         }
-        if !duplicate {
-            f.fam.samples.push(sample);
+        if duplicate {
+            return err(
+                no,
+                "repeated series (same name, labels and timestamp as an earlier line)",
+            );
         }
+        f.fam.samples.push(sample);
         Ok(())
     }
 }

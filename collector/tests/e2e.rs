@@ -354,9 +354,26 @@ fn bad_flags_fail_with_the_fix() {
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("expected [NAMESPACE/WORKLOAD=]http://HOST:PORT/PATH")
+        err.contains("--scrape-target `https://secure/metrics`: https is not supported")
+            && err.contains("accepted: HOST:PORT"),
+        "{err}"
     );
+    // A bad scheme and a bad port are refused at start, naming the accepted forms, and a
+    // secret in the URL never reaches the message.
+    for (bad, says) in [
+        ("llm/q=htp://h:1", "unsupported scheme `htp`"),
+        ("llm/q=http://u:hunter2@h:99999/metrics", "not a port"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["--gpu-source", "none", "--scrape-target", bad])
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{bad}: {err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
 }
 
 #[test]

@@ -11,14 +11,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gpuscale_scaler::aggregate::{Page, Source, View};
+use gpuscale_scaler::aggregate::{Observed, Page, Source, View};
 use gpuscale_scaler::grpc::Scaler;
 use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
 use gpuscale_scaler::pb::external_scaler_server::{ExternalScaler, ExternalScalerServer};
 use gpuscale_scaler::pb::*;
 use gpuscale_scaler::poll::Clock;
 use gpuscale_scaler::telemetry::Telemetry;
-use gpuscale_scaler::trigger::Trigger;
+use gpuscale_scaler::trigger::{Trigger, WorkloadKey};
 use gpuscale_scaler::workloads::Workloads;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -153,9 +153,21 @@ async fn load(addr: SocketAddr, workloads: usize, clients: usize, secs: u64, nam
     }
 }
 
-fn idle_view(at: Duration) -> View {
+/// Every workload reported by a collector, idle (one replica, nothing queued): a known zero.
+fn idle_view(at: Duration, keys: &[WorkloadKey]) -> View {
+    let mut page = Page::default();
+    for k in keys {
+        page.workloads.insert(
+            k.clone(),
+            Observed {
+                up: 1,
+                measured: at.as_secs_f64(),
+                ..Observed::default()
+            },
+        );
+    }
     let src = Source {
-        last_ok: Some((at, Page::default())),
+        last_ok: Some((at, page)),
         error: None,
     };
     View::combine([("bench", &src)])
@@ -187,14 +199,16 @@ fn main() {
         let workloads = Arc::new(Workloads::new(n + 10, Duration::from_secs(3600)));
         let telemetry = Arc::new(Telemetry::default());
         let mut names = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n);
         for i in 0..n {
             let r = so(i);
             let t = Trigger::parse(&r.namespace, &r.scaler_metadata).unwrap();
             names.push(t.metric_name());
+            keys.push(t.workload.clone());
             workloads.register(t, clock.now()).unwrap();
         }
         let t = Instant::now();
-        workloads.tick(&idle_view(clock.now()), clock.now());
+        workloads.tick(&idle_view(clock.now(), &keys), clock.now());
         println!("decide {n} workloads (one poll tick): {:?}", t.elapsed());
         let names = Arc::new(names);
 
@@ -241,13 +255,13 @@ fn main() {
         for _ in 0..200 {
             let now = clock.now();
             let t = Instant::now();
-            workloads.held(&key, 1.0, now);
+            workloads.held(&key, 1.0, None, now);
             let m = stream.message().await.unwrap().unwrap();
             pushes.push(t.elapsed());
             assert!(m.result);
             // Back to idle: no held requests, a fresh idle view.
-            workloads.held(&key, 0.0, now);
-            workloads.tick(&idle_view(clock.now()), clock.now());
+            workloads.held(&key, 0.0, None, now);
+            workloads.tick(&idle_view(clock.now(), &keys), clock.now());
         }
         pushes.sort();
         println!(

@@ -123,35 +123,35 @@ pub struct Config {
 pub enum Reporter {
     /// The scaler in this process.
     InProcess(Arc<crate::workloads::Workloads>, crate::poll::Clock),
-    /// A scaler elsewhere: `POST {url}/v1/held`.
-    Remote(reqwest::Client, String),
+    /// A scaler elsewhere: `POST {url}/v1/held`, with an optional bearer token.
+    Remote(reqwest::Client, String, Option<String>),
     /// Nowhere (tests).
     None,
 }
 
 impl Reporter {
-    async fn report(&self, w: &WorkloadKey, held: usize) {
+    async fn report(&self, w: &WorkloadKey, held: usize, ready: Option<u32>) {
         match self {
             Reporter::InProcess(ws, clock) => {
-                ws.held(w, held as f64, clock.now());
+                ws.held(w, held as f64, ready, clock.now());
             }
-            Reporter::Remote(client, url) => {
-                let body =
-                    serde_json::json!({"namespace": w.namespace, "workload": w.name, "requests": held});
-                match client
+            Reporter::Remote(client, url, bearer) => {
+                let body = serde_json::json!({"namespace": w.namespace, "workload": w.name, "requests": held, "ready": ready});
+                let mut req = client
                     .post(format!("{url}/v1/held"))
                     .header("content-type", "application/json")
                     .body(body.to_string())
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                {
+                    .timeout(Duration::from_secs(2));
+                if let Some(token) = bearer {
+                    req = req.bearer_auth(token);
+                }
+                match req.send().await {
                     Ok(r) if r.status().is_success() => {}
                     Ok(r) => {
                         tracing::warn!(workload = %w, status = %r.status(), "scaler refused the held-request report")
                     }
                     Err(e) => {
-                        tracing::warn!(workload = %w, error = %e, "cannot report held requests to the scaler")
+                        tracing::warn!(workload = %w, error = %e.without_url(), "cannot report held requests to the scaler")
                     }
                 }
             }
@@ -203,6 +203,8 @@ pub struct Gate {
     /// Released from the queue, ever.
     pub releases: AtomicU64,
     held_changed: watch::Sender<usize>,
+    /// Ready upstream replicas; `u64::MAX` until known.
+    ready: AtomicU64,
 }
 
 /// A slot; dropping it frees the slot and releases the next held request.
@@ -257,6 +259,7 @@ impl Gate {
             max_held,
             releases: AtomicU64::new(0),
             held_changed: watch::channel(0).0,
+            ready: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -286,6 +289,19 @@ impl Gate {
     /// Watch the held count.
     pub fn watch_held(&self) -> watch::Receiver<usize> {
         self.held_changed.subscribe()
+    }
+
+    /// Record how many upstream replicas are ready (reported to the scaler with the held count).
+    pub fn set_ready(&self, ready: usize) {
+        self.ready.store(ready as u64, Ordering::Relaxed);
+    }
+
+    /// Ready upstream replicas, once known.
+    pub fn ready(&self) -> Option<u32> {
+        match self.ready.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            n => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+        }
     }
 
     /// Set how many requests may be in flight (concurrency x ready replicas) and release
@@ -717,6 +733,7 @@ impl Activator {
                         tracing::info!(upstream = %upstream, ready = ok, "upstream readiness changed");
                         ready = ok;
                     }
+                    gate.set_ready(usize::from(ok));
                     gate.set_capacity(me.capacity(usize::from(ok)));
                 }
             });
@@ -815,14 +832,12 @@ impl Activator {
 /// the report stays fresh at the scaler.
 fn spawn_reporter(reporter: Reporter, key: WorkloadKey, gate: Arc<Gate>) {
     tokio::spawn(async move {
+        // Every second, zero too: the scaler takes a workload at zero replicas as idle only on
+        // a fresh report, so silence reads as unknown, never as nothing held.
         let mut rx = gate.watch_held();
-        let mut last_sent = 0usize;
         loop {
             let held = *rx.borrow_and_update();
-            if held != last_sent || held > 0 {
-                reporter.report(&key, held).await;
-                last_sent = held;
-            }
+            reporter.report(&key, held, gate.ready()).await;
             let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
         }
     });

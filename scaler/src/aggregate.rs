@@ -1,16 +1,22 @@
 //! From collector pages to per-workload observations: the scaler's view of the cluster.
 //!
-//! Pure: a [`View`] is built from the parsed pages of every collector (and when each was last
-//! read), and knows nothing of HTTP or clocks beyond the instants it is given. Safety lives
-//! here too: a view that is missing a collector, or in which one of a workload's targets could
-//! not be scraped, gives that workload no reading at all rather than a smaller one.
+//! Pure: a [`View`] is built from the parsed pages of every collector (and when each was
+//! received), and knows nothing of HTTP or clocks beyond the instants it is given. Safety lives
+//! here: a page that is not a gpuscale collector's is refused; a workload one of whose targets
+//! has no valid reading, or that no collector reports at all, is *unknown*, never zero; and a
+//! reading is aged from when the collector measured it, not from when its page arrived. The
+//! series and rules read here are the collector's contract ([`gpuscale_collector::contract`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use gpuscale_collector::contract::{self, Fault, label as l};
 use gpuscale_collector::text::MetricFamily;
 
 use crate::trigger::WorkloadKey;
+
+/// At most this many target faults are named in one reason.
+const MAX_FAULTS_NAMED: usize = 3;
 
 /// One workload as the collectors see it.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -23,10 +29,16 @@ pub struct Observed {
     pub kv_cache_usage: Option<f64>,
     /// Mean GPU utilization over the GPUs its pods hold.
     pub gpu_utilization: Option<f64>,
-    /// Targets (replicas) scraped successfully.
+    /// Targets (replicas) with a valid reading.
     pub up: u32,
-    /// Targets whose last scrape failed: the view of this workload is partial.
+    /// Targets without one: the view of this workload is partial.
     pub down: u32,
+    /// Why, per target (the first few).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<String>,
+    /// When the oldest reading behind these numbers was measured, in seconds on the scaler's
+    /// clock (negative: before the scaler started).
+    pub measured: f64,
 }
 
 /// GPUs of one product on one node.
@@ -36,6 +48,49 @@ pub struct Capacity {
     pub allocatable: u32,
     /// Of which held by a pod.
     pub allocated: u32,
+}
+
+/// Why a collector's page cannot be used.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum PageError {
+    /// The page lacks the collector's identity series.
+    #[error(
+        "{url} is not a gpuscale collector: its page has no `{}` series (a model server's or another exporter's page?); point --collector at a gpuscale-collector, e.g. HOST:9400",
+        contract::COLLECTOR_INFO
+    )]
+    NotACollector {
+        /// The collector, redacted.
+        url: String,
+    },
+    /// The collector speaks another version of the contract.
+    #[error(
+        "{url} speaks collector contract version `{version}`; this scaler reads version `{}`: run matching releases",
+        contract::CONTRACT_VERSION
+    )]
+    Contract {
+        /// The collector, redacted.
+        url: String,
+        /// What it says.
+        version: String,
+    },
+    /// The page has no render time, so nothing on it can be aged.
+    #[error(
+        "{url}: the page has no `{}`, so its readings cannot be aged",
+        contract::LAST_TICK
+    )]
+    NoTime {
+        /// The collector, redacted.
+        url: String,
+    },
+}
+
+/// When and where a page was received: the scaler's monotonic instant and its wall clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Received {
+    /// Scaler clock (time since start).
+    pub at: Duration,
+    /// Unix seconds on the scaler's wall clock.
+    pub wall: f64,
 }
 
 /// What one collector page says.
@@ -54,99 +109,196 @@ fn label<'a>(labels: &'a [(String, String)], name: &str) -> &'a str {
         .map_or("", |(_, v)| v.as_str())
 }
 
+/// The workload a series names; a missing namespace is the contract's default.
 fn workload_of(labels: &[(String, String)]) -> Option<WorkloadKey> {
-    let namespace = label(labels, "namespace");
-    let name = label(labels, "workload");
-    (!namespace.is_empty() && !name.is_empty()).then(|| WorkloadKey {
+    let name = label(labels, l::WORKLOAD);
+    if name.is_empty() {
+        return None;
+    }
+    let namespace = match label(labels, l::NAMESPACE) {
+        "" => contract::DEFAULT_NAMESPACE,
+        ns => ns,
+    };
+    Some(WorkloadKey {
         namespace: namespace.to_string(),
         name: name.to_string(),
     })
 }
 
+/// One target as its series on one page describe it.
+#[derive(Default)]
+struct TargetRow {
+    pod: String,
+    up: Option<bool>,
+    valid: Option<bool>,
+    reason: Option<Fault>,
+    measured_at: Option<f64>,
+    waiting: Option<f64>,
+    running: Option<f64>,
+    kv: Option<f64>,
+}
+
+impl TargetRow {
+    /// Why this target has no usable reading, if it has none.
+    fn fault(&self) -> Option<String> {
+        match (self.up, self.valid) {
+            (None, _) => Some(format!("no `{}` series for it", contract::SCRAPE_UP)),
+            (Some(false), _) | (_, Some(false)) => Some(
+                self.reason
+                    .map_or("its last scrape failed", Fault::explain)
+                    .to_string(),
+            ),
+            (_, None) => Some(format!("no `{}` series for it", contract::READING_VALID)),
+            _ if self.waiting.is_none() && self.running.is_none() => {
+                Some("its queue series are missing from the collector's page".into())
+            }
+            _ if self.measured_at.is_none() => Some(format!(
+                "no `{}`: its reading cannot be aged",
+                contract::SCRAPE_TIMESTAMP
+            )),
+            _ => None,
+        }
+    }
+}
+
+fn mean(sum: f64, n: u32) -> Option<f64> {
+    (n > 0).then(|| sum / f64::from(n))
+}
+
 impl Page {
-    /// Read a collector's families.
-    pub fn read(families: &[MetricFamily]) -> Page {
+    /// Read a collector's families, received as `received` from `url` (redacted by the caller).
+    pub fn read(families: &[MetricFamily], url: &str, received: Received) -> Result<Page, PageError> {
+        let samples = || families.iter().flat_map(|f| &f.samples);
+        let info = samples()
+            .find(|s| s.name == contract::COLLECTOR_INFO)
+            .ok_or_else(|| PageError::NotACollector { url: url.into() })?;
+        let version = label(&info.labels, l::CONTRACT);
+        if version != contract::CONTRACT_VERSION {
+            return Err(PageError::Contract {
+                url: url.into(),
+                version: version.into(),
+            });
+        }
+        let rendered = samples()
+            .find(|s| s.name == contract::LAST_TICK)
+            .map(|s| s.value)
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| PageError::NoTime { url: url.into() })?;
+
+        let mut rows: BTreeMap<(WorkloadKey, String), TargetRow> = BTreeMap::new();
+        for s in samples() {
+            let kind = match s.name.as_str() {
+                n if n == contract::SCRAPE_UP => 0,
+                n if n == contract::READING_VALID => 1,
+                n if n == contract::SCRAPE_TIMESTAMP => 2,
+                n if n == contract::WAITING => 3,
+                n if n == contract::RUNNING => 4,
+                n if n == contract::KV_CACHE => 5,
+                _ => continue,
+            };
+            let Some(w) = workload_of(&s.labels) else { continue };
+            let target = label(&s.labels, l::TARGET).to_string();
+            let r = rows.entry((w, target)).or_default();
+            if r.pod.is_empty() {
+                r.pod = label(&s.labels, l::POD).to_string();
+            }
+            match kind {
+                0 => r.up = Some(s.value == 1.0),
+                1 => {
+                    r.valid = Some(s.value == 1.0);
+                    r.reason = Fault::from_code(label(&s.labels, l::REASON));
+                }
+                2 => r.measured_at = Some(s.value),
+                3 => r.waiting = Some(s.value),
+                4 => r.running = Some(s.value),
+                _ => r.kv = Some(s.value),
+            }
+        }
+
         let mut page = Page::default();
         // (namespace, pod) -> workload, to attribute GPU series, which carry the pod only.
         let mut pods: HashMap<(String, String), WorkloadKey> = HashMap::new();
         let mut kv: BTreeMap<WorkloadKey, (f64, u32)> = BTreeMap::new();
-        let mut targets: BTreeMap<WorkloadKey, Vec<&str>> = BTreeMap::new();
-        for f in families {
-            for s in &f.samples {
-                let Some(w) = workload_of(&s.labels) else { continue };
-                let pod = label(&s.labels, "pod");
-                if !pod.is_empty() {
-                    pods.insert((w.namespace.clone(), pod.to_string()), w.clone());
+        for ((w, target), r) in &rows {
+            if !r.pod.is_empty() {
+                pods.insert((w.namespace.clone(), r.pod.clone()), w.clone());
+            }
+            let o = page.workloads.entry(w.clone()).or_insert_with(|| Observed {
+                measured: f64::INFINITY,
+                ..Observed::default()
+            });
+            // Values are checked again here: one that cannot be real is no reading, whoever sent it.
+            let fault = r.fault().or_else(|| {
+                contract::check_reading(r.waiting, r.running, r.kv).map(|f| f.explain().to_string())
+            });
+            if let Some(why) = fault {
+                o.down += 1;
+                if o.faults.len() < MAX_FAULTS_NAMED {
+                    o.faults.push(format!("target {target}: {why}"));
                 }
-                let o = page.workloads.entry(w.clone()).or_default();
-                match s.name.as_str() {
-                    "gpuscale_workload_requests_waiting" => o.waiting += s.value,
-                    "gpuscale_workload_requests_running" => o.running += s.value,
-                    "gpuscale_workload_kv_cache_usage_ratio" => {
-                        let e = kv.entry(w).or_default();
-                        e.0 += s.value;
-                        e.1 += 1;
-                    }
-                    "gpuscale_scrape_up" => {
-                        let target = label(&s.labels, "target");
-                        let seen = targets.entry(w).or_default();
-                        if !seen.contains(&target) {
-                            seen.push(target);
-                            if s.value == 1.0 {
-                                o.up += 1;
-                            } else {
-                                o.down += 1;
-                            }
-                        }
-                    }
-                    _ => {}
-                }
+                continue;
+            }
+            o.up += 1;
+            o.waiting += r.waiting.unwrap_or(0.0);
+            o.running += r.running.unwrap_or(0.0);
+            if let Some(v) = r.kv {
+                let e = kv.entry(w.clone()).or_default();
+                e.0 += v;
+                e.1 += 1;
+            }
+            // Aged by the collector's own clock and by the scaler's, whichever says older:
+            // a page rendered an hour ago is an hour old even if it arrived just now.
+            let measured_at = r.measured_at.unwrap_or(f64::NEG_INFINITY);
+            let age = (rendered - measured_at).max(received.wall - measured_at).max(0.0);
+            o.measured = o.measured.min(received.at.as_secs_f64() - age);
+        }
+        for o in page.workloads.values_mut() {
+            if !o.measured.is_finite() {
+                o.measured = received.at.as_secs_f64();
             }
         }
         for (w, (sum, n)) in kv {
             if let Some(o) = page.workloads.get_mut(&w) {
-                o.kv_cache_usage = Some(sum / f64::from(n));
+                o.kv_cache_usage = mean(sum, n);
             }
         }
         let mut gpu: BTreeMap<WorkloadKey, (f64, u32)> = BTreeMap::new();
-        for f in families {
-            for s in &f.samples {
-                let node = label(&s.labels, "node");
-                let pod = label(&s.labels, "pod");
-                let namespace = label(&s.labels, "namespace");
-                match s.name.as_str() {
-                    "gpuscale_gpu_info" => {
-                        let c = page
-                            .capacity
-                            .entry((node.to_string(), label(&s.labels, "model").to_string()))
-                            .or_default();
-                        c.allocatable += 1;
-                        c.allocated += u32::from(!pod.is_empty());
-                    }
-                    "gpuscale_gpu_utilization_ratio" if !pod.is_empty() => {
-                        if let Some(w) = pods.get(&(namespace.to_string(), pod.to_string())) {
-                            let e = gpu.entry(w.clone()).or_default();
-                            e.0 += s.value;
-                            e.1 += 1;
-                        }
-                    }
-                    _ => {}
+        for s in samples() {
+            let node = label(&s.labels, l::NODE);
+            let pod = label(&s.labels, l::POD);
+            let namespace = label(&s.labels, l::NAMESPACE);
+            match s.name.as_str() {
+                n if n == contract::GPU_INFO => {
+                    let c = page
+                        .capacity
+                        .entry((node.to_string(), label(&s.labels, l::MODEL).to_string()))
+                        .or_default();
+                    c.allocatable += 1;
+                    c.allocated += u32::from(!pod.is_empty());
                 }
+                n if n == contract::GPU_UTILIZATION && !pod.is_empty() => {
+                    if let Some(w) = pods.get(&(namespace.to_string(), pod.to_string())) {
+                        let e = gpu.entry(w.clone()).or_default();
+                        e.0 += s.value;
+                        e.1 += 1;
+                    }
+                }
+                _ => {}
             }
         }
         for (w, (sum, n)) in gpu {
             if let Some(o) = page.workloads.get_mut(&w) {
-                o.gpu_utilization = Some(sum / f64::from(n));
+                o.gpu_utilization = mean(sum, n);
             }
         }
-        page
+        Ok(page)
     }
 }
 
 /// One collector's latest state.
 #[derive(Clone, Debug, Default)]
 pub struct Source {
-    /// The last page read successfully, and when.
+    /// The last page read successfully, and when it was received.
     pub last_ok: Option<(Duration, Page)>,
     /// Why the last read failed, if it did.
     pub error: Option<String>,
@@ -159,23 +311,28 @@ pub struct View {
     pub workloads: BTreeMap<WorkloadKey, Observed>,
     /// Per (node, model).
     pub capacity: BTreeMap<(String, String), Capacity>,
-    /// When the oldest page in the view was read; `None` when a collector has never answered
-    /// (or there are none): then nothing is known.
+    /// When the oldest page in the view was received; `None` when a collector has never
+    /// answered (or there are none): then nothing is known.
     pub oldest: Option<Duration>,
     /// Why the view is incomplete, naming the collector.
     pub fault: Option<String>,
+    /// Workload name -> namespaces the collectors report it in, for near-miss reasons.
+    by_name: HashMap<String, Vec<String>>,
 }
 
 /// What a workload's view says, for [`View::observe`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum Seen {
-    /// Known, read at `at` (the oldest page it is built from).
+    /// Known from the collectors.
     Known {
         /// The numbers.
         observed: Observed,
-        /// When the oldest page behind them was read.
-        at: Duration,
+        /// When the oldest reading behind them was measured, seconds on the scaler's clock.
+        at: f64,
     },
+    /// Every collector answered and none reports the workload: not zero, only not seen. At
+    /// zero replicas an activator's report can still make it known (see `workloads`).
+    Absent(String),
     /// Not known, with the reason.
     Unknown(String),
 }
@@ -186,9 +343,12 @@ impl View {
         let mut view = View::default();
         let mut oldest: Option<Duration> = None;
         let mut any = false;
+        let mut never = false;
         for (addr, src) in sources {
             any = true;
+            let addr = contract::redact_url(addr);
             let Some((at, page)) = &src.last_ok else {
+                never = true;
                 view.fault.get_or_insert_with(|| {
                     format!(
                         "collector {addr} has not answered yet{}",
@@ -202,11 +362,20 @@ impl View {
             }
             oldest = Some(oldest.map_or(*at, |o: Duration| o.min(*at)));
             for (w, o) in &page.workloads {
-                let t = view.workloads.entry(w.clone()).or_default();
+                let t = view.workloads.entry(w.clone()).or_insert_with(|| Observed {
+                    measured: f64::INFINITY,
+                    ..Observed::default()
+                });
                 t.waiting += o.waiting;
                 t.running += o.running;
                 t.up += o.up;
                 t.down += o.down;
+                for f in &o.faults {
+                    if t.faults.len() < MAX_FAULTS_NAMED {
+                        t.faults.push(f.clone());
+                    }
+                }
+                t.measured = t.measured.min(o.measured);
                 // Means across collectors, weighted by replicas reporting.
                 t.kv_cache_usage = weighted(t.kv_cache_usage, t.up - o.up, o.kv_cache_usage, o.up);
                 t.gpu_utilization = weighted(t.gpu_utilization, t.up - o.up, o.gpu_utilization, o.up);
@@ -217,43 +386,61 @@ impl View {
                 t.allocated += c.allocated;
             }
         }
+        for w in view.workloads.keys() {
+            let e = view.by_name.entry(w.name.clone()).or_default();
+            if !e.contains(&w.namespace) {
+                e.push(w.namespace.clone());
+            }
+        }
         if !any {
             view.fault = Some("no collectors configured or discovered".into());
         }
-        view.oldest = if view.fault.as_deref().is_some_and(|f| f.contains("not answered")) || !any {
-            None
-        } else {
-            oldest
-        };
+        view.oldest = if never || !any { None } else { oldest };
         view
     }
 
-    /// What is known of one workload. A workload no collector mentions has no load and no
-    /// replicas as far as the collectors can tell: a fresh zero, provided every collector
-    /// answered.
+    /// What is known of one workload.
     pub fn observe(&self, w: &WorkloadKey) -> Seen {
-        let Some(at) = self.oldest else {
+        if self.oldest.is_none() {
             return Seen::Unknown(
                 self.fault
                     .clone()
                     .unwrap_or_else(|| "no collector has answered yet".into()),
             );
-        };
+        }
         match self.workloads.get(w) {
             Some(o) if o.down > 0 => Seen::Unknown(format!(
-                "{} of {} targets of {w} could not be scraped; the view is partial",
+                "{} of {} targets of {w} have no valid reading, so the view is partial: {}",
                 o.down,
-                o.up + o.down
+                o.up + o.down,
+                o.faults.join("; ")
             )),
             Some(o) => Seen::Known {
                 observed: o.clone(),
-                at,
+                at: o.measured,
             },
-            None => Seen::Known {
-                observed: Observed::default(),
-                at,
-            },
+            None => Seen::Absent(self.absent_reason(w)),
         }
+    }
+
+    /// Why `w` is not seen, naming near misses (the same name in another namespace).
+    fn absent_reason(&self, w: &WorkloadKey) -> String {
+        let mut why = format!("no collector reports {w}");
+        if let Some(namespaces) = self.by_name.get(&w.name) {
+            let shown: Vec<String> = namespaces
+                .iter()
+                .take(MAX_FAULTS_NAMED)
+                .map(|ns| format!("`{ns}/{}`", w.name))
+                .collect();
+            why.push_str(&format!(
+                "; a collector reports {} (a target without a namespace is in `{}`): set the trigger's `namespace`, or NAMESPACE/ in the collector's --scrape-target",
+                shown.join(", "),
+                contract::DEFAULT_NAMESPACE
+            ));
+        } else if let Some(f) = &self.fault {
+            why.push_str(&format!("; {f}"));
+        }
+        why
     }
 
     /// Free GPUs of `model` (any when empty) across nodes.
@@ -283,43 +470,111 @@ mod tests {
     use super::*;
     use gpuscale_collector::text::{Limits, parse_prometheus};
 
-    const PAGE: &str = r#"
-gpuscale_gpu_info{gpu="0",uuid="GPU-a",model="NVIDIA H100",node="n1",namespace="llm",pod="qwen-abc",container="c"} 1
-gpuscale_gpu_info{gpu="1",uuid="GPU-b",model="NVIDIA H100",node="n1"} 1
-gpuscale_gpu_utilization_ratio{gpu="0",uuid="GPU-a",model="NVIDIA H100",node="n1",namespace="llm",pod="qwen-abc",container="c"} 0.9
-gpuscale_gpu_utilization_ratio{gpu="1",uuid="GPU-b",model="NVIDIA H100",node="n1"} 0.0
-gpuscale_workload_requests_waiting{namespace="llm",workload="qwen",pod="qwen-abc",target="http://a/metrics",node="n1"} 3
-gpuscale_workload_requests_running{namespace="llm",workload="qwen",pod="qwen-abc",target="http://a/metrics",node="n1"} 8
-gpuscale_workload_kv_cache_usage_ratio{namespace="llm",workload="qwen",pod="qwen-abc",target="http://a/metrics",node="n1"} 0.5
-gpuscale_scrape_up{namespace="llm",workload="qwen",pod="qwen-abc",target="http://a/metrics",node="n1"} 1
-gpuscale_scrape_up{namespace="llm",workload="llama",target="http://b/metrics",node="n1"} 0
-"#;
+    const NOW: f64 = 1.7e9;
 
-    fn page() -> Page {
-        Page::read(&parse_prometheus(PAGE, &Limits::default()).unwrap())
+    /// A collector page rendered at `rendered`, its targets measured at `measured`.
+    fn text(rendered: f64, measured: f64) -> String {
+        format!(
+            r#"
+gpuscale_collector_info{{node="n1",version="0.1.0",contract="1"}} 1
+gpuscale_collector_last_tick_timestamp_seconds{{node="n1"}} {rendered}
+gpuscale_gpu_info{{gpu="0",uuid="GPU-a",model="NVIDIA H100",node="n1",namespace="llm",pod="qwen-abc",container="c"}} 1
+gpuscale_gpu_info{{gpu="1",uuid="GPU-b",model="NVIDIA H100",node="n1"}} 1
+gpuscale_gpu_utilization_ratio{{gpu="0",uuid="GPU-a",model="NVIDIA H100",node="n1",namespace="llm",pod="qwen-abc",container="c"}} 0.9
+gpuscale_gpu_utilization_ratio{{gpu="1",uuid="GPU-b",model="NVIDIA H100",node="n1"}} 0.0
+gpuscale_workload_requests_waiting{{namespace="llm",workload="qwen",pod="qwen-abc",target="http://a/metrics",node="n1"}} 3
+gpuscale_workload_requests_running{{namespace="llm",workload="qwen",pod="qwen-abc",target="http://a/metrics",node="n1"}} 8
+gpuscale_workload_kv_cache_usage_ratio{{namespace="llm",workload="qwen",pod="qwen-abc",target="http://a/metrics",node="n1"}} 0.5
+gpuscale_scrape_up{{namespace="llm",workload="qwen",pod="qwen-abc",target="http://a/metrics",node="n1"}} 1
+gpuscale_scrape_reading_valid{{namespace="llm",workload="qwen",pod="qwen-abc",target="http://a/metrics",node="n1"}} 1
+gpuscale_scrape_timestamp_seconds{{namespace="llm",workload="qwen",pod="qwen-abc",target="http://a/metrics",node="n1"}} {measured}
+gpuscale_scrape_up{{namespace="llm",workload="llama",target="http://b/metrics",node="n1"}} 0
+gpuscale_scrape_reading_valid{{namespace="llm",workload="llama",target="http://b/metrics",node="n1",reason="timeout"}} 0
+gpuscale_scrape_up{{workload="mistral",target="http://c/metrics",node="n1"}} 1
+gpuscale_scrape_reading_valid{{workload="mistral",target="http://c/metrics",node="n1"}} 1
+gpuscale_scrape_timestamp_seconds{{workload="mistral",target="http://c/metrics",node="n1"}} {measured}
+gpuscale_workload_requests_waiting{{workload="mistral",target="http://c/metrics",node="n1"}} 7
+gpuscale_scrape_up{{namespace="llm",workload="phi",target="http://d/metrics",node="n1"}} 1
+gpuscale_scrape_reading_valid{{namespace="llm",workload="phi",target="http://d/metrics",node="n1"}} 1
+gpuscale_scrape_timestamp_seconds{{namespace="llm",workload="phi",target="http://d/metrics",node="n1"}} {measured}
+"#
+        )
     }
 
-    fn key(n: &str) -> WorkloadKey {
+    fn read(text: &str, at: u64) -> Result<Page, PageError> {
+        let f = parse_prometheus(text, &Limits::default()).unwrap();
+        Page::read(
+            &f,
+            "http://c:9400/metrics",
+            Received {
+                at: Duration::from_secs(at),
+                wall: NOW,
+            },
+        )
+    }
+
+    fn page() -> Page {
+        read(&text(NOW, NOW - 1.0), 10).unwrap()
+    }
+
+    fn key(ns: &str, n: &str) -> WorkloadKey {
         WorkloadKey {
-            namespace: "llm".into(),
+            namespace: ns.into(),
             name: n.into(),
+        }
+    }
+
+    fn unknown(s: Seen) -> String {
+        match s {
+            Seen::Unknown(why) | Seen::Absent(why) => why,
+            Seen::Known { .. } => panic!("known: {s:?}"),
         }
     }
 
     #[test]
     fn reads_a_page() {
         let p = page();
-        let q = &p.workloads[&key("qwen")];
+        let q = &p.workloads[&key("llm", "qwen")];
         assert_eq!((q.waiting, q.running, q.up, q.down), (3.0, 8.0, 1, 0));
         assert_eq!(q.kv_cache_usage, Some(0.5));
         assert_eq!(q.gpu_utilization, Some(0.9));
-        assert_eq!(p.workloads[&key("llama")].down, 1);
+        // Measured 1 s before the page arrived at scaler time 10 s.
+        assert_eq!(q.measured, 9.0);
+        assert_eq!(p.workloads[&key("llm", "llama")].down, 1);
+        // No namespace label: `default`, the collector's rule too.
+        assert_eq!(p.workloads[&key("default", "mistral")].waiting, 7.0);
         let c = &p.capacity[&("n1".to_string(), "NVIDIA H100".to_string())];
         assert_eq!((c.allocatable, c.allocated), (2, 1));
     }
 
     #[test]
-    fn partial_and_missing_views_are_unknown() {
+    fn pages_that_are_not_a_collectors_are_refused() {
+        let vllm = "vllm:num_requests_waiting{engine=\"0\"} 7\n";
+        let e = read(vllm, 1).unwrap_err();
+        assert!(matches!(e, PageError::NotACollector { .. }));
+        assert!(e.to_string().contains("not a gpuscale collector") && e.to_string().contains("HOST:9400"));
+        let other = text(NOW, NOW).replace("contract=\"1\"", "contract=\"9\"");
+        assert!(matches!(read(&other, 1), Err(PageError::Contract { .. })));
+        let untimed: String = text(NOW, NOW)
+            .lines()
+            .filter(|l| !l.starts_with("gpuscale_collector_last_tick"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(matches!(read(&untimed, 1), Err(PageError::NoTime { .. })));
+    }
+
+    #[test]
+    fn readings_age_from_when_the_collector_measured_them() {
+        // A page rendered an hour ago arriving now is an hour old, by either clock.
+        let old = read(&text(NOW - 3600.0, NOW - 3600.0), 10).unwrap();
+        assert_eq!(old.workloads[&key("llm", "qwen")].measured, 10.0 - 3600.0);
+        // A target measured 20 s before a fresh render: 20 s old.
+        let lagging = read(&text(NOW, NOW - 20.0), 10).unwrap();
+        assert_eq!(lagging.workloads[&key("llm", "qwen")].measured, -10.0);
+    }
+
+    #[test]
+    fn partial_absent_and_missing_views_are_unknown() {
         let ok = Source {
             last_ok: Some((Duration::from_secs(10), page())),
             error: None,
@@ -329,28 +584,47 @@ gpuscale_scrape_up{namespace="llm",workload="llama",target="http://b/metrics",no
             error: Some("connection refused".into()),
         };
         let v = View::combine([("a:9400", &ok)]);
-        assert!(matches!(v.observe(&key("qwen")), Seen::Known { at, .. } if at == Duration::from_secs(10)));
-        let Seen::Unknown(why) = v.observe(&key("llama")) else {
-            panic!()
-        };
-        assert!(why.contains("1 of 1 targets"), "{why}");
-        // A workload nobody reports: a fresh zero.
+        assert!(matches!(v.observe(&key("llm", "qwen")), Seen::Known { at, .. } if at == 9.0));
+        let why = unknown(v.observe(&key("llm", "llama")));
         assert!(
-            matches!(v.observe(&key("idle")), Seen::Known { observed, .. } if observed == Observed::default())
+            why.contains("1 of 1 targets") && why.contains("timed out"),
+            "{why}"
+        );
+        // Up, valid, but no queue series: unknown, never zero waiting.
+        let why = unknown(v.observe(&key("llm", "phi")));
+        assert!(why.contains("queue series are missing"), "{why}");
+        // A workload nobody reports is absent, not a fresh zero; near misses are named.
+        assert!(matches!(v.observe(&key("llm", "idle")), Seen::Absent(_)));
+        let why = unknown(v.observe(&key("prod", "mistral")));
+        assert!(
+            why.contains("`default/mistral`") && why.contains("namespace"),
+            "{why}"
         );
         assert_eq!(v.free_gpus(""), 1);
         assert_eq!(v.free_gpus("NVIDIA A100"), 0);
 
         let v = View::combine([("a:9400", &ok), ("b:9400", &never)]);
-        let Seen::Unknown(why) = v.observe(&key("idle")) else {
-            panic!()
-        };
+        let why = unknown(v.observe(&key("llm", "idle")));
         assert!(
             why.contains("b:9400") && why.contains("connection refused"),
             "{why}"
         );
         let v = View::combine(std::iter::empty());
-        assert!(matches!(v.observe(&key("idle")), Seen::Unknown(_)));
+        assert!(matches!(v.observe(&key("llm", "idle")), Seen::Unknown(_)));
+    }
+
+    #[test]
+    fn implausible_values_are_no_reading() {
+        let waiting = "gpuscale_workload_requests_waiting{namespace=\"llm\",workload=\"qwen\",pod=\"qwen-abc\",target=\"http://a/metrics\",node=\"n1\"} ";
+        for (bad, says) in [("NaN", "NaN"), ("-2", "negative"), ("5e6", "implausibly")] {
+            let t = text(NOW, NOW).replace(&format!("{waiting}3"), &format!("{waiting}{bad}"));
+            let src = Source {
+                last_ok: Some((Duration::from_secs(10), read(&t, 10).unwrap())),
+                error: None,
+            };
+            let why = unknown(View::combine([("a", &src)]).observe(&key("llm", "qwen")));
+            assert!(why.contains(says), "{bad}: {why}");
+        }
     }
 
     #[test]
@@ -360,17 +634,14 @@ gpuscale_scrape_up{namespace="llm",workload="llama",target="http://b/metrics",no
             error: None,
         };
         let b = Source {
-            last_ok: Some((Duration::from_secs(8), page())),
+            last_ok: Some((Duration::from_secs(8), read(&text(NOW, NOW - 3.0), 8).unwrap())),
             error: Some("timeout".into()),
         };
         let v = View::combine([("a", &a), ("b", &b)]);
-        let Seen::Known { observed, at } = v.observe(&key("qwen")) else {
+        let Seen::Known { observed, at } = v.observe(&key("llm", "qwen")) else {
             panic!()
         };
-        assert_eq!(
-            (observed.waiting, observed.up, at),
-            (6.0, 2, Duration::from_secs(8))
-        );
+        assert_eq!((observed.waiting, observed.up, at), (6.0, 2, 5.0));
         assert_eq!(observed.kv_cache_usage, Some(0.5));
     }
 }

@@ -556,7 +556,9 @@ pub async fn activator_routes(client: Client, activator: Arc<crate::activator::A
         let slices = slices.state();
         for (key, ns, svc) in services_of {
             let ready = ready_count(&slices, &ns, &svc);
-            activator.gate(&key).set_capacity(activator.capacity(ready));
+            let gate = activator.gate(&key);
+            gate.set_ready(ready);
+            gate.set_capacity(activator.capacity(ready));
         }
     }
 }

@@ -32,7 +32,15 @@ pub struct AppState {
     pub leader: Option<tokio::sync::watch::Receiver<bool>>,
     /// The in-process activator, if one runs.
     pub activator: Option<Arc<crate::activator::Activator>>,
+    /// When set, `POST /v1/held` needs `Authorization: Bearer <token>`.
+    pub held_token: Option<Arc<str>>,
 }
+
+/// Largest `POST /v1/held` body; a report is under 300 bytes.
+pub const MAX_HELD_BODY: usize = 16 * 1024;
+
+/// Most requests one activator may report held for one workload.
+pub const MAX_HELD_REQUESTS: f64 = 1e6;
 
 /// The router.
 pub fn router(state: AppState) -> axum::Router {
@@ -42,7 +50,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/v1/held", post(held))
-        .layer(DefaultBodyLimit::max(16 * 1024))
+        .layer(DefaultBodyLimit::max(MAX_HELD_BODY))
         .with_state(state)
 }
 
@@ -66,44 +74,85 @@ pub struct HeldReport {
     pub namespace: String,
     /// Deployment name.
     pub workload: String,
-    /// Requests held now.
+    /// Requests held now: a whole number from 0 to 10^6.
     pub requests: f64,
+    /// Ready upstream replicas as the activator sees them, when it knows.
+    #[serde(default)]
+    pub ready: Option<u32>,
+}
+
+fn bad(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, msg.into()).into_response()
+}
+
+/// Constant-time comparison, so a token cannot be guessed byte by byte from response times.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn held(
     State(s): State<AppState>,
+    headers: HeaderMap,
     body: Result<Json<HeldReport>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
+    if let Some(token) = &s.held_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(given.as_bytes(), token.as_bytes()) {
+            return bad(
+                StatusCode::UNAUTHORIZED,
+                "POST /v1/held needs `Authorization: Bearer <token>` with the token of --held-token-file (the activator's --scaler-token-file)\n",
+            );
+        }
+    }
     let Json(r) = match body {
         Ok(b) => b,
         Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("{e}: expected {{\"namespace\": \"...\", \"workload\": \"...\", \"requests\": N}}\n"),
-            )
-                .into_response();
+            // 413 for an oversized body, 415 without a JSON content type, 400 otherwise.
+            let status = match e.status() {
+                s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            let what = gpuscale_collector::contract::quote(&e.body_text(), 200);
+            return bad(
+                status,
+                format!(
+                    "{what}: expected at most {MAX_HELD_BODY} bytes of {{\"namespace\": \"...\", \"workload\": \"...\", \"requests\": N, \"ready\": N}}\n"
+                ),
+            );
         }
     };
-    if !r.requests.is_finite() || r.requests < 0.0 {
-        return (
+    if !(r.requests.is_finite()
+        && r.requests >= 0.0
+        && r.requests <= MAX_HELD_REQUESTS
+        && r.requests.fract() == 0.0)
+    {
+        return bad(
             StatusCode::BAD_REQUEST,
-            "`requests` must be a number, 0 or more\n",
-        )
-            .into_response();
+            format!(
+                "`requests` {} is not a count: expected a whole number from 0 to {MAX_HELD_REQUESTS}\n",
+                r.requests
+            ),
+        );
     }
     s.telemetry.held_reports.fetch_add(1, Ordering::Relaxed);
     let key = WorkloadKey {
         namespace: r.namespace,
         name: r.workload,
     };
-    if s.workloads.held(&key, r.requests, s.clock.now()) {
+    if s.workloads.held(&key, r.requests, r.ready, s.clock.now()) {
         StatusCode::NO_CONTENT.into_response()
     } else {
-        (
+        let shown = gpuscale_collector::contract::quote(&key.to_string(), 200);
+        bad(
             StatusCode::NOT_FOUND,
-            format!("{key} is not a workload this scaler tracks: no ScaledObject (or annotated Deployment) names it yet\n"),
+            format!(
+                "{shown} is not a workload this scaler tracks: no ScaledObject (or annotated Deployment) names it yet\n"
+            ),
         )
-            .into_response()
     }
 }
 
@@ -289,7 +338,7 @@ pub fn render(s: &AppState, format: Format) -> String {
             if let Some((at, _)) = &src.last_ok {
                 w.sample(
                     "gpuscale_scaler_collector_age_seconds",
-                    &[("collector", addr)],
+                    &[("collector", &gpuscale_collector::contract::redact_url(addr))],
                     now.saturating_sub(*at).as_secs_f64(),
                 );
             }
@@ -302,7 +351,7 @@ pub fn render(s: &AppState, format: Format) -> String {
         for (addr, src) in sources.iter() {
             w.sample(
                 "gpuscale_scaler_collector_up",
-                &[("collector", addr)],
+                &[("collector", &gpuscale_collector::contract::redact_url(addr))],
                 f64::from(u8::from(src.error.is_none() && src.last_ok.is_some())),
             );
         }

@@ -40,6 +40,20 @@ pub fn init_logging(json: bool) {
     }
 }
 
+/// Read a bearer token from a file named by `flag`: trimmed, and refused when empty.
+pub fn read_token_file(flag: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    let token =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        anyhow::bail!(
+            "{flag} {}: the file is empty; put the token in it",
+            path.display()
+        );
+    }
+    Ok(token.to_string())
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -38,10 +38,21 @@ struct Args {
     #[arg(long, env = "GPUSCALE_SCALER_HTTP_LISTEN", default_value = "0.0.0.0:9091")]
     http_listen: SocketAddr,
 
-    /// A collector to read: `host:port` (its /metrics) or a full URL. Repeatable; the env
-    /// twin takes a comma-separated list. With --kube, discovered collectors are added.
+    /// A collector to read: `host:port` or `http://host:port` (both mean its /metrics), or a
+    /// full `http://host:port/path`. Repeatable; the env twin takes a comma-separated list.
+    /// With --kube, discovered collectors are added.
     #[arg(long = "collector", env = "GPUSCALE_SCALER_COLLECTORS", value_delimiter = ',')]
     collectors: Vec<String>,
+
+    /// A file holding a bearer token sent to every collector (for a proxy in front of them),
+    /// instead of a token in the --collector URL.
+    #[arg(long, env = "GPUSCALE_SCALER_COLLECTOR_TOKEN_FILE")]
+    collector_token_file: Option<PathBuf>,
+
+    /// A file holding the bearer token a standalone activator must send with POST /v1/held
+    /// (its --scaler-token-file); without it the endpoint takes any report.
+    #[arg(long, env = "GPUSCALE_SCALER_HELD_TOKEN_FILE")]
+    held_token_file: Option<PathBuf>,
 
     /// Time between polls of the collectors; every workload is decided after each poll.
     #[arg(long, env = "GPUSCALE_SCALER_POLL_INTERVAL", default_value = "1s", value_parser = duration)]
@@ -106,7 +117,24 @@ async fn main() -> anyhow::Result<()> {
     if args.poll_interval.is_zero() {
         bail!("--poll-interval must be above 0 (e.g. 1s)");
     }
-    if args.collectors.is_empty() && !args.kube.kube {
+    let collectors: Vec<String> = args
+        .collectors
+        .iter()
+        .map(|c| c.trim())
+        .filter(|c| !c.is_empty())
+        .map(|c| poll::metrics_url(c).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()?;
+    let collector_token = args
+        .collector_token_file
+        .as_deref()
+        .map(|p| gpuscale_scaler::read_token_file("--collector-token-file", p))
+        .transpose()?;
+    let held_token = args
+        .held_token_file
+        .as_deref()
+        .map(|p| gpuscale_scaler::read_token_file("--held-token-file", p))
+        .transpose()?;
+    if collectors.is_empty() && !args.kube.kube {
         tracing::warn!(
             "no --collector and no --kube: there are no signals, so every GetMetrics answers UNAVAILABLE \
              except for workloads an activator reports demand for"
@@ -117,17 +145,12 @@ async fn main() -> anyhow::Result<()> {
     let workloads = Arc::new(Workloads::new(args.max_workloads, args.workload_idle_ttl));
     let telemetry = Arc::new(Telemetry::default());
     let polled = Arc::new(Polled::default());
-    let (collectors_tx, collectors_rx) = watch::channel(args.collectors.clone());
+    let (collectors_tx, collectors_rx) = watch::channel(collectors.clone());
 
-    let leader = gpuscale_scaler::cluster::start(
-        &args.kube,
-        &args.collectors,
-        collectors_tx,
-        workloads.clone(),
-        clock,
-    )
-    .await
-    .context("starting the Kubernetes side (--kube)")?;
+    let leader =
+        gpuscale_scaler::cluster::start(&args.kube, &collectors, collectors_tx, workloads.clone(), clock)
+            .await
+            .context("starting the Kubernetes side (--kube)")?;
 
     tokio::spawn(poll::run(
         PollConfig {
@@ -135,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
             timeout: args.poll_timeout,
             max_page_bytes: args.max_page_bytes,
             max_concurrent: args.max_concurrent_polls,
+            bearer: collector_token,
         },
         collectors_rx,
         polled.clone(),
@@ -168,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
         clock,
         leader,
         activator,
+        held_token: held_token.map(Into::into),
     };
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use tokio::sync::watch;
 
-use crate::aggregate::{Page, Source, View};
+use gpuscale_collector::contract::redact_url;
+
+use crate::aggregate::{Page, Received, Source, View};
 use crate::telemetry::Telemetry;
 use crate::workloads::Workloads;
 
@@ -44,6 +46,8 @@ pub struct PollConfig {
     pub max_page_bytes: usize,
     /// Reads in flight at once.
     pub max_concurrent: usize,
+    /// Sent as `Authorization: Bearer ...` to every collector.
+    pub bearer: Option<String>,
 }
 
 /// The poll loop's state, readable by the HTTP server.
@@ -57,13 +61,48 @@ pub struct Polled {
     pub ready: std::sync::atomic::AtomicBool,
 }
 
-/// Collector addresses become `/metrics` URLs: `host:port` or a full URL.
-pub fn metrics_url(addr: &str) -> String {
-    if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}/metrics")
-    }
+/// Collector addresses become `/metrics` URLs: `host:port`, `http://host:port` (both mean
+/// `/metrics`) or a full URL; anything else is refused with the accepted forms.
+pub fn metrics_url(addr: &str) -> Result<String, String> {
+    gpuscale_collector::scrape::metrics_url("--collector", addr)
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Read one collector: OpenMetrics only (a page without `# EOF` is truncated), through the
+/// contract.
+async fn read_collector(
+    client: &reqwest::Client,
+    config: &PollConfig,
+    addr: &str,
+    clock: Clock,
+) -> Result<Page, String> {
+    let url = metrics_url(addr)?;
+    let how = gpuscale_collector::scrape::Fetch {
+        openmetrics: true,
+        timeout: config.timeout,
+        max_bytes: config.max_page_bytes,
+        bearer: config.bearer.as_deref(),
+    };
+    let families = gpuscale_collector::scrape::fetch_page(client, &url, &how)
+        .await
+        .map_err(|e| match e {
+            gpuscale_collector::scrape::ScrapeError::Parse { url, error }
+                if error.message.contains("# EOF") =>
+            {
+                format!("{url}: the page is truncated ({error}); a whole collector page ends with `# EOF`")
+            }
+            e => e.to_string(),
+        })?;
+    let received = Received {
+        at: clock.now(),
+        wall: unix_now(),
+    };
+    Page::read(&families, &redact_url(&url), received).map_err(|e| e.to_string())
 }
 
 /// One round: fetch every collector, combine, decide.
@@ -80,12 +119,7 @@ pub async fn round(
     let results: Vec<(String, Duration, Result<Page, String>)> =
         futures_util::stream::iter(collectors.iter().cloned())
             .map(|addr| async move {
-                let url = metrics_url(&addr);
-                let r =
-                    gpuscale_collector::scrape::fetch(client, &url, config.timeout, config.max_page_bytes)
-                        .await
-                        .map(|f| Page::read(&f))
-                        .map_err(|e| e.to_string());
+                let r = read_collector(client, config, &addr, clock).await;
                 (addr, clock.now(), r)
             })
             .buffer_unordered(config.max_concurrent.max(1))
@@ -103,7 +137,7 @@ pub async fn round(
                 }
                 Err(e) => {
                     telemetry.poll_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(collector = %addr, error = %e, "collector read failed");
+                    tracing::warn!(collector = %redact_url(&addr), error = %e, "collector read failed");
                     s.error = Some(e);
                 }
             }

@@ -33,6 +33,8 @@ pub struct Replicas {
 pub struct Held {
     /// Requests waiting for the workload to wake.
     pub requests: f64,
+    /// Ready upstream replicas as the activator sees them (`None`: it did not say).
+    pub ready: Option<u32>,
     /// When reported.
     #[serde(skip)]
     pub at: Duration,
@@ -106,9 +108,46 @@ impl Workload {
     }
 
     fn fresh_held(&self, now: Duration) -> f64 {
-        self.held
-            .filter(|h| now.saturating_sub(h.at) <= HELD_TTL)
-            .map_or(0.0, |h| h.requests)
+        self.fresh_report(now).map_or(0.0, |h| h.requests)
+    }
+
+    fn fresh_report(&self, now: Duration) -> Option<Held> {
+        self.held.filter(|h| now.saturating_sub(h.at) <= HELD_TTL)
+    }
+
+    /// At zero replicas no model server runs, so no collector can report the workload; its
+    /// demand is then known only from a fresh activator report, and only when zero replicas is
+    /// itself known: from the Deployment (`--kube`), or from the activator's own readiness.
+    fn known_at_zero(&self, now: Duration) -> Result<Duration, String> {
+        let Some(h) = self.fresh_report(now) else {
+            return Err(match self.held {
+                Some(h) => format!(
+                    "the activator's last report is {:.0} s old (they come every second)",
+                    now.saturating_sub(h.at).as_secs_f64()
+                ),
+                None => "no activator reports it either (at zero replicas only an activator can see demand)"
+                    .into(),
+            });
+        };
+        let zero = match (self.replicas, h.ready) {
+            (Some(r), _) => r.ready == 0 && r.starting == 0,
+            (None, Some(ready)) => ready == 0,
+            (None, None) => false,
+        };
+        if zero {
+            Ok(h.at)
+        } else {
+            Err(match (self.replicas, h.ready) {
+                (Some(r), _) => format!(
+                    "the Deployment has {} ready and {} starting replicas that no collector reports",
+                    r.ready, r.starting
+                ),
+                (None, Some(ready)) => {
+                    format!("the activator sees {ready} ready replicas that no collector reports")
+                }
+                (None, None) => "the activator's report does not say whether any replica is ready".into(),
+            })
+        }
     }
 
     /// Subscribe to the activity (for StreamIsActive): whether active, and how many
@@ -136,10 +175,16 @@ impl Workload {
                     (Some(observed), Some(at))
                 }
             },
-            Seen::Unknown(why) => {
-                self.unknown = Some(why);
-                (None, None)
-            }
+            Seen::Absent(why) | Seen::Unknown(why) => match self.known_at_zero(now) {
+                Ok(reported) => {
+                    self.unknown = None;
+                    (Some(Observed::default()), Some(reported.as_secs_f64()))
+                }
+                Err(zero_why) => {
+                    self.unknown = Some(format!("{why}; {zero_why}"));
+                    (None, None)
+                }
+            },
         };
         let prev_current = self.signals.as_ref().map_or(0, |s| s.current);
         let (current, ready, starting) = match (self.replicas, &observed) {
@@ -147,7 +192,9 @@ impl Workload {
             (None, Some(o)) => (o.up, o.up, 0),
             (None, None) => (prev_current, prev_current, 0),
         };
-        let reading = |v: f64| at.map(|at| Reading::aged(v, now.saturating_sub(at)));
+        let reading = |v: f64| {
+            at.map(|at: f64| Reading::aged(v, Duration::from_secs_f64((now.as_secs_f64() - at).max(0.0))))
+        };
         let signals = Signals {
             current,
             ready,
@@ -354,10 +401,14 @@ impl Workloads {
     /// An activator reports held requests: update the activity at once, without waiting for
     /// the next tick, so StreamIsActive pushes within milliseconds. Returns false for an
     /// unknown workload.
-    pub fn held(&self, key: &WorkloadKey, requests: f64, now: Duration) -> bool {
+    pub fn held(&self, key: &WorkloadKey, requests: f64, ready: Option<u32>, now: Duration) -> bool {
         let Some(w) = self.get(key) else { return false };
         let mut g = lock(&w);
-        g.held = Some(Held { requests, at: now });
+        g.held = Some(Held {
+            requests,
+            ready,
+            at: now,
+        });
         g.publish(now);
         true
     }
@@ -388,25 +439,97 @@ mod tests {
 
     fn view(at: u64, waiting: f64, running: f64, up: u32) -> View {
         let mut page = Page::default();
-        if up > 0 || waiting > 0.0 {
-            page.workloads.insert(
-                WorkloadKey {
-                    namespace: "llm".into(),
-                    name: "qwen".into(),
-                },
-                Observed {
-                    waiting,
-                    running,
-                    up,
-                    ..Observed::default()
-                },
-            );
-        }
+        page.workloads.insert(
+            WorkloadKey {
+                namespace: "llm".into(),
+                name: "qwen".into(),
+            },
+            Observed {
+                waiting,
+                running,
+                up,
+                measured: at as f64,
+                ..Observed::default()
+            },
+        );
         let src = Source {
             last_ok: Some((Duration::from_secs(at), page)),
             error: None,
         };
         View::combine([("c", &src)])
+    }
+
+    /// Every collector answered; none reports the workload.
+    fn absent(at: u64) -> View {
+        let src = Source {
+            last_ok: Some((Duration::from_secs(at), Page::default())),
+            error: None,
+        };
+        View::combine([("c", &src)])
+    }
+
+    #[test]
+    fn a_workload_no_collector_reports_is_unknown_unless_known_to_be_at_zero() {
+        let ws = Workloads::new(10, Duration::from_secs(600));
+        let w = ws
+            .register(trigger(&[("keepAlive", "0s")]), Duration::ZERO)
+            .unwrap();
+        let key = lock(&w).trigger.workload.clone();
+        let t = |s: u64| Duration::from_secs(s);
+        // Never seen: unknown, never IsActive=false.
+        ws.tick(&absent(1), t(1));
+        let a = lock(&w).answer.clone();
+        let why = a.active.unwrap_err();
+        assert!(
+            why.contains("no collector reports llm/qwen") && why.contains("no activator"),
+            "{why}"
+        );
+        assert!(a.value.is_err());
+        // An activator that does not say whether replicas are ready: still unknown.
+        ws.held(&key, 0.0, None, t(2));
+        ws.tick(&absent(2), t(2));
+        assert!(
+            lock(&w)
+                .answer
+                .active
+                .clone()
+                .unwrap_err()
+                .contains("does not say")
+        );
+        // The activator sees ready replicas that no collector reports: misattributed, unknown.
+        ws.held(&key, 0.0, Some(2), t(3));
+        ws.tick(&absent(3), t(3));
+        assert!(
+            lock(&w)
+                .answer
+                .active
+                .clone()
+                .unwrap_err()
+                .contains("2 ready replicas")
+        );
+        // At zero replicas with a fresh report of nothing held: a known zero.
+        ws.held(&key, 0.0, Some(0), t(4));
+        ws.tick(&absent(4), t(4));
+        assert_eq!(lock(&w).answer.active, Ok(false));
+        assert_eq!(lock(&w).answer.value, Ok(0.0));
+        // The report goes stale: unknown again.
+        ws.tick(&absent(20), t(20));
+        assert!(lock(&w).answer.active.clone().unwrap_err().contains("s old"));
+        // --kube says zero replicas; a fresh report is still needed, and then it is known.
+        ws.set_replicas(
+            &key,
+            Replicas {
+                desired: 0,
+                ready: 0,
+                starting: 0,
+            },
+        );
+        ws.held(&key, 0.0, None, t(21));
+        ws.tick(&absent(21), t(21));
+        assert_eq!(lock(&w).answer.active, Ok(false));
+        // Held requests at zero: active, with the held count as demand.
+        ws.held(&key, 3.0, None, t(22));
+        assert_eq!(lock(&w).answer.active, Ok(true));
     }
 
     #[test]
@@ -440,15 +563,15 @@ mod tests {
         assert_eq!(lock(&w).answer.active, Ok(false));
         assert_eq!(*rx.borrow_and_update(), Some((false, 0)));
         let key = lock(&w).trigger.workload.clone();
-        assert!(ws.held(&key, 1.0, Duration::from_millis(1500)));
+        assert!(ws.held(&key, 1.0, None, Duration::from_millis(1500)));
         assert_eq!(lock(&w).answer.active, Ok(true));
         assert!(rx.has_changed().unwrap());
         assert_eq!(*rx.borrow_and_update(), Some((true, 1)));
         // true -> false -> true before a reader looks: the edge count still shows the new edge.
-        ws.held(&key, 0.0, Duration::from_millis(1600));
+        ws.held(&key, 0.0, None, Duration::from_millis(1600));
         ws.tick(&view(2, 0.0, 0.0, 0), Duration::from_millis(1700));
         assert_eq!(lock(&w).answer.active, Ok(false));
-        ws.held(&key, 1.0, Duration::from_millis(1800));
+        ws.held(&key, 1.0, None, Duration::from_millis(1800));
         assert_eq!(*rx.borrow_and_update(), Some((true, 2)));
         // Held requests are demand for the policy too.
         ws.tick(&view(2, 0.0, 0.0, 0), Duration::from_secs(2));
@@ -458,7 +581,7 @@ mod tests {
             namespace: "x".into(),
             name: "y".into(),
         };
-        assert!(!ws.held(&other, 1.0, Duration::from_secs(2)));
+        assert!(!ws.held(&other, 1.0, None, Duration::from_secs(2)));
     }
 
     #[test]

@@ -156,7 +156,9 @@ async fn keda_call_pattern_scale_from_zero_and_back() {
     let e = m.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
     assert!(
-        e.message().contains("llm/qwen") && e.message().contains("could not be scraped"),
+        e.message().contains("llm/qwen")
+            && e.message().contains("no valid reading")
+            && e.message().contains("scrape failed"),
         "{}",
         e.message()
     );
@@ -174,12 +176,7 @@ async fn keda_call_pattern_scale_from_zero_and_back() {
         (w["namespace"].as_str(), w["name"].as_str()),
         (Some("llm"), Some("qwen"))
     );
-    assert!(
-        w["unavailable"]
-            .as_str()
-            .unwrap()
-            .contains("could not be scraped")
-    );
+    assert!(w["unavailable"].as_str().unwrap().contains("no valid reading"));
     // /metrics: gRPC latency histograms and per-workload series.
     let metrics = reqwest::get(format!("{}/metrics", scaler.http))
         .await

@@ -24,6 +24,11 @@ struct Args {
     #[arg(long, env = "GPUSCALE_ACTIVATOR_SCALER_URL")]
     scaler_url: String,
 
+    /// A file holding a bearer token sent with every report to the scaler (the scaler checks
+    /// it when started with --held-token-file), instead of a token in --scaler-url.
+    #[arg(long, env = "GPUSCALE_ACTIVATOR_SCALER_TOKEN_FILE")]
+    scaler_token_file: Option<std::path::PathBuf>,
+
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "GPUSCALE_ACTIVATOR_HTTP_LISTEN", default_value = "0.0.0.0:9092")]
     http_listen: SocketAddr,
@@ -41,17 +46,22 @@ async fn main() -> anyhow::Result<()> {
         .activator
         .activator_listen
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080)));
-    if !args.scaler_url.starts_with("http://") && !args.scaler_url.starts_with("https://") {
-        anyhow::bail!(
-            "--scaler-url `{}` must be the scaler's HTTP base URL, e.g. http://gpuscale-scaler.gpuscale-system:9091",
-            args.scaler_url
-        );
-    }
+    let scaler_url = gpuscale_collector::scrape::normalize_url("--scaler-url", &args.scaler_url, "")
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e} (the scaler's HTTP base URL, e.g. http://gpuscale-scaler.gpuscale-system:9091)"
+            )
+        })?;
+    let token = match &args.scaler_token_file {
+        None => None,
+        Some(p) => Some(gpuscale_scaler::read_token_file("--scaler-token-file", p)?),
+    };
     let activator = args
         .activator
         .start(Reporter::Remote(
             reqwest::Client::new(),
-            args.scaler_url.trim_end_matches('/').to_string(),
+            scaler_url.trim_end_matches('/').to_string(),
+            token,
         ))
         .await?;
     let a: Arc<Activator> = activator.clone();

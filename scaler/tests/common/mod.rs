@@ -121,6 +121,7 @@ pub async fn collector(targets: &[(&str, SocketAddr)]) -> SocketAddr {
         scrape_timeout: Duration::from_secs(1),
         max_page_bytes: 1 << 20,
         max_concurrent_scrapes: 4,
+        bearer: None,
         dcgm_compat: false,
         pod_resources_socket: None,
         pod_resources_interval: Duration::from_secs(60),
