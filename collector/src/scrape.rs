@@ -323,6 +323,14 @@ pub enum ScrapeError {
         /// The limit.
         limit: usize,
     },
+    /// OpenMetrics was asked for and required, and the answer is in another format.
+    #[error("{url}: answered `{content_type}` when asked for OpenMetrics")]
+    WrongFormat {
+        /// The target, redacted.
+        url: String,
+        /// What it answered (bounded).
+        content_type: String,
+    },
     /// The page does not parse.
     #[error("{url}: {error}")]
     Parse {
@@ -341,7 +349,7 @@ impl ScrapeError {
             ScrapeError::Http { .. } => Fault::Http,
             ScrapeError::Timeout { .. } => Fault::Timeout,
             ScrapeError::TooLarge { .. } => Fault::TooLarge,
-            ScrapeError::Parse { .. } => Fault::Parse,
+            ScrapeError::Parse { .. } | ScrapeError::WrongFormat { .. } => Fault::Parse,
         }
     }
 }
@@ -428,10 +436,10 @@ pub async fn fetch_page(
         };
         let parsed = if how.openmetrics {
             if !content_type.starts_with("application/openmetrics-text") {
-                return Err(http(format!(
-                    "answered `{}` when asked for OpenMetrics",
-                    crate::contract::quote(&content_type, 80)
-                )));
+                return Err(ScrapeError::WrongFormat {
+                    url: shown.clone(),
+                    content_type: crate::contract::quote(&content_type, 80),
+                });
             }
             crate::text::parse_openmetrics(&text, &limits)
         } else {

@@ -270,9 +270,9 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
                 .or_insert_with(|| tokio::spawn(scrape_target(t.clone(), shared.clone(), readings.clone())));
         }
         if ticks == 0 {
-            // The first page waits (up to one scrape timeout) for every target's first
-            // reading, so a collector that is ready has read its targets at least once.
-            let deadline = Instant::now() + config.scrape_timeout;
+            // The first page waits (up to one interval, so a hung target cannot hold back
+            // readiness) for every target's first reading; those still missing are `pending`.
+            let deadline = Instant::now() + config.interval.min(config.scrape_timeout);
             while Instant::now() < deadline
                 && readings
                     .read()

@@ -357,11 +357,22 @@ impl View {
                 });
                 continue;
             };
-            if src.error.is_some() && view.fault.is_none() {
-                view.fault = src.error.as_ref().map(|e| format!("collector {addr}: {e}"));
+            // The collector's latest read failed: what it reports now is unknown, so every
+            // workload its last good page held is unknown too, naming the failure.
+            let failed = src.error.as_ref().map(|e| format!("collector {addr}: {e}"));
+            if failed.is_some() && view.fault.is_none() {
+                view.fault = failed.clone();
             }
             oldest = Some(oldest.map_or(*at, |o: Duration| o.min(*at)));
             for (w, o) in &page.workloads {
+                if let Some(why) = &failed {
+                    let t = view.workloads.entry(w.clone()).or_default();
+                    t.down += o.up + o.down;
+                    if t.faults.len() < MAX_FAULTS_NAMED {
+                        t.faults.push(why.clone());
+                    }
+                    continue;
+                }
                 let t = view.workloads.entry(w.clone()).or_insert_with(|| Observed {
                     measured: f64::INFINITY,
                     ..Observed::default()
@@ -633,9 +644,9 @@ gpuscale_scrape_timestamp_seconds{{namespace="llm",workload="phi",target="http:/
             last_ok: Some((Duration::from_secs(10), page())),
             error: None,
         };
-        let b = Source {
+        let mut b = Source {
             last_ok: Some((Duration::from_secs(8), read(&text(NOW, NOW - 3.0), 8).unwrap())),
-            error: Some("timeout".into()),
+            error: None,
         };
         let v = View::combine([("a", &a), ("b", &b)]);
         let Seen::Known { observed, at } = v.observe(&key("llm", "qwen")) else {
@@ -643,5 +654,10 @@ gpuscale_scrape_timestamp_seconds{{namespace="llm",workload="phi",target="http:/
         };
         assert_eq!((observed.waiting, observed.up, at), (6.0, 2, 5.0));
         assert_eq!(observed.kv_cache_usage, Some(0.5));
+        // b's latest read failed: what it reports now is unknown, so is every workload it held.
+        b.error = Some("no complete answer within 2.0 s".into());
+        let v = View::combine([("a", &a), ("b", &b)]);
+        let why = unknown(v.observe(&key("llm", "qwen")));
+        assert!(why.contains("collector b: no complete answer"), "{why}");
     }
 }

@@ -96,6 +96,9 @@ async fn read_collector(
             {
                 format!("{url}: the page is truncated ({error}); a whole collector page ends with `# EOF`")
             }
+            gpuscale_collector::scrape::ScrapeError::WrongFormat { url, content_type } => format!(
+                "{url} is not a gpuscale collector: it answered `{content_type}` when asked for OpenMetrics (a model server's or another exporter's page?); point --collector at a gpuscale-collector, e.g. HOST:9400"
+            ),
             e => e.to_string(),
         })?;
     let received = Received {

@@ -108,17 +108,24 @@ impl ModelServer {
 
 /// A real collector (library loop and router) scraping `targets` every 100 ms, with two fake GPUs.
 pub async fn collector(targets: &[(&str, SocketAddr)]) -> SocketAddr {
+    let specs: Vec<String> = targets
+        .iter()
+        .map(|(w, a)| format!("{w}=http://{a}/metrics"))
+        .collect();
+    let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+    collector_with(&specs, Duration::from_secs(1)).await
+}
+
+/// A real collector scraping `--scrape-target` specs every 100 ms, each within `scrape_timeout`.
+pub async fn collector_with(targets: &[&str], scrape_timeout: Duration) -> SocketAddr {
     let pages: Arc<RwLock<Pages>> = Arc::default();
     let config = Config {
         node: "gpu-node-1".into(),
-        targets: targets
-            .iter()
-            .map(|(w, a)| Target::parse(&format!("{w}=http://{a}/metrics")).unwrap())
-            .collect(),
+        targets: targets.iter().map(|t| Target::parse(t).unwrap()).collect(),
         preset: Preset::Auto,
         custom: CustomNames::default(),
         interval: Duration::from_millis(100),
-        scrape_timeout: Duration::from_secs(1),
+        scrape_timeout,
         max_page_bytes: 1 << 20,
         max_concurrent_scrapes: 4,
         bearer: None,
