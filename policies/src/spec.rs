@@ -29,14 +29,14 @@ use crate::{Autoscaler, Bounds, Policy, Safety};
 pub enum SpecError {
     /// The policy name is not known.
     #[error(
-        "unknown policy `{name}`: expected one of hpa, kpa, queue, slo, gpu, fixed:N, or several joined by `+`"
+        "unknown policy `{}`: expected one of hpa, kpa, queue, slo, gpu, fixed:N, or several joined by `+`", brief(.name)
     )]
     UnknownPolicy {
         /// What was given.
         name: String,
     },
     /// The key is not known (or belongs to a policy that is not in the spec).
-    #[error("unknown parameter `{key}`: allowed keys are {allowed}")]
+    #[error("unknown parameter `{}`: allowed keys are {allowed}", brief(.key))]
     UnknownKey {
         /// What was given.
         key: String,
@@ -44,7 +44,7 @@ pub enum SpecError {
         allowed: String,
     },
     /// The value does not parse or is out of range.
-    #[error("invalid value `{value}` for `{key}`: expected {expected}")]
+    #[error("invalid value `{}` for `{}`: expected {expected}", brief(.value), brief(.key))]
     Invalid {
         /// The key.
         key: String,
@@ -53,6 +53,22 @@ pub enum SpecError {
         /// What would be accepted.
         expected: String,
     },
+}
+
+/// Longest input echoed whole in an error message.
+pub const ECHO_BYTES: usize = 120;
+
+/// An input as error messages echo it: whole when short, else a prefix and its length, so a
+/// megabyte of metadata is never sent back (gRPC clients refuse large error messages).
+pub fn brief(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= ECHO_BYTES {
+        return s.into();
+    }
+    let mut end = ECHO_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &s[..end], s.len()).into()
 }
 
 /// One documented parameter.

@@ -205,7 +205,7 @@ fn main() {
             let t = Trigger::parse(&r.namespace, &r.scaler_metadata).unwrap();
             names.push(t.metric_name());
             keys.push(t.workload.clone());
-            workloads.register(t, clock.now()).unwrap();
+            workloads.register(t, "ScaledObject bench", clock.now()).unwrap();
         }
         let t = Instant::now();
         workloads.tick(&idle_view(clock.now(), &keys), clock.now());

@@ -349,7 +349,10 @@ async fn direct(
     loop {
         tick.tick().await;
         let now = clock.now();
-        let mut annotated: BTreeMap<WorkloadKey, Arc<Deployment>> = BTreeMap::new();
+        let mut annotated: BTreeMap<
+            WorkloadKey,
+            (Arc<Deployment>, Arc<std::sync::Mutex<crate::workloads::Workload>>),
+        > = BTreeMap::new();
         for d in store.state() {
             let Some(md) = annotations_to_metadata(&d) else {
                 continue;
@@ -358,10 +361,10 @@ async fn direct(
             match Trigger::parse(&ns, &md) {
                 Ok(t) => {
                     let key = t.workload.clone();
-                    match workloads.register(t, now) {
-                        Ok(_) => {
-                            workloads.set_replicas(&key, replicas_of(&d));
-                            annotated.insert(key, d);
+                    match workloads.register(t, &format!("Deployment {key} (annotations)"), now) {
+                        Ok(w) => {
+                            lock(&w).replicas = Some(replicas_of(&d));
+                            annotated.insert(key, (d, w));
                         }
                         Err(e) => tracing::error!(workload = %key, error = %e, "cannot track the Deployment"),
                     }
@@ -393,8 +396,7 @@ async fn direct(
         if !*leader.borrow() {
             continue;
         }
-        for (key, d) in annotated {
-            let Some(w) = workloads.get(&key) else { continue };
+        for (key, (d, w)) in annotated {
             let (desired, reason) = {
                 let g = lock(&w);
                 match (&g.answer.value, &g.decision) {

@@ -22,6 +22,8 @@ use crate::pb::{
 };
 use crate::poll::Clock;
 use crate::telemetry::Telemetry;
+use gpuscale_collector::contract::quote;
+
 use crate::trigger::{Trigger, TriggerError, WorkloadKey, fingerprint};
 use crate::workloads::{RegisterError, Workload, Workloads, lock};
 
@@ -54,23 +56,21 @@ impl Scaler {
             name: name.trim().to_string(),
         };
         let now = self.clock.now();
-        if let Some(w) = self.workloads.get(&key) {
-            let mut g = lock(&w);
-            if g.trigger.fingerprint == fingerprint(&r.namespace, md) {
-                g.last_asked = now;
-                drop(g);
-                return Ok(w);
-            }
+        if let Some(w) = self.workloads.get(&key, fingerprint(&r.namespace, md)) {
+            lock(&w).last_asked = now;
+            return Ok(w);
         }
-        let trigger = Trigger::parse(&r.namespace, md).map_err(|e| {
-            Status::invalid_argument(format!(
-                "ScaledObject {}/{}: trigger metadata: {e}",
-                r.namespace, r.name
-            ))
-        })?;
-        self.workloads.register(trigger, now).map_err(|e| match e {
+        let so = format!(
+            "ScaledObject {}/{}",
+            quote(&r.namespace, 253),
+            quote(&r.name, 253)
+        );
+        let trigger = Trigger::parse(&r.namespace, md)
+            .map_err(|e| Status::invalid_argument(format!("{so}: trigger metadata: {e}")))?;
+        self.workloads.register(trigger, &so, now).map_err(|e| match e {
             RegisterError::Full(_) => Status::resource_exhausted(e.to_string()),
-            RegisterError::Trigger(t) => Status::invalid_argument(t.to_string()),
+            RegisterError::Trigger(t) => Status::invalid_argument(format!("{so}: {t}")),
+            RegisterError::TooManyTriggers { .. } => Status::invalid_argument(format!("{so}: {e}")),
         })
     }
 

@@ -175,6 +175,10 @@ struct DebugWorkload<'a> {
     active: Option<bool>,
     unavailable: Option<&'a str>,
     seconds_since_asked: f64,
+    asked_by: &'a str,
+    fingerprint: String,
+    /// Entries (distinct triggers) for this Deployment.
+    triggers: usize,
 }
 
 #[derive(Serialize)]
@@ -225,6 +229,9 @@ async fn debug(State(s): State<AppState>) -> Response {
             active: g.answer.active.as_ref().ok().copied(),
             unavailable: g.answer.value.as_ref().err().map(String::as_str),
             seconds_since_asked: now.saturating_sub(g.last_asked).as_secs_f64(),
+            asked_by: &g.asker,
+            fingerprint: format!("{:016x}", g.trigger.fingerprint),
+            triggers: all.iter().filter(|(k, _)| *k == g.trigger.workload).count(),
         };
         out.push(serde_json::to_value(&item).unwrap_or_default());
     }
@@ -384,7 +391,27 @@ pub fn render(s: &AppState, format: Format) -> String {
     let mut unavailable: Vec<Row> = Vec::new();
     let mut signals: Vec<(String, String, &'static str, f64)> = Vec::new();
     let mut ages: Vec<Row> = Vec::new();
+    // One row per Deployment: when several triggers name it (see /debug/workloads), the one
+    // asked about most recently; gpuscale_scaler_workload_triggers counts them.
+    let mut triggers: Vec<(WorkloadKey, usize)> = Vec::new();
+    let mut latest: Vec<(WorkloadKey, Arc<std::sync::Mutex<crate::workloads::Workload>>)> = Vec::new();
     for (k, wl) in &all {
+        match triggers.last_mut() {
+            Some((last, n)) if last == k => {
+                *n += 1;
+                if let Some(l) = latest.last_mut()
+                    && lock(wl).last_asked > lock(&l.1).last_asked
+                {
+                    l.1 = wl.clone();
+                }
+            }
+            _ => {
+                triggers.push((k.clone(), 1));
+                latest.push((k.clone(), wl.clone()));
+            }
+        }
+    }
+    for (k, wl) in &latest {
         let g = lock(wl);
         let (ns, name) = (k.namespace.clone(), k.name.clone());
         if let Some((d, _)) = &g.decision {
@@ -461,6 +488,20 @@ pub fn render(s: &AppState, format: Format) -> String {
         for (ns, wl, rule, v) in rows.iter() {
             w.sample(name, &[("namespace", ns), ("workload", wl), ("rule", rule)], *v);
         }
+    }
+    if triggers.iter().any(|(_, n)| *n > 1) {
+        w.family(
+            "gpuscale_scaler_workload_triggers",
+            "gauge",
+            "Distinct trigger metadata naming one Deployment, where more than one (see /debug/workloads).",
+        );
+    }
+    for (k, n) in triggers.iter().filter(|(_, n)| *n > 1) {
+        w.sample(
+            "gpuscale_scaler_workload_triggers",
+            &[("namespace", &k.namespace), ("workload", &k.name)],
+            *n as f64,
+        );
     }
     if !signals.is_empty() {
         w.family(

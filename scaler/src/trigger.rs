@@ -140,7 +140,7 @@ pub enum TriggerError {
     )]
     MissingDeployment,
     /// A value is malformed.
-    #[error("invalid value `{value}` for `{key}`: expected {expected}")]
+    #[error("invalid value `{}` for `{}`: expected {expected}", spec::brief(.value), spec::brief(.key))]
     Invalid {
         /// The key.
         key: String,
@@ -150,7 +150,7 @@ pub enum TriggerError {
         expected: String,
     },
     /// A key is not known.
-    #[error("unknown key `{key}`: allowed keys are {allowed}")]
+    #[error("unknown key `{}`: allowed keys are {allowed}", spec::brief(.key))]
     UnknownKey {
         /// The key.
         key: String,
@@ -404,6 +404,26 @@ mod tests {
         ]);
         assert!(m.contains("(0, 1]"), "{m}");
         assert!(e(&[("deployment", "d"), ("activationThreshold", "x")]).contains("activationThreshold"));
+    }
+
+    #[test]
+    fn errors_echo_inputs_briefly() {
+        let huge = "9".repeat(1 << 20);
+        for (k, v) in [
+            ("maxReplicas", huge.as_str()),
+            ("activationThreshold", huge.as_str()),
+            (huge.as_str(), "1"),
+        ] {
+            let e = Trigger::parse("ns", &md(&[("deployment", "d"), (k, v)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.len() < 2000 && e.contains("(1048576 bytes)"),
+                "{} bytes: {}",
+                e.len(),
+                &e[..200]
+            );
+        }
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct Workload {
     pub replicas: Option<Replicas>,
     /// Last time KEDA (or direct mode) asked about it.
     pub last_asked: Duration,
+    /// Who asked last: `ScaledObject ns/name`, or `Deployment ns/name` in direct mode.
+    pub asker: String,
     /// The published answers.
     pub answer: Answer,
     active: watch::Sender<Option<(bool, u64)>>,
@@ -90,8 +92,9 @@ impl Default for Answer {
 }
 
 impl Workload {
-    fn new(trigger: Trigger, autoscaler: Autoscaler, now: Duration) -> Self {
+    fn new(trigger: Trigger, asker: &str, autoscaler: Autoscaler, now: Duration) -> Self {
         Workload {
+            asker: asker.to_string(),
             trigger,
             autoscaler,
             observed: None,
@@ -285,6 +288,10 @@ impl Workload {
     }
 }
 
+/// Most distinct trigger metadata tracked for one Deployment (several triggers, or edits not
+/// yet forgotten); beyond it a new one is refused rather than crowd out other workloads.
+pub const MAX_TRIGGERS_PER_WORKLOAD: usize = 8;
+
 /// Why a workload could not be registered.
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
@@ -296,14 +303,31 @@ pub enum RegisterError {
         "the scaler already tracks {0} workloads (--max-workloads); raise the limit or run another scaler"
     )]
     Full(usize),
+    /// Too many different triggers name one Deployment.
+    #[error(
+        "{workload} is already named by {MAX_TRIGGERS_PER_WORKLOAD} triggers with different metadata ({owners}); give the Deployment one gpuscale trigger, or wait --workload-idle-ttl for edited ones to be forgotten"
+    )]
+    TooManyTriggers {
+        /// The Deployment.
+        workload: WorkloadKey,
+        /// Who asks for the existing ones.
+        owners: String,
+    },
 }
 
 /// All workloads, shared by the gRPC server, the HTTP server and the poll loop.
+///
+/// Keyed by Deployment and then by trigger fingerprint: two triggers (or two ScaledObjects)
+/// naming one Deployment with different metadata each get their own autoscaler and a stable
+/// answer, instead of rebuilding one autoscaler back and forth on every call. An edited
+/// trigger is a new entry; the old one is forgotten after the idle TTL, as nobody asks for it.
 pub struct Workloads {
-    map: RwLock<HashMap<WorkloadKey, Arc<Mutex<Workload>>>>,
+    map: RwLock<HashMap<WorkloadKey, Vec<Entry>>>,
     max: usize,
     idle_ttl: Duration,
 }
+
+type Entry = (u64, Arc<Mutex<Workload>>);
 
 /// Lock a workload; a panic elsewhere while holding it leaves data that is still consistent
 /// enough to read (every write is a whole-field assignment), so poisoning is ignored.
@@ -321,18 +345,28 @@ impl Workloads {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<WorkloadKey, Arc<Mutex<Workload>>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<WorkloadKey, Vec<Entry>>> {
         self.map.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The workload, if tracked.
-    pub fn get(&self, key: &WorkloadKey) -> Option<Arc<Mutex<Workload>>> {
-        self.read().get(key).cloned()
+    /// The workload a trigger with this fingerprint registered, if tracked.
+    pub fn get(&self, key: &WorkloadKey, fingerprint: u64) -> Option<Arc<Mutex<Workload>>> {
+        self.read()
+            .get(key)
+            .and_then(|v| v.iter().find(|(f, _)| *f == fingerprint).map(|(_, w)| w.clone()))
     }
 
-    /// Number tracked.
+    /// Every trigger's entry for one Deployment.
+    pub fn entries(&self, key: &WorkloadKey) -> Vec<Arc<Mutex<Workload>>> {
+        self.read()
+            .get(key)
+            .map(|v| v.iter().map(|(_, w)| w.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Number tracked (entries, one per distinct trigger).
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().values().map(Vec::len).sum()
     }
 
     /// Whether none are tracked.
@@ -340,60 +374,94 @@ impl Workloads {
         self.len() == 0
     }
 
-    /// Every workload, sorted by key.
+    /// Every entry, sorted by Deployment.
     pub fn all(&self) -> Vec<(WorkloadKey, Arc<Mutex<Workload>>)> {
-        let mut v: Vec<_> = self.read().iter().map(|(k, w)| (k.clone(), w.clone())).collect();
+        let mut v: Vec<_> = self
+            .read()
+            .iter()
+            .flat_map(|(k, e)| e.iter().map(move |(_, w)| (k.clone(), w.clone())))
+            .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
 
-    /// Register (or refresh) the workload a trigger names. Metadata that changed rebuilds the
-    /// autoscaler; the same metadata only marks the workload as asked about.
-    pub fn register(&self, trigger: Trigger, now: Duration) -> Result<Arc<Mutex<Workload>>, RegisterError> {
-        if let Some(w) = self.get(&trigger.workload) {
+    /// Register the trigger (or mark it as asked about), for `asker` (the ScaledObject, or
+    /// the annotated Deployment in direct mode), named in logs and `/debug/workloads`.
+    pub fn register(
+        &self,
+        trigger: Trigger,
+        asker: &str,
+        now: Duration,
+    ) -> Result<Arc<Mutex<Workload>>, RegisterError> {
+        if let Some(w) = self.get(&trigger.workload, trigger.fingerprint) {
             let mut g = lock(&w);
             g.last_asked = now;
-            if g.trigger.fingerprint != trigger.fingerprint {
-                tracing::info!(workload = %trigger.workload, "trigger metadata changed: rebuilding its autoscaler");
-                g.autoscaler = trigger.autoscaler()?;
-                g.trigger = trigger;
-                g.decision = None;
-                g.publish(now);
+            if g.asker != asker {
+                g.asker = asker.to_string();
             }
             drop(g);
             return Ok(w);
         }
         let autoscaler = trigger.autoscaler()?;
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(w) = map.get(&trigger.workload) {
+        let total: usize = map.values().map(Vec::len).sum();
+        let entries = map.entry(trigger.workload.clone()).or_default();
+        if let Some((_, w)) = entries.iter().find(|(f, _)| *f == trigger.fingerprint) {
             return Ok(w.clone());
         }
-        if map.len() >= self.max {
+        let owners: Vec<String> = entries.iter().map(|(_, w)| lock(w).asker.clone()).collect();
+        if entries.len() >= MAX_TRIGGERS_PER_WORKLOAD {
+            return Err(RegisterError::TooManyTriggers {
+                workload: trigger.workload.clone(),
+                owners: owners.join(", "),
+            });
+        }
+        if total >= self.max {
+            if entries.is_empty() {
+                map.remove(&trigger.workload);
+            }
             return Err(RegisterError::Full(self.max));
         }
-        tracing::info!(workload = %trigger.workload, policy = %trigger.policy, "tracking a new workload");
-        let key = trigger.workload.clone();
-        let w = Arc::new(Mutex::new(Workload::new(trigger, autoscaler, now)));
-        map.insert(key, w.clone());
+        if let Some(other) = owners.iter().find(|o| o.as_str() != asker) {
+            tracing::warn!(
+                workload = %trigger.workload,
+                "{asker} and {other} both scale {} with different gpuscale metadata: each is answered from its own autoscaler, and their HPAs will disagree; give the Deployment one ScaledObject",
+                trigger.workload
+            );
+        } else if !owners.is_empty() {
+            tracing::info!(workload = %trigger.workload, %asker, "new trigger metadata for the workload: a fresh autoscaler (an edited trigger's old entry is forgotten after the idle TTL)");
+        } else {
+            tracing::info!(workload = %trigger.workload, policy = %trigger.policy, %asker, "tracking a new workload");
+        }
+        let fingerprint = trigger.fingerprint;
+        let w = Arc::new(Mutex::new(Workload::new(trigger, asker, autoscaler, now)));
+        entries.push((fingerprint, w.clone()));
         Ok(w)
     }
 
     /// Decide every workload from the view; forget those nobody asked about for the idle TTL.
     pub fn tick(&self, view: &View, now: Duration) {
         let mut expired = Vec::new();
-        for (k, w) in self.read().iter() {
-            let mut g = lock(w);
-            if now.saturating_sub(g.last_asked) > self.idle_ttl {
-                expired.push(k.clone());
-                continue;
+        for (k, entries) in self.read().iter() {
+            for (f, w) in entries {
+                let mut g = lock(w);
+                if now.saturating_sub(g.last_asked) > self.idle_ttl {
+                    expired.push((k.clone(), *f));
+                    continue;
+                }
+                g.decide(view, now);
             }
-            g.decide(view, now);
         }
         if !expired.is_empty() {
             let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-            for k in expired {
-                tracing::info!(workload = %k, "forgetting a workload nobody asked about");
-                map.remove(&k);
+            for (k, f) in expired {
+                tracing::info!(workload = %k, "forgetting a trigger nobody asked about");
+                if let Some(v) = map.get_mut(&k) {
+                    v.retain(|(g, _)| *g != f);
+                    if v.is_empty() {
+                        map.remove(&k);
+                    }
+                }
             }
         }
     }
@@ -402,20 +470,22 @@ impl Workloads {
     /// the next tick, so StreamIsActive pushes within milliseconds. Returns false for an
     /// unknown workload.
     pub fn held(&self, key: &WorkloadKey, requests: f64, ready: Option<u32>, now: Duration) -> bool {
-        let Some(w) = self.get(key) else { return false };
-        let mut g = lock(&w);
-        g.held = Some(Held {
-            requests,
-            ready,
-            at: now,
-        });
-        g.publish(now);
-        true
+        let entries = self.entries(key);
+        for w in &entries {
+            let mut g = lock(w);
+            g.held = Some(Held {
+                requests,
+                ready,
+                at: now,
+            });
+            g.publish(now);
+        }
+        !entries.is_empty()
     }
 
     /// The API server reports a Deployment's replicas.
     pub fn set_replicas(&self, key: &WorkloadKey, r: Replicas) {
-        if let Some(w) = self.get(key) {
+        for w in self.entries(key) {
             lock(&w).replicas = Some(r);
         }
     }
@@ -472,7 +542,11 @@ mod tests {
     fn a_workload_no_collector_reports_is_unknown_unless_known_to_be_at_zero() {
         let ws = Workloads::new(10, Duration::from_secs(600));
         let w = ws
-            .register(trigger(&[("keepAlive", "0s")]), Duration::ZERO)
+            .register(
+                trigger(&[("keepAlive", "0s")]),
+                "ScaledObject llm/qwen",
+                Duration::ZERO,
+            )
             .unwrap();
         let key = lock(&w).trigger.workload.clone();
         let t = |s: u64| Duration::from_secs(s);
@@ -538,6 +612,7 @@ mod tests {
         let w = ws
             .register(
                 trigger(&[("keepAlive", "0s"), ("queue.target", "2")]),
+                "ScaledObject llm/qwen",
                 Duration::ZERO,
             )
             .unwrap();
@@ -556,7 +631,11 @@ mod tests {
     fn idle_goes_inactive_and_held_requests_wake_at_once() {
         let ws = Workloads::new(10, Duration::from_secs(600));
         let w = ws
-            .register(trigger(&[("keepAlive", "0s")]), Duration::ZERO)
+            .register(
+                trigger(&[("keepAlive", "0s")]),
+                "ScaledObject llm/qwen",
+                Duration::ZERO,
+            )
             .unwrap();
         let mut rx = lock(&w).subscribe();
         ws.tick(&view(1, 0.0, 0.0, 0), Duration::from_secs(1));
@@ -590,6 +669,7 @@ mod tests {
         let w = ws
             .register(
                 trigger(&[("keepAlive", "0s"), ("activationThreshold", "3")]),
+                "ScaledObject llm/qwen",
                 Duration::ZERO,
             )
             .unwrap();
@@ -603,12 +683,66 @@ mod tests {
     }
 
     #[test]
+    fn two_triggers_for_one_deployment_each_keep_their_own_answer() {
+        let ws = Workloads::new(100, Duration::from_secs(600));
+        let a = ws
+            .register(
+                trigger(&[("queue.target", "2")]),
+                "ScaledObject llm/a",
+                Duration::ZERO,
+            )
+            .unwrap();
+        let b = ws
+            .register(
+                trigger(&[("queue.target", "4")]),
+                "ScaledObject llm/b",
+                Duration::ZERO,
+            )
+            .unwrap();
+        assert_eq!(ws.len(), 2);
+        // Asking again, alternately, finds each its own entry: nothing is rebuilt.
+        for _ in 0..3 {
+            for (t, asker, same) in [("2", "ScaledObject llm/a", &a), ("4", "ScaledObject llm/b", &b)] {
+                let w = ws
+                    .register(trigger(&[("queue.target", t)]), asker, Duration::from_secs(1))
+                    .unwrap();
+                assert!(Arc::ptr_eq(&w, same));
+            }
+        }
+        ws.tick(&view(1, 7.0, 0.0, 1), Duration::from_secs(1));
+        assert_eq!(lock(&a).answer.value, Ok(4.0));
+        assert_eq!(lock(&b).answer.value, Ok(2.0));
+        // Held reports and replica counts reach every entry of the Deployment.
+        let key = lock(&a).trigger.workload.clone();
+        assert!(ws.held(&key, 9.0, None, Duration::from_secs(1)));
+        assert_eq!(lock(&b).held.map(|h| h.requests), Some(9.0));
+        // Bounded per Deployment.
+        for i in 0..MAX_TRIGGERS_PER_WORKLOAD - 2 {
+            let t = format!("{}", 10 + i);
+            ws.register(trigger(&[("queue.target", &t)]), "x", Duration::ZERO)
+                .unwrap();
+        }
+        let Err(e) = ws.register(
+            trigger(&[("queue.target", "99")]),
+            "ScaledObject llm/z",
+            Duration::ZERO,
+        ) else {
+            panic!("a ninth trigger was accepted")
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("ScaledObject llm/a") && e.contains("one gpuscale trigger"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bounded_and_forgetful() {
         let ws = Workloads::new(1, Duration::from_secs(60));
-        ws.register(trigger(&[]), Duration::ZERO).unwrap();
+        ws.register(trigger(&[]), "t", Duration::ZERO).unwrap();
         let mut md: Map<String, String> = Map::new();
         md.insert("deployment".into(), "other".into());
-        let e = ws.register(Trigger::parse("llm", &md).unwrap(), Duration::ZERO);
+        let e = ws.register(Trigger::parse("llm", &md).unwrap(), "t", Duration::ZERO);
         assert!(matches!(e, Err(RegisterError::Full(1))));
         ws.tick(&view(100, 0.0, 0.0, 0), Duration::from_secs(100));
         assert!(ws.is_empty());
@@ -620,6 +754,7 @@ mod tests {
         let w = ws
             .register(
                 trigger(&[("queue.target", "1"), ("gpusPerReplica", "2")]),
+                "ScaledObject llm/qwen",
                 Duration::ZERO,
             )
             .unwrap();
@@ -645,7 +780,7 @@ mod tests {
     #[test]
     fn kube_replicas_without_collector_series_are_unknown() {
         let ws = Workloads::new(10, Duration::from_secs(600));
-        let w = ws.register(trigger(&[]), Duration::ZERO).unwrap();
+        let w = ws.register(trigger(&[]), "t", Duration::ZERO).unwrap();
         let key = lock(&w).trigger.workload.clone();
         ws.set_replicas(
             &key,

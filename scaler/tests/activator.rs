@@ -123,7 +123,11 @@ async fn held_until_the_upstream_starts_then_released_in_order_one_at_a_time() {
     let mut md = std::collections::HashMap::new();
     md.insert("deployment".to_string(), "qwen".to_string());
     let w = ws
-        .register(Trigger::parse("llm", &md).unwrap(), clock.now())
+        .register(
+            Trigger::parse("llm", &md).unwrap(),
+            "ScaledObject llm/qwen",
+            clock.now(),
+        )
         .unwrap();
     let (a, proxy, _stop) = start(config(up_addr, 1), Reporter::InProcess(ws.clone(), clock)).await;
 

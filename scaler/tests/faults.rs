@@ -570,3 +570,61 @@ async fn at_zero_replicas_only_a_fresh_activator_report_is_a_known_zero() {
     // Reports stop: within 5 s it is unknown again, never a standing zero.
     unknown(&mut c, &r, &["activator's last report"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_scaled_objects_for_one_deployment_get_stable_answers() {
+    let model = PageServer::start(Mode::Page(vllm("7.0", "0.0"))).await;
+    let collector = common::collector(&[("llm/qwen", model.addr)]).await;
+    let scaler = common::scaler(&["--collector", &collector.to_string(), "--poll-interval", POLL]).await;
+    let mut c = client(&scaler).await;
+    let mut a = so("llm", "qwen");
+    a.name = "qwen-a".into();
+    a.scaler_metadata.insert("queue.target".into(), "2".into());
+    let mut b = so("llm", "qwen");
+    b.name = "qwen-b".into();
+    b.scaler_metadata.insert("queue.target".into(), "4".into());
+    let _ = until(&mut c, &a, "a known", |(m, _)| m.is_ok()).await;
+    let _ = until(&mut c, &b, "b known", |(m, _)| m.is_ok()).await;
+    // Called alternately, as two HPAs would: each keeps its own answer, nothing flips.
+    for _ in 0..10 {
+        assert_eq!(ask(&mut c, &a).await.0.unwrap(), 4.0);
+        assert_eq!(ask(&mut c, &b).await.0.unwrap(), 2.0);
+    }
+    let metrics = reqwest::get(format!("{}/metrics", scaler.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gpuscale_scaler_workload_triggers{namespace=\"llm\",workload=\"qwen\"} 2"),
+        "{metrics}"
+    );
+    // The page is still valid exposition: one series per Deployment, none repeated.
+    gpuscale_collector::text::parse_prometheus(&metrics, &Default::default()).unwrap();
+    let debug: serde_json::Value = reqwest::get(format!("{}/debug/workloads", scaler.http))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut askers: Vec<&str> = debug
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["asked_by"].as_str().unwrap())
+        .collect();
+    askers.sort();
+    assert_eq!(askers, ["ScaledObject llm/qwen-a", "ScaledObject llm/qwen-b"]);
+    // A megabyte of metadata is refused with a bounded message (gRPC clients refuse large ones).
+    let mut huge = so("llm", "qwen");
+    huge.scaler_metadata
+        .insert("maxReplicas".into(), "9".repeat(1 << 20));
+    let e = c.get_metric_spec(huge).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().len() < 4096 && e.message().contains("bytes)"),
+        "{} bytes",
+        e.message().len()
+    );
+}
