@@ -6,13 +6,17 @@
 //! ([`scrape`]: presets), the node snapshot and its exposition ([`exposition`]: Prometheus text,
 //! OpenMetrics, dcgm-exporter names), the process that ties them together ([`service`]), and
 //! the Prometheus / OpenMetrics text parser ([`text`]) that the scaler uses too, and the
-//! collector-to-scaler contract ([`contract`]): the series names, labels and rules both sides share.
+//! collector-to-scaler contract ([`contract`]): the series names, labels and rules both sides share,
+//! the bounded HTTP serving every gpuscale server uses ([`server`]), and the byte budgets that
+//! bound memory in total ([`budget`]).
 
+pub mod budget;
 pub mod contract;
 pub mod discovery;
 pub mod exposition;
 pub mod gpu;
 pub mod podresources;
 pub mod scrape;
+pub mod server;
 pub mod service;
 pub mod text;

@@ -215,11 +215,23 @@ async fn main() -> anyhow::Result<()> {
         config.discovered = Some(shared);
     }
     tokio::spawn(tick_loop(config, gpus, pages.clone()));
-    axum::serve(listener, router(pages))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("HTTP server")?;
+    gpuscale_collector::server::serve(listener, router(pages), shutdown()).await;
     Ok(())
+}
+
+/// SIGTERM (what the kubelet sends) or Ctrl-C.
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::text::{Limits, MetricFamily, parse_prometheus};
+use crate::text::{Limits, MetricFamily};
 
 /// The forms `--collector`, `--scrape-target` and activator upstreams accept, for errors.
 pub const URL_FORMS: &str = "HOST:PORT (means http://HOST:PORT/metrics), http://HOST:PORT (the same), or a full http://HOST:PORT/PATH";
@@ -221,6 +221,48 @@ fn has(fams: &[MetricFamily], name: &str) -> bool {
     fams.iter().flat_map(|f| &f.samples).any(|s| s.name == name)
 }
 
+/// Every metric name [`queue_depth`] may read for `preset` and `custom`: a scrape keeps only
+/// these samples.
+pub fn queue_metric_names(preset: Preset, custom: &CustomNames) -> Vec<String> {
+    let all: &[(Preset, &[&str])] = &[
+        (
+            Preset::Vllm,
+            &[
+                "vllm:num_requests_waiting",
+                "vllm:num_requests_running",
+                "vllm:kv_cache_usage_perc",
+                "vllm:gpu_cache_usage_perc",
+            ],
+        ),
+        (
+            Preset::Sglang,
+            &[
+                "sglang:num_queue_reqs",
+                "sglang:num_running_reqs",
+                "sglang:token_usage",
+            ],
+        ),
+        (Preset::Tgi, &["tgi_queue_size", "tgi_batch_current_size"]),
+        (
+            Preset::Triton,
+            &["nv_inference_pending_request_count", "nv_trt_llm_request_metrics"],
+        ),
+        (Preset::Knative, &["queue_average_concurrent_requests"]),
+    ];
+    let mut names: Vec<String> = all
+        .iter()
+        .filter(|(p, _)| preset == Preset::Auto || *p == preset)
+        .flat_map(|(_, n)| n.iter().map(|s| s.to_string()))
+        .collect();
+    names.extend(
+        [&custom.waiting, &custom.running, &custom.kv_cache]
+            .into_iter()
+            .flatten()
+            .cloned(),
+    );
+    names
+}
+
 /// Read queue depth from a parsed page; `None` when the server is not recognised and no custom
 /// names are given.
 pub fn queue_depth(fams: &[MetricFamily], preset: Preset, custom: &CustomNames) -> Option<QueueDepth> {
@@ -365,6 +407,9 @@ pub struct Fetch<'a> {
     pub max_bytes: usize,
     /// Sent as `Authorization: Bearer ...`.
     pub bearer: Option<&'a str>,
+    /// Keep only samples with these names (Prometheus text, parsed as it arrives); `None`
+    /// keeps all.
+    pub keep: Option<&'a [String]>,
 }
 
 /// Fetch and parse one Prometheus text page, within `timeout` and `max_bytes`.
@@ -379,6 +424,7 @@ pub async fn fetch(
         timeout,
         max_bytes,
         bearer: None,
+        keep: None,
     };
     fetch_page(client, url, &how).await
 }
@@ -415,35 +461,52 @@ pub async fn fetch_page(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let mut body: Vec<u8> = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| http(e.without_url().to_string()))?
-        {
-            if body.len() + chunk.len() > how.max_bytes {
-                return Err(ScrapeError::TooLarge {
-                    url: shown.clone(),
-                    limit: how.max_bytes,
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let text = String::from_utf8(body).map_err(|_| http("page is not UTF-8".into()))?;
+        let too_large = || ScrapeError::TooLarge {
+            url: shown.clone(),
+            limit: how.max_bytes,
+        };
         let limits = Limits {
             max_bytes: how.max_bytes,
             ..Limits::default()
         };
+        let mut next = async || resp.chunk().await.map_err(|e| http(e.without_url().to_string()));
         let parsed = if how.openmetrics {
+            // A collector's page, small and read whole: OpenMetrics needs the end (`# EOF`).
             if !content_type.starts_with("application/openmetrics-text") {
                 return Err(ScrapeError::WrongFormat {
                     url: shown.clone(),
                     content_type: crate::contract::quote(&content_type, 80),
                 });
             }
+            let mut body: Vec<u8> = Vec::new();
+            while let Some(chunk) = next().await? {
+                if body.len() + chunk.len() > how.max_bytes {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let text = String::from_utf8(body).map_err(|_| http("page is not UTF-8".into()))?;
             crate::text::parse_openmetrics(&text, &limits)
         } else {
-            parse_prometheus(&text, &limits)
+            // A model server's page, of any size: parsed as it arrives, keeping only the series
+            // asked for, so memory does not grow with the page.
+            let all = |_: &str| true;
+            let wanted = |n: &str| how.keep.is_some_and(|k| k.iter().any(|w| w == n));
+            let keep: &(dyn Fn(&str) -> bool + Sync) = if how.keep.is_some() { &wanted } else { &all };
+            let mut parser = crate::text::PromParser::new(&limits, keep);
+            let mut read = 0usize;
+            let mut outcome = Ok(());
+            while let Some(chunk) = next().await? {
+                read += chunk.len();
+                if read > how.max_bytes {
+                    return Err(too_large());
+                }
+                outcome = parser.feed(&chunk);
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            outcome.and_then(|()| parser.end())
         };
         parsed.map_err(|error| ScrapeError::Parse {
             url: shown.clone(),
@@ -463,7 +526,7 @@ pub async fn fetch_page(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::text::Limits;
+    use crate::text::{Limits, parse_prometheus};
 
     #[test]
     fn targets() {

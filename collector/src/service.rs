@@ -163,6 +163,7 @@ async fn scrape_target(target: Target, shared: Arc<ScrapeShared>, readings: Read
             timeout: shared.timeout,
             max_bytes: shared.max_page_bytes,
             bearer: shared.bearer.as_deref(),
+            keep: Some(&shared.keep),
         };
         let result = fetch_page(&shared.client, &target.url, &how).await;
         drop(permit);
@@ -191,6 +192,8 @@ struct ScrapeShared {
     bearer: Option<String>,
     preset: Preset,
     custom: CustomNames,
+    /// The only sample names kept from a target's page.
+    keep: Vec<String>,
 }
 
 /// Run ticks forever, publishing each snapshot into `pages`.
@@ -237,6 +240,7 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
         bearer: config.bearer.clone(),
         preset: config.preset,
         custom: config.custom.clone(),
+        keep: crate::scrape::queue_metric_names(config.preset, &config.custom),
     });
     let readings: Readings = Arc::default();
     let mut tasks: HashMap<Target, tokio::task::JoinHandle<()>> = HashMap::new();

@@ -774,3 +774,79 @@ async fn kube_mode_discovers_opted_in_pods_and_their_workloads() {
     );
     let _ = std::fs::remove_file(&kubeconfig);
 }
+
+/// `VmRSS` and `VmHWM` (peak), KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The collector's memory limit in deploy/base/collector/daemonset.yaml.
+const COLLECTOR_LIMIT_MIB: u64 = 128;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_pages_of_190k_series_stay_under_the_daemonsets_limit() {
+    // A valid 13.5 MiB page: the queue gauges among 190,000 other series.
+    let mut page = String::with_capacity(14 << 20);
+    page.push_str("# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{engine=\"0\"} 7\n");
+    page.push_str("# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{engine=\"0\"} 3\n");
+    page.push_str("# TYPE vllm:token_stats gauge\n");
+    for i in 0..190_000 {
+        page.push_str(&format!(
+            "vllm:token_stats{{engine=\"0\",model_name=\"Qwen/Qwen2.5-0.5B\",series=\"{i:06}\"}} {i}\n"
+        ));
+    }
+    let mib = page.len() as f64 / f64::from(1 << 20);
+    let n: usize = 3;
+    let targets: Vec<SocketAddr> =
+        futures_util::future::join_all((0..n).map(|_| serve_page(page.clone()))).await;
+    let port = free_port();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--gpu-source", "fake:8"])
+        .args(["--pod-resources-socket", "none", "--interval", "0.5"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (i, t) in targets.iter().enumerate() {
+        cmd.args(["--scrape-target", &format!("llm/w{i}=http://{t}/metrics")]);
+    }
+    let child = Kill(cmd.spawn().unwrap_or_else(|e| panic!("{e}")));
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&client, &base).await;
+    // Every target read, repeatedly (3 pages in flight at once fit the default 48 MiB).
+    let fams = metrics_until(&client, &base, 20, |f| {
+        f.iter()
+            .flat_map(|f| &f.samples)
+            .filter(|s| s.name == "gpuscale_workload_requests_waiting" && s.value == 7.0)
+            .count()
+            == n
+    })
+    .await;
+    assert_eq!(
+        fams.iter()
+            .flat_map(|f| &f.samples)
+            .filter(|s| s.name == "gpuscale_workload_requests_waiting")
+            .count(),
+        n
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (rss, peak) = rss_kib(child.0.id());
+    println!(
+        "collector: 3 targets of {mib:.1} MiB / 190,002 series each, scraped every 0.5 s: RSS {} MiB, peak {} MiB (limit {COLLECTOR_LIMIT_MIB} Mi)",
+        rss / 1024,
+        peak / 1024
+    );
+    assert!(mib > 13.0, "{mib}");
+    assert!(
+        peak / 1024 < COLLECTOR_LIMIT_MIB * 8 / 10,
+        "peak {} MiB",
+        peak / 1024
+    );
+}

@@ -39,6 +39,8 @@ fn main() {
             max_held: 1000,
             cold_start_timeout: Duration::from_secs(10),
             max_body_bytes: 1 << 20,
+            max_held_bytes: 256 << 20,
+            body_timeout: Duration::from_secs(30),
             probe_path: "/health".into(),
             probe_interval: Duration::from_millis(100),
             drain_timeout: Duration::from_secs(1),

@@ -19,9 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
+use gpuscale_collector::budget::{Budget, Reservation};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -71,7 +73,9 @@ impl Route {
             .split_once('/')
             .filter(|(a, b)| !a.is_empty() && !b.is_empty())
             .ok_or_else(|| format!("route `{s}`: workload `{w}` is not NAMESPACE/NAME; {usage}"))?;
-        let upstream: Uri = u
+        let normalized = gpuscale_collector::scrape::normalize_url("upstream", u, "")
+            .map_err(|e| format!("route `{}`: {e}", gpuscale_collector::contract::quote(s, 200)))?;
+        let upstream: Uri = normalized
             .parse()
             .map_err(|e| format!("route `{s}`: upstream `{u}`: {e}; {usage}"))?;
         if upstream.scheme_str() != Some("http") || upstream.authority().is_none() {
@@ -110,6 +114,10 @@ pub struct Config {
     pub cold_start_timeout: Duration,
     /// Largest request body read while held.
     pub max_body_bytes: usize,
+    /// Held request bodies in memory, all workloads together; beyond it 503 + Retry-After.
+    pub max_held_bytes: usize,
+    /// Longest a held request's body may take to arrive (408 after it).
+    pub body_timeout: Duration,
     /// Path probed on the upstream to tell it is ready.
     pub probe_path: String,
     /// Between probes.
@@ -165,17 +173,28 @@ struct GateState {
     in_flight: usize,
     capacity: usize,
     next_id: u64,
-    queue: VecDeque<(u64, oneshot::Sender<()>)>,
+    queue: VecDeque<InLine>,
+}
+
+/// One held request: its place, and whether its body has arrived. Only a request that is
+/// ready to send is released, so a slow upload never occupies a slot of the upstream.
+#[derive(Debug)]
+struct InLine {
+    id: u64,
+    tx: oneshot::Sender<()>,
+    ready: bool,
 }
 
 impl GateState {
+    /// Release ready requests, oldest first, while there is room.
     fn dispatch(&mut self) -> u64 {
         let mut released = 0;
         while self.in_flight < self.capacity {
-            let Some((_, tx)) = self.queue.pop_front() else {
+            let Some(i) = self.queue.iter().position(|e| e.ready) else {
                 break;
             };
-            if tx.send(()).is_ok() {
+            let Some(e) = self.queue.remove(i) else { break };
+            if e.tx.send(()).is_ok() {
                 self.in_flight += 1;
                 released += 1;
             }
@@ -238,7 +257,7 @@ impl Drop for Waiting {
         }
         let mut s = self.gate.lock();
         let before = s.queue.len();
-        s.queue.retain(|(i, _)| *i != self.id);
+        s.queue.retain(|e| e.id != self.id);
         let mut n = 0;
         if s.queue.len() == before {
             // Already granted: the slot is ours to return.
@@ -332,7 +351,7 @@ impl Gate {
         let (tx, rx) = oneshot::channel();
         s.next_id += 1;
         let id = s.next_id;
-        s.queue.push_back((id, tx));
+        s.queue.push_back(InLine { id, tx, ready: false });
         let held = s.queue.len();
         drop(s);
         self.held_changed.send_replace(held);
@@ -356,7 +375,10 @@ impl Gate {
         let shutting_down = *shutdown.borrow();
         match self.enqueue(shutting_down)? {
             Ticket::Now(p) => Ok((p, None)),
-            Ticket::Queued(q) => q.wait(timeout, shutdown).await.map(|(p, d)| (p, Some(d))),
+            Ticket::Queued(q) => {
+                q.ready();
+                q.wait(timeout, shutdown).await.map(|(p, d)| (p, Some(d)))
+            }
         }
     }
 }
@@ -377,6 +399,19 @@ pub struct Queued {
 }
 
 impl Queued {
+    /// The request is ready to send (its body has arrived): it may now be released.
+    pub fn ready(&self) {
+        let gate = &self.guard.gate;
+        let mut s = gate.lock();
+        if let Some(e) = s.queue.iter_mut().find(|e| e.id == self.guard.id) {
+            e.ready = true;
+        }
+        let n = s.dispatch();
+        let held = s.queue.len();
+        drop(s);
+        gate.released(n, held);
+    }
+
     /// Wait for the slot, at most `timeout` (counted from the enqueue), or until `shutdown`.
     pub async fn wait(
         mut self,
@@ -423,6 +458,10 @@ pub struct ActivatorTelemetry {
     pub shutdown: AtomicU64,
     /// 413s.
     pub too_large: AtomicU64,
+    /// 408s: a held request's body did not arrive in time.
+    pub body_timeouts: AtomicU64,
+    /// 503s: held bodies at their total bound.
+    pub held_bytes_full: AtomicU64,
     /// 502s.
     pub upstream_errors: AtomicU64,
 }
@@ -440,6 +479,8 @@ pub struct Activator {
     routes: std::sync::RwLock<Arc<Vec<RouteState>>>,
     gates: Mutex<std::collections::HashMap<WorkloadKey, Arc<Gate>>>,
     reporter: Mutex<Option<Reporter>>,
+    /// Bytes of held request bodies in memory, all workloads (`--activator-max-held-bytes`).
+    held_bytes: Arc<Budget>,
     client: Client<HttpConnector, Body>,
     /// Counters.
     pub telemetry: ActivatorTelemetry,
@@ -459,6 +500,7 @@ impl Activator {
             routes: std::sync::RwLock::new(Arc::new(Vec::new())),
             gates: Mutex::new(std::collections::HashMap::new()),
             reporter: Mutex::new(None),
+            held_bytes: Budget::new(config.max_held_bytes),
             client,
             telemetry: ActivatorTelemetry::default(),
             shutdown: watch::channel(false).0,
@@ -575,6 +617,63 @@ impl Activator {
         r
     }
 
+    /// Read a held request's body: at most `max_body_bytes` (413), within `body_timeout`
+    /// (408), and within what is left of `max_held_bytes` for all held bodies (503).
+    async fn read_held_body(
+        &self,
+        mut body: Incoming,
+        w: &WorkloadKey,
+    ) -> Result<(Vec<Bytes>, Reservation), Response<Body>> {
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut reserved = self.held_bytes.reserve();
+        let deadline = tokio::time::sleep(self.config.body_timeout);
+        tokio::pin!(deadline);
+        loop {
+            let frame = tokio::select! {
+                f = body.frame() => f,
+                () = &mut deadline => {
+                    self.telemetry.body_timeouts.fetch_add(1, Ordering::Relaxed);
+                    let mut r = Response::new(full(format!(
+                        "the request body did not arrive within {:?} (--activator-body-timeout)\n",
+                        self.config.body_timeout
+                    )));
+                    *r.status_mut() = StatusCode::REQUEST_TIMEOUT;
+                    return Err(r);
+                }
+            };
+            let data = match frame {
+                None => break,
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+                Some(Err(e)) => {
+                    let mut r = Response::new(full(format!("reading the request body: {e}\n")));
+                    *r.status_mut() = StatusCode::BAD_REQUEST;
+                    return Err(r);
+                }
+            };
+            if reserved.len() + data.len() > self.config.max_body_bytes {
+                self.telemetry.too_large.fetch_add(1, Ordering::Relaxed);
+                let mut r = Response::new(full(format!(
+                    "request body over {} bytes cannot be held while {w} wakes (--activator-max-body-bytes)\n",
+                    self.config.max_body_bytes
+                )));
+                *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                return Err(r);
+            }
+            if !reserved.take(data.len()) {
+                self.telemetry.held_bytes_full.fetch_add(1, Ordering::Relaxed);
+                return Err(self.unavailable(&format!(
+                    "held request bodies already take {} bytes (--activator-max-held-bytes) while workloads wake",
+                    self.config.max_held_bytes
+                )));
+            }
+            chunks.push(data);
+        }
+        Ok((chunks, reserved))
+    }
+
     /// Handle one request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let received = Instant::now();
@@ -599,30 +698,23 @@ impl Activator {
             // Admitted at once: the body streams through.
             Ticket::Now(p) => (p, body.map_err(|e| Box::new(e) as BoxError).boxed(), None),
             Ticket::Queued(q) => {
-                // Held: read the body now (bounded in size and time) so it is ready on release.
-                let read =
-                    tokio::time::timeout(wait, Limited::new(body, self.config.max_body_bytes).collect())
-                        .await;
-                let bytes = match read {
-                    Ok(Ok(b)) => b.to_bytes(),
-                    Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                        self.telemetry.too_large.fetch_add(1, Ordering::Relaxed);
-                        let mut r = Response::new(full(format!(
-                            "request body over {} bytes cannot be held while {} wakes (--activator-max-body-bytes)\n",
-                            self.config.max_body_bytes, rs.route.workload
-                        )));
-                        *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-                        return r;
-                    }
-                    Ok(Err(e)) => {
-                        let mut r = Response::new(full(format!("reading the request body: {e}\n")));
-                        *r.status_mut() = StatusCode::BAD_REQUEST;
-                        return r;
-                    }
-                    Err(_) => return self.refused(Refused::Timeout, &rs.route.workload),
+                // Held: read the body now (bounded in size, in total and in time) so it is
+                // ready on release; only then may the request be released.
+                let chunks = match self.read_held_body(body, &rs.route.workload).await {
+                    Ok(c) => c,
+                    Err(r) => return r,
                 };
+                q.ready();
+                // The reservation lives in the body: it is given back when the body is dropped
+                // (sent upstream, or the request refused).
+                let (chunks, reserved) = chunks;
+                let frames = futures_util::stream::iter(chunks).map(move |b| {
+                    let _ = &reserved;
+                    Ok::<_, BoxError>(hyper::body::Frame::data(b))
+                });
+                let body = BodyExt::boxed(http_body_util::StreamBody::new(frames));
                 match q.wait(wait, shutdown).await {
-                    Ok((p, held)) => (p, full(bytes), Some(held)),
+                    Ok((p, held)) => (p, body, Some(held)),
                     Err(e) => return self.refused(e, &rs.route.workload),
                 }
             }
@@ -804,6 +896,8 @@ impl Activator {
             ("timeout", &t.timeouts),
             ("shutdown", &t.shutdown),
             ("body_too_large", &t.too_large),
+            ("body_timeout", &t.body_timeouts),
+            ("held_bytes_full", &t.held_bytes_full),
             ("upstream_error", &t.upstream_errors),
         ] {
             w.sample(
@@ -875,7 +969,7 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let builder = gpuscale_collector::server::builder();
     tokio::pin!(stop);
     loop {
         let (tcp, _peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
@@ -895,10 +989,14 @@ pub async fn serve(
             let a = a.clone();
             async move { Ok::<_, Infallible>(a.handle(req).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
-        let conn = graceful.watch(conn.into_owned());
+        let (b, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let _ = conn.await;
+            // A connection that sends nothing is closed after the header timeout.
+            if !gpuscale_collector::server::first_byte(&tcp).await {
+                return;
+            }
+            let conn = b.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+            let _ = watcher.watch(conn.into_owned()).await;
         });
     }
     drop(listener);
@@ -967,6 +1065,16 @@ pub struct ActivatorArgs {
     #[arg(long, env = "GPUSCALE_ACTIVATOR_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub activator_max_body_bytes: usize,
 
+    /// Request bodies held in memory while workloads wake, all together (bytes); beyond it a
+    /// held request gets 503 with Retry-After. Keep it well under the container's memory limit.
+    #[arg(long, env = "GPUSCALE_ACTIVATOR_MAX_HELD_BYTES", default_value_t = 256 << 20)]
+    pub activator_max_held_bytes: usize,
+
+    /// Longest a held request's body may take to arrive; a slower upload gets 408 and never
+    /// holds a release slot meanwhile.
+    #[arg(long, env = "GPUSCALE_ACTIVATOR_BODY_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub activator_body_timeout: Duration,
+
     /// Path probed on each upstream to tell it is ready (vLLM, SGLang and TGI serve /health).
     #[arg(long, env = "GPUSCALE_ACTIVATOR_PROBE_PATH", default_value = "/health")]
     pub activator_probe_path: String,
@@ -1031,6 +1139,8 @@ impl ActivatorArgs {
             max_held: self.activator_max_held,
             cold_start_timeout: self.activator_cold_start_timeout,
             max_body_bytes: self.activator_max_body_bytes,
+            max_held_bytes: self.activator_max_held_bytes,
+            body_timeout: self.activator_body_timeout,
             probe_path: self.activator_probe_path.clone(),
             probe_interval: self.activator_probe_interval,
             drain_timeout: self.activator_drain_timeout,

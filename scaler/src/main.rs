@@ -198,14 +198,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --http-listen {}", args.http_listen))?;
     tracing::info!(addr = %args.http_listen, "HTTP listening");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(http, router(state))
-            .with_graceful_shutdown(shutdown())
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    tokio::spawn(gpuscale_collector::server::serve(http, router(state), shutdown()));
 
     let service = ExternalScalerServer::new(Scaler::new(workloads, telemetry, clock));
     let mut server = tonic::transport::Server::builder()
@@ -235,10 +228,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(addr = %args.grpc_listen, "gRPC listening (plaintext h2c)");
             server
                 .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                    shutdown(),
-                )
+                .serve_with_incoming_shutdown(tls::plaintext(grpc), shutdown())
                 .await?;
         }
     }

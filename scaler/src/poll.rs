@@ -87,6 +87,7 @@ async fn read_collector(
         timeout: config.timeout,
         max_bytes: config.max_page_bytes,
         bearer: config.bearer.as_deref(),
+        keep: None,
     };
     let families = gpuscale_collector::scrape::fetch_page(client, &url, &how)
         .await

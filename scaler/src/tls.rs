@@ -217,6 +217,8 @@ pub fn incoming(
                     continue;
                 }
             };
+            // Without TCP_NODELAY, small gRPC frames wait on Nagle and delayed ACKs (40 ms).
+            let _ = tcp.set_nodelay(true);
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
             let conn_tx = tx.clone();
             tokio::spawn(async move {
@@ -226,6 +228,37 @@ pub fn incoming(
                     }
                     Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
+                }
+            });
+            if tx.is_closed() {
+                break;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Plaintext gRPC connections, each admitted once its first byte arrives within the shared
+/// header timeout (a half-open connection is closed, not kept), with TCP_NODELAY set.
+pub fn plaintext(
+    listener: TcpListener,
+) -> tokio_stream::wrappers::ReceiverStream<Result<tokio::net::TcpStream, io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let conn_tx = tx.clone();
+            tokio::spawn(async move {
+                if gpuscale_collector::server::first_byte(&tcp).await {
+                    let _ = conn_tx.send(Ok(tcp)).await;
                 }
             });
             if tx.is_closed() {

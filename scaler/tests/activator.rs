@@ -77,6 +77,8 @@ fn config(upstream: SocketAddr, concurrency: usize) -> Config {
         max_held: 100,
         cold_start_timeout: Duration::from_secs(10),
         max_body_bytes: 1024,
+        max_held_bytes: 1 << 20,
+        body_timeout: Duration::from_secs(5),
         probe_path: "/health".into(),
         probe_interval: Duration::from_millis(50),
         drain_timeout: Duration::from_millis(500),
@@ -355,4 +357,97 @@ fn routes_come_from_flags_and_a_file_with_errors_naming_the_line() {
     assert!(e.contains("--route"), "{e}");
     assert!(Args::parse_from(["x", "--activator-kube"]).a.config().is_ok());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A request whose body arrives one chunk every `gap`.
+async fn trickle(proxy: SocketAddr, chunks: usize, gap: Duration) -> u16 {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    tokio::spawn(async move {
+        for _ in 0..chunks {
+            if tx.send(Ok(Bytes::from_static(b"x"))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(gap).await;
+        }
+    });
+    use tokio_stream::StreamExt as _;
+    let frames = tokio_stream::wrappers::ReceiverStream::new(rx).map(|r| r.map(hyper::body::Frame::data));
+    let body = reqwest::Body::wrap(http_body_util::StreamBody::new(frames));
+    reqwest::Client::new()
+        .post(format!("http://{proxy}/echo"))
+        .header("host", "qwen.example.com")
+        .body(body)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_bodies_are_bounded_in_total_and_in_time() {
+    // No upstream yet: everything is held.
+    let up_addr = free_addr();
+    let mut c = config(up_addr, 1);
+    c.max_held_bytes = 1500;
+    c.body_timeout = Duration::from_millis(600);
+    let (a, proxy, _stop) = start(c, Reporter::None).await;
+    let client = reqwest::Client::new();
+    // Two 1000-byte bodies against a 1500-byte total: the first is held, the second refused
+    // with 503 + Retry-After, and the held one still completes once the upstream is up.
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { post(&client, proxy, "a".repeat(1000)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = client
+        .post(format!("http://{proxy}/echo"))
+        .header("host", "qwen.example.com")
+        .body("b".repeat(1000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(r.text().await.unwrap().contains("--activator-max-held-bytes"));
+    // A body that trickles in slower than the body timeout: 408, and its place is given up.
+    assert_eq!(trickle(proxy, 10, Duration::from_millis(200)).await, 408);
+    upstream_on(up_addr, Arc::new(Upstream::default())).await;
+    let (status, body) = first.await.unwrap();
+    assert_eq!((status, body.len()), (200, 5 + 1000));
+    // Released bytes are given back: the next held body fits again.
+    assert_eq!(a.gates()[0].1.held(), 0);
+    let rendered = {
+        let mut w =
+            gpuscale_collector::exposition::Writer::new(gpuscale_collector::exposition::Format::Prometheus);
+        a.write_metrics(&mut w);
+        w.finish()
+    };
+    assert!(rendered.contains("reason=\"held_bytes_full\"} 1"), "{rendered}");
+    assert!(rendered.contains("reason=\"body_timeout\"} 1"), "{rendered}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_never_holds_a_release_slot() {
+    let up_addr = free_addr();
+    let upstream = Arc::new(Upstream::default());
+    let mut c = config(up_addr, 1);
+    c.body_timeout = Duration::from_secs(10);
+    let (_a, proxy, _stop) = start(c, Reporter::None).await;
+    // First in line: a body arriving a byte every 150 ms for 3 s.
+    let slow = tokio::spawn(trickle(proxy, 20, Duration::from_millis(150)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Second in line, body complete at once.
+    let client = reqwest::Client::new();
+    let fast = tokio::spawn(async move { post(&client, proxy, "fast".into()).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The upstream comes up with room for one request: the fast one goes, not the uploader.
+    upstream_on(up_addr, upstream.clone()).await;
+    let started = Instant::now();
+    let (status, body) = fast.await.unwrap();
+    let fast_took = started.elapsed();
+    assert_eq!((status, body.as_str()), (200, "echo:fast"));
+    assert!(!slow.is_finished(), "the slow upload finished first");
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(upstream.order.lock().unwrap()[0], "fast");
+    println!("complete body released {fast_took:?} after the upstream came up, ahead of a slow upload");
 }

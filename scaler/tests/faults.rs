@@ -628,3 +628,66 @@ async fn two_scaled_objects_for_one_deployment_get_stable_answers() {
         e.message().len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connections_are_closed_on_every_server() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let model = PageServer::start(Mode::Page(vllm("0.0", "0.0"))).await;
+    let collector = common::collector(&[("llm/qwen", model.addr)]).await;
+    let activator_port = common::free_port();
+    let activator = format!("127.0.0.1:{activator_port}");
+    let route = format!("/=llm/qwen=http://{}", model.addr);
+    let scaler = common::scaler(&[
+        "--collector",
+        &collector.to_string(),
+        "--activator-listen",
+        &activator,
+        "--route",
+        &route,
+    ])
+    .await;
+    let servers = [
+        ("collector", collector.to_string()),
+        (
+            "scaler http",
+            scaler.http.trim_start_matches("http://").to_string(),
+        ),
+        (
+            "scaler grpc",
+            scaler.grpc.trim_start_matches("http://").to_string(),
+        ),
+        ("activator", activator.clone()),
+    ];
+    let started = Instant::now();
+    let mut open = Vec::new();
+    for (name, addr) in &servers {
+        for i in 0..20 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            if i % 2 == 1 {
+                // Trickling: part of a request line, then nothing.
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHo").await.unwrap();
+            }
+            open.push((*name, s));
+        }
+    }
+    // Meanwhile a whole request is still served.
+    let page = reqwest::get(format!("http://{collector}/metrics")).await.unwrap();
+    assert!(page.status().is_success());
+    let mut slowest = Duration::ZERO;
+    for (name, mut s) in open {
+        let mut buf = [0u8; 512];
+        let closed = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    // An error response (408) before closing is fine.
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "{name} kept a half-open connection for 15 s");
+        slowest = slowest.max(started.elapsed());
+    }
+    println!("80 half-open connections over 4 servers all closed after {slowest:?} (header timeout 5 s)");
+}

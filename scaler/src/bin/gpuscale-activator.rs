@@ -86,7 +86,11 @@ async fn main() -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding --http-listen {}", args.http_listen))?;
-    tokio::spawn(async move { axum::serve(http, app).await });
+    tokio::spawn(gpuscale_collector::server::serve(
+        http,
+        app,
+        gpuscale_scaler::shutdown_signal(),
+    ));
     let proxy = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding --activator-listen {listen}"))?;

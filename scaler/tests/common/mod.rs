@@ -138,7 +138,11 @@ pub async fn collector_with(targets: &[&str], scrape_timeout: Duration) -> Socke
     tokio::spawn(tick_loop(config, Box::new(gpus), pages.clone()));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, router(pages)).await });
+    tokio::spawn(gpuscale_collector::server::serve(
+        l,
+        router(pages),
+        std::future::pending(),
+    ));
     addr
 }
 
