@@ -190,6 +190,15 @@ struct ReplayArgs {
     threads: Option<usize>,
 }
 
+/// Most replicas a run may start with: the policies' own bound on maxReplicas.
+const MAX_REPLICAS: u32 = 100_000;
+
+/// Longest simulated time (90 days: the 11-day Alibaba trace takes seconds per policy).
+const MAX_SIMULATED_SECONDS: f64 = 90.0 * 86_400.0;
+
+/// Most points in one sweep.
+const MAX_SWEEP_POINTS: usize = 10_000;
+
 fn check(cond: bool, flag: &str, value: impl std::fmt::Display, expected: &str) -> anyhow::Result<()> {
     if !cond {
         bail!("{flag} {value}: expected {expected}");
@@ -215,6 +224,23 @@ impl ReplayArgs {
     }
 
     fn serving(&self, trace: &Trace) -> anyhow::Result<ServingConfig> {
+        // Checked before anything is allocated for them.
+        check(
+            self.initial_replicas <= MAX_REPLICAS,
+            "--initial-replicas",
+            self.initial_replicas,
+            &format!("0 to {MAX_REPLICAS} (maxReplicas' own bound)"),
+        )?;
+        let simulated = trace.span() + self.drain.max(0.0);
+        if simulated > MAX_SIMULATED_SECONDS {
+            bail!(
+                "{}: the trace spans {:.1} days (plus --drain {} s); at most {} days are simulated, one tick a second: cut the trace to the window you want to study",
+                trace.path.display(),
+                trace.span() / 86_400.0,
+                self.drain,
+                MAX_SIMULATED_SECONDS / 86_400.0
+            );
+        }
         check(
             self.concurrency >= 1,
             "--concurrency",
@@ -435,13 +461,14 @@ fn run_sweep(args: &ReplayArgs) -> anyhow::Result<()> {
     let control = args.control()?;
     let mut params = parse_params(&args.params)?;
     let defaults = serving_defaults(&serving, &mut params);
-    let points = grid(&params);
-    if points.len() > 10_000 {
-        bail!(
-            "the sweep has {} points; at most 10000 (narrow the --param lists)",
-            points.len()
-        );
+    // Counted before the grid is built: a grid of 10^12 points is refused, not allocated.
+    let size = params.iter().fold(1usize, |n, (_, v)| {
+        n.saturating_mul(v.split(',').filter(|x| !x.trim().is_empty()).count())
+    });
+    if size > MAX_SWEEP_POINTS {
+        bail!("the sweep has {size} points; at most {MAX_SWEEP_POINTS} (narrow the --param lists)");
     }
+    let points = grid(&params);
     let mut runs = Vec::new();
     for policy in args.policy.split(',').map(str::trim) {
         for point in &points {

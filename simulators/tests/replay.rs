@@ -391,6 +391,63 @@ fn errors_name_the_input_and_the_fix() {
 }
 
 #[test]
+fn inputs_are_refused_before_anything_is_allocated_for_them() {
+    let conv = root().join("data/traces/AzureLLMInferenceTrace_conv.csv");
+    let conv = conv.to_str().unwrap_or_default();
+    // A billion initial replicas aborted with a 32 GB allocation: now an error, at once.
+    let started = std::time::Instant::now();
+    let (ok, _, stderr) = sim(&[
+        "replay",
+        "--trace",
+        conv,
+        "--policy",
+        "queue",
+        "--initial-replicas",
+        "1000000000",
+    ]);
+    assert!(
+        !ok && stderr.contains("--initial-replicas 1000000000: expected 0 to 100000"),
+        "{stderr}"
+    );
+    // A sweep of 10^12 points is counted, not built.
+    let list = (1..=1000).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let params: Vec<String> = ["queue.target", "minReplicas", "maxReplicas", "keepAlive"]
+        .iter()
+        .map(|k| format!("{k}={list}"))
+        .collect();
+    let mut args = vec!["sweep", "--trace", conv, "--policy", "queue"];
+    for p in &params {
+        args.extend(["--param", p.as_str()]);
+    }
+    let (ok, _, stderr) = sim(&args);
+    assert!(
+        !ok && stderr.contains("the sweep has 1000000000000 points; at most 10000"),
+        "{stderr}"
+    );
+    // A trace spanning years: refused with its span, not simulated for hours.
+    let years = tmp("years.csv");
+    let _ = std::fs::write(&years, "t,svc\n0,1\n1,1\n94608000,1\n");
+    let (ok, _, stderr) = sim(&[
+        "replay",
+        "--trace",
+        years.to_str().unwrap_or_default(),
+        "--format",
+        "csv",
+        "--time-col",
+        "t",
+        "--service-col",
+        "svc",
+        "--policy",
+        "queue",
+    ]);
+    assert!(
+        !ok && stderr.contains("spans 1095.0 days") && stderr.contains("at most 90 days"),
+        "{stderr}"
+    );
+    println!("three oversized inputs refused in {:?}", started.elapsed());
+}
+
+#[test]
 fn keda_loop_wakes_at_the_polling_interval_and_sleeps_after_cooldown() {
     // Traffic for 20 s, then quiet for an hour, then one request. Under KEDA the sleeping
     // workload wakes only at the next 30 s poll (plus the 10 s cold start) and goes back to
