@@ -44,8 +44,9 @@ pub struct Snapshot {
     pub gpu_source: String,
     /// GPUs read this tick.
     pub gpus: Vec<GpuReading>,
-    /// Whether the GPU read failed this tick.
-    pub gpu_error: bool,
+    /// Why the GPU read failed this tick (`None`: it succeeded): the `reason` label of
+    /// `gpuscale_gpu_source_up 0`.
+    pub gpu_error: Option<&'static str>,
     /// Which containers hold which GPU (kubelet PodResources); empty when unknown.
     pub attribution: Attribution,
     /// Queue depth per target.
@@ -326,12 +327,16 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
     w.family(
         "gpuscale_gpu_source_up",
         "gauge",
-        "1 if the last GPU read succeeded.",
+        "1 if the last GPU read succeeded; reason (library_not_found, driver_not_loaded, gpu_lost, blocked, error) when 0.",
     );
+    let mut labels = vec![("source", s.gpu_source.as_str()), ("node", s.node.as_str())];
+    if let Some(reason) = s.gpu_error {
+        labels.push((label::REASON, reason));
+    }
     w.sample(
         "gpuscale_gpu_source_up",
-        &[("source", &s.gpu_source), ("node", &s.node)],
-        f64::from(u8::from(!s.gpu_error)),
+        &labels,
+        f64::from(u8::from(s.gpu_error.is_none())),
     );
 
     type QueueField = (&'static str, &'static str, fn(&QueueReading) -> Option<f64>);
@@ -519,7 +524,7 @@ mod tests {
             node: "node-a".into(),
             gpu_source: "fake".into(),
             gpus: fake.read().unwrap_or_default(),
-            gpu_error: false,
+            gpu_error: None,
             attribution: [(
                 "GPU-fake-0001".to_string(),
                 vec![Owner {

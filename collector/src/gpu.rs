@@ -42,9 +42,38 @@ pub enum GpuError {
          (runtimeClassName: nvidia, NVIDIA_VISIBLE_DEVICES=all), or use --gpu-source none|fake:N"
     )]
     Unavailable(String),
-    /// A call failed.
-    #[error("NVML: {0}")]
-    Nvml(String),
+    /// A call failed; `reason` is the `gpuscale_gpu_source_up` label.
+    #[error("NVML: {message}")]
+    Nvml {
+        /// `driver_not_loaded`, `gpu_lost`, `not_initialized`, `error`.
+        reason: &'static str,
+        /// What NVML said, with the device.
+        message: String,
+    },
+}
+
+impl GpuError {
+    /// The `reason` label of `gpuscale_gpu_source_up 0`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GpuError::Unavailable(_) => "library_not_found",
+            GpuError::Nvml { reason, .. } => reason,
+        }
+    }
+
+    fn nvml(e: &nvml_wrapper::error::NvmlError, context: &str) -> GpuError {
+        use nvml_wrapper::error::NvmlError as E;
+        let reason = match e {
+            E::DriverNotLoaded => "driver_not_loaded",
+            E::GpuLost => "gpu_lost",
+            E::Uninitialized => "not_initialized",
+            _ => "error",
+        };
+        GpuError::Nvml {
+            reason,
+            message: format!("{context}{e}"),
+        }
+    }
 }
 
 /// A source of GPU readings. `read` may block (NVML calls do); the collector calls it on a
@@ -118,31 +147,48 @@ impl GpuSource for FakeGpus {
         "fake"
     }
     fn read(&mut self) -> Result<Vec<GpuReading>, GpuError> {
-        self.gpus
-            .lock()
-            .map(|g| g.clone())
-            .map_err(|_| GpuError::Nvml("fake GPU state poisoned".into()))
+        self.gpus.lock().map(|g| g.clone()).map_err(|_| GpuError::Nvml {
+            reason: "error",
+            message: "fake GPU state poisoned".into(),
+        })
     }
 }
 
 /// NVML through nvml-wrapper. The library is loaded once (`dlopen` of `libnvidia-ml.so.1`)
-/// and kept for the life of the process.
+/// and kept for the life of the process. When `nvmlInit` fails (the driver not loaded yet, as
+/// on a node still booting), every read tries again, and until one succeeds the read fails with
+/// the reason: the collector keeps serving queue depth meanwhile.
 pub struct NvmlGpus {
-    nvml: &'static nvml_wrapper::Nvml,
+    nvml: Option<&'static nvml_wrapper::Nvml>,
 }
 
 static NVML: std::sync::OnceLock<nvml_wrapper::Nvml> = std::sync::OnceLock::new();
 
 impl NvmlGpus {
-    /// Load NVML; a clear error when it is not on this machine.
+    /// Load NVML. A missing library is an error now (the pod lacks the NVIDIA runtime: a
+    /// configuration to fix); a failing `nvmlInit` is retried on each read.
     pub fn new() -> Result<Self, GpuError> {
-        if let Some(n) = NVML.get() {
-            return Ok(NvmlGpus { nvml: n });
+        match Self::init() {
+            Ok(n) => Ok(NvmlGpus { nvml: Some(n) }),
+            Err(e @ GpuError::Unavailable(_)) => Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "NVML did not initialize; retrying on every tick");
+                Ok(NvmlGpus { nvml: None })
+            }
         }
-        let nvml = nvml_wrapper::Nvml::init().map_err(|e| GpuError::Unavailable(e.to_string()))?;
-        Ok(NvmlGpus {
-            nvml: NVML.get_or_init(|| nvml),
-        })
+    }
+
+    fn init() -> Result<&'static nvml_wrapper::Nvml, GpuError> {
+        if let Some(n) = NVML.get() {
+            return Ok(n);
+        }
+        match nvml_wrapper::Nvml::init() {
+            Ok(nvml) => Ok(NVML.get_or_init(|| nvml)),
+            Err(e @ nvml_wrapper::error::NvmlError::LibloadingError(_)) => {
+                Err(GpuError::Unavailable(e.to_string()))
+            }
+            Err(e) => Err(GpuError::nvml(&e, "nvmlInit: ")),
+        }
     }
 
     fn reading(dev: &nvml_wrapper::Device<'_>, index: String) -> GpuReading {
@@ -184,16 +230,26 @@ impl GpuSource for NvmlGpus {
     }
 
     fn read(&mut self) -> Result<Vec<GpuReading>, GpuError> {
-        let n = self
-            .nvml
-            .device_count()
-            .map_err(|e| GpuError::Nvml(e.to_string()))?;
+        let nvml = match self.nvml {
+            Some(n) => n,
+            None => {
+                let n = Self::init()?;
+                tracing::info!("NVML initialized");
+                self.nvml = Some(n);
+                n
+            }
+        };
+        let n = nvml.device_count().map_err(|e| GpuError::nvml(&e, ""))?;
         let mut out = Vec::with_capacity(n as usize);
         for i in 0..n {
-            let dev = self
-                .nvml
+            let dev = nvml
                 .device_by_index(i)
-                .map_err(|e| GpuError::Nvml(format!("device {i}: {e}")))?;
+                .map_err(|e| GpuError::nvml(&e, &format!("GPU {i}: ")))?;
+            // A GPU that has fallen off the bus answers GPU_IS_LOST to every call: the node's
+            // GPU view is unknown (never a GPU with blank fields).
+            if let Err(e) = dev.uuid() {
+                return Err(GpuError::nvml(&e, &format!("GPU {i}: ")));
+            }
             // MIG instances, where the driver offers them, are reported alongside their parent.
             let mig = matches!(dev.mig_is_mig_device_handle(), Ok(false))
                 && dev.mig_mode().is_ok_and(|m| m.current == 1);

@@ -217,11 +217,13 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
             attribution.clone(),
         ));
     }
-    // NVML calls block: they run on one dedicated thread, fed through a channel.
+    // NVML calls block: they run on one dedicated thread, fed through a channel. A request is
+    // sent only when the previous one has been answered, so a call wedged in the driver holds
+    // one request, not a growing queue, and the tick never waits on it beyond `gpu_wait`.
     let (gpu_tx, mut gpu_rx) = tokio::sync::mpsc::channel(1);
     let (req_tx, req_rx) = std::sync::mpsc::channel::<()>();
     let mut gpus = gpus;
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name("gpu-source".into())
         .spawn(move || {
             while req_rx.recv().is_ok() {
@@ -229,8 +231,13 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
                     break;
                 }
             }
-        })
-        .ok();
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the GPU thread; GPU series will be reported as down");
+    }
+    let gpu_wait = (config.interval / 2).min(Duration::from_secs(1));
+    // When the request in flight was sent, if one is.
+    let mut gpu_asked: Option<Instant> = None;
     let shared = Arc::new(ScrapeShared {
         client,
         limit: Semaphore::new(config.max_concurrent_scrapes.max(1)),
@@ -250,7 +257,9 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
     loop {
         interval.tick().await;
         let started = Instant::now();
-        let _ = req_tx.send(());
+        if gpu_asked.is_none() && req_tx.send(()).is_ok() {
+            gpu_asked = Some(started);
+        }
         // Static targets plus whatever the pod watch found (bounded like static ones).
         let mut targets = config.targets.clone();
         if let Some(found) = &config.discovered
@@ -286,13 +295,32 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        let (gpu_readings, gpu_error) = match gpu_rx.recv().await {
-            Some(Ok(g)) => (g, false),
-            Some(Err(e)) => {
+        let answer = match gpu_asked {
+            Some(_) => tokio::time::timeout(gpu_wait, gpu_rx.recv()).await.ok(),
+            None => None,
+        };
+        if answer.is_some() {
+            gpu_asked = None;
+        }
+        let (gpu_readings, gpu_error) = match answer {
+            Some(Some(Ok(g))) => (g, None),
+            Some(Some(Err(e))) => {
                 tracing::warn!(error = %e, "GPU read failed");
-                (Vec::new(), true)
+                (Vec::new(), Some(e.reason()))
             }
-            None => (Vec::new(), true),
+            Some(None) => (Vec::new(), Some("error")),
+            // Still waiting: a driver call has not returned. Its answer, when it comes, is
+            // taken at a later tick as that tick's reading.
+            None => match gpu_asked {
+                Some(at) => {
+                    tracing::warn!(
+                        waited_s = at.elapsed().as_secs_f64(),
+                        "an NVML call has not returned; GPU series are reported as down until it does"
+                    );
+                    (Vec::new(), Some("blocked"))
+                }
+                None => (Vec::new(), Some("error")),
+            },
         };
         let queues: Vec<QueueReading> = {
             let r = readings.read().unwrap_or_else(|e| e.into_inner());

@@ -757,7 +757,10 @@ impl Activator {
             Ok(r) => r,
             Err(e) => {
                 self.telemetry.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                let mut r = Response::new(full(format!("upstream {}: {e}\n", rs.route.upstream)));
+                let mut r = Response::new(full(format!(
+                    "upstream {}: {e}\n",
+                    gpuscale_collector::contract::redact_url(&rs.route.upstream.to_string())
+                )));
                 *r.status_mut() = StatusCode::BAD_GATEWAY;
                 return r;
             }
@@ -822,7 +825,7 @@ impl Activator {
                         Ok(r) if r.status().is_success()
                     );
                     if ok != ready {
-                        tracing::info!(upstream = %upstream, ready = ok, "upstream readiness changed");
+                        tracing::info!(upstream = %gpuscale_collector::contract::redact_url(&upstream.to_string()), ready = ok, "upstream readiness changed");
                         ready = ok;
                     }
                     gate.set_ready(usize::from(ok));
