@@ -16,7 +16,7 @@ use gpuscale_collector::service::{Config, Pages, router, tick_loop};
 #[command(name = "gpuscale-collector", version)]
 struct Args {
     /// Address to serve /metrics, /healthz and /readyz on.
-    #[arg(long, default_value = "0.0.0.0:9400", env = "GPUSCALE_COLLECTOR_LISTEN")]
+    #[arg(long, default_value = "0.0.0.0:9400", env = "GPUSCALE_COLLECTOR_LISTEN", value_parser = gpuscale_collector::server::listen_addr)]
     listen: SocketAddr,
     /// GPU source: `nvml` (the driver's library, on GPU nodes), `fake:N` (N scripted GPUs, for
     /// tests and demos) or `none`.
@@ -44,11 +44,12 @@ struct Args {
     /// Metric whose mean is the KV-cache usage, 0-1 (overrides the preset).
     #[arg(long, env = "GPUSCALE_COLLECTOR_KV_METRIC")]
     kv_metric: Option<String>,
-    /// Seconds between ticks (GPU read and scrapes).
-    #[arg(long, default_value_t = 5.0, env = "GPUSCALE_COLLECTOR_INTERVAL")]
+    /// Time between ticks (GPU read and render) and between scrapes of each target: `500ms`,
+    /// `5s`, `1m` (a bare number is seconds).
+    #[arg(long, default_value_t = 5.0, env = "GPUSCALE_COLLECTOR_INTERVAL", value_parser = duration_secs)]
     interval: f64,
-    /// Seconds a scrape may take.
-    #[arg(long, default_value_t = 2.0, env = "GPUSCALE_COLLECTOR_SCRAPE_TIMEOUT")]
+    /// Time a scrape may take (`2s`; a bare number is seconds).
+    #[arg(long, default_value_t = 2.0, env = "GPUSCALE_COLLECTOR_SCRAPE_TIMEOUT", value_parser = duration_secs)]
     scrape_timeout: f64,
     /// Largest page accepted from a target, bytes.
     #[arg(long, default_value_t = 16 << 20, env = "GPUSCALE_COLLECTOR_MAX_PAGE_BYTES")]
@@ -71,12 +72,12 @@ struct Args {
         env = "GPUSCALE_COLLECTOR_POD_RESOURCES_SOCKET"
     )]
     pod_resources_socket: String,
-    /// Seconds between PodResources refreshes (never per scrape).
+    /// Time between PodResources refreshes, never per scrape (`10s`; a bare number is seconds).
     #[arg(
         long,
         default_value_t = 10.0,
         env = "GPUSCALE_COLLECTOR_POD_RESOURCES_INTERVAL"
-    )]
+    , value_parser = duration_secs)]
     pod_resources_interval: f64,
     /// Discover the model-server pods on this node through the Kubernetes API (in-cluster
     /// config, or KUBECONFIG): pods annotated `gpuscale.io/scrape: "true"` are scraped at
@@ -101,15 +102,38 @@ enum LogFormat {
     Json,
 }
 
+/// The duration syntax every gpuscale binary shares, as seconds.
+fn duration_secs(v: &str) -> Result<f64, String> {
+    gpuscale_policies::spec::parse_duration("duration", v)
+        .map(|d| d.as_secs_f64())
+        .map_err(|_| {
+            format!(
+                "`{}`: expected a duration such as 500ms, 5s or 1m (a bare number is seconds)",
+                gpuscale_policies::spec::brief(v)
+            )
+        })
+}
+
 fn seconds(flag: &str, v: f64, min: f64, max: f64) -> anyhow::Result<Duration> {
     if !(v.is_finite() && (min..=max).contains(&v)) {
-        anyhow::bail!("{flag} {v}: expected seconds from {min} to {max}");
+        anyhow::bail!("{flag} {v}s: expected a duration from {min}s to {max}s");
     }
     Ok(Duration::from_secs_f64(v))
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    // User errors are messages, never backtraces (whatever RUST_BACKTRACE says).
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gpuscale-collector: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -396,6 +396,22 @@ impl ScrapeError {
     }
 }
 
+/// An error with every cause after it (`error sending request: client error (Connect):
+/// tcp connect error: Connection refused (os error 111)`), so a log says what actually failed.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.ends_with(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}
+
 /// How to fetch one page.
 #[derive(Clone, Copy, Debug)]
 pub struct Fetch<'a> {
@@ -451,7 +467,10 @@ pub async fn fetch_page(
         if let Some(token) = how.bearer {
             req = req.bearer_auth(token);
         }
-        let mut resp = req.send().await.map_err(|e| http(e.without_url().to_string()))?;
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| http(with_causes(&e.without_url())))?;
         if !resp.status().is_success() {
             return Err(http(format!("HTTP {}", resp.status())));
         }
@@ -469,7 +488,11 @@ pub async fn fetch_page(
             max_bytes: how.max_bytes,
             ..Limits::default()
         };
-        let mut next = async || resp.chunk().await.map_err(|e| http(e.without_url().to_string()));
+        let mut next = async || {
+            resp.chunk()
+                .await
+                .map_err(|e| http(with_causes(&e.without_url())))
+        };
         let parsed = if how.openmetrics {
             // A collector's page, small and read whole: OpenMetrics needs the end (`# EOF`).
             if !content_type.starts_with("application/openmetrics-text") {

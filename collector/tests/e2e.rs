@@ -338,12 +338,38 @@ async fn prometheus_scrapes(client: &reqwest::Client, collector_port: u16) {
 
 #[test]
 fn bad_flags_fail_with_the_fix() {
+    // A user error is a message, never a backtrace, even with RUST_BACKTRACE set.
     let out = Command::new(BIN)
         .args(["--gpu-source", "fake:0"])
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected fake:N with N from 1 to 64"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: --gpu-source fake:0: expected fake:N with N from 1 to 64"),
+        "{err}"
+    );
+    assert!(!err.contains("backtrace") && err.lines().count() <= 2, "{err}");
+    // Listen addresses: the forms are shown; `:PORT` and names are accepted.
+    let out = Command::new(BIN)
+        .args(["--gpu-source", "none", "--listen", "9400"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("has no port") && err.contains(":PORT"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args(["--gpu-source", "none", "--interval", "soon"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`soon`: expected a duration such as 500ms, 5s or 1m"),
+        "{err}"
+    );
     let out = Command::new(BIN)
         .args([
             "--gpu-source",

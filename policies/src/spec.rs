@@ -43,6 +43,19 @@ pub enum SpecError {
         /// The keys that would be accepted here.
         allowed: String,
     },
+    /// The key belongs to a policy the spec does not include.
+    #[error(
+        "`{}` is a parameter of policy `{policy}`, which `{}` does not include: add `{policy}` to the policy (e.g. `{}+{policy}`) or remove the key",
+        brief(.key), brief(.spec), brief(.spec)
+    )]
+    NotInSpec {
+        /// What was given.
+        key: String,
+        /// The policy it belongs to.
+        policy: String,
+        /// The spec it was given with.
+        spec: String,
+    },
     /// The value does not parse or is out of range.
     #[error("invalid value `{}` for `{}`: expected {expected}", brief(.value), brief(.key))]
     Invalid {
@@ -69,6 +82,46 @@ pub fn brief(s: &str) -> std::borrow::Cow<'_, str> {
         end -= 1;
     }
     format!("{}... ({} bytes)", &s[..end], s.len()).into()
+}
+
+/// Why `key` cannot be used with `spec` (whose policies are `names`): it belongs to a known
+/// policy the spec leaves out, or it is not a key at all.
+fn unused_key(key: &str, spec: &str, names: &[&str]) -> SpecError {
+    let owner = key
+        .split_once('.')
+        .map(|(p, _)| p)
+        .filter(|p| KEYS.iter().any(|k| k.policy == *p));
+    match owner {
+        Some(policy) => SpecError::NotInSpec {
+            key: key.into(),
+            policy: policy.into(),
+            spec: spec.into(),
+        },
+        None => SpecError::UnknownKey {
+            key: key.into(),
+            allowed: allowed_keys(names),
+        },
+    }
+}
+
+/// A parameter given for several specs at once (the simulator's `--policy hpa,kpa`) must be
+/// used by at least one of them; autoscaler-wide keys always are.
+pub fn check_used(key: &str, specs: &[&str]) -> Result<(), SpecError> {
+    let Some((policy, _)) = key.split_once('.') else {
+        return Ok(());
+    };
+    let mut all: Vec<&str> = Vec::new();
+    for s in specs {
+        for n in policy_names(s)? {
+            if !all.contains(&n) {
+                all.push(n);
+            }
+        }
+    }
+    if all.contains(&policy) {
+        return Ok(());
+    }
+    Err(unused_key(key, &specs.join(","), &all))
 }
 
 /// One documented parameter.
@@ -497,10 +550,7 @@ pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Res
         let (k, v) = (k.as_ref(), v.as_ref());
         let (policy, name) = k.split_once('.').unwrap_or(("", k));
         if !policy.is_empty() && !names.contains(&policy) {
-            return Err(SpecError::UnknownKey {
-                key: k.into(),
-                allowed: allowed_keys(&names),
-            });
+            return Err(unused_key(k, spec, &names));
         }
         match (policy, name) {
             ("", "minReplicas") => min = parse_u32(k, v, 0, 100_000)?,

@@ -159,7 +159,7 @@ impl Reporter {
                         tracing::warn!(workload = %w, status = %r.status(), "scaler refused the held-request report")
                     }
                     Err(e) => {
-                        tracing::warn!(workload = %w, error = %e.without_url(), "cannot report held requests to the scaler")
+                        tracing::warn!(workload = %w, error = %gpuscale_collector::scrape::with_causes(&e.without_url()), "cannot report held requests to the scaler")
                     }
                 }
             }
@@ -481,6 +481,8 @@ pub struct Activator {
     reporter: Mutex<Option<Reporter>>,
     /// Bytes of held request bodies in memory, all workloads (`--activator-max-held-bytes`).
     held_bytes: Arc<Budget>,
+    /// Set once shutdown has begun: `/readyz` answers 503 so no new traffic is sent here.
+    draining: std::sync::atomic::AtomicBool,
     client: Client<HttpConnector, Body>,
     /// Counters.
     pub telemetry: ActivatorTelemetry,
@@ -501,6 +503,7 @@ impl Activator {
             gates: Mutex::new(std::collections::HashMap::new()),
             reporter: Mutex::new(None),
             held_bytes: Budget::new(config.max_held_bytes),
+            draining: std::sync::atomic::AtomicBool::new(false),
             client,
             telemetry: ActivatorTelemetry::default(),
             shutdown: watch::channel(false).0,
@@ -678,10 +681,16 @@ impl Activator {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let received = Instant::now();
         let Some(rs) = self.route(&req) else {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri().authority().map(|a| a.as_str()))
+                .unwrap_or("(none)");
             let mut r = Response::new(full(format!(
-                "no route for host {:?} path {}: routes are set with --route\n",
-                req.headers().get(header::HOST),
-                req.uri().path()
+                "no route for host {} path {}: routes are set with --route, --routes-file or --activator-kube\n",
+                gpuscale_collector::contract::quote(host, 200),
+                gpuscale_collector::contract::quote(req.uri().path(), 200)
             )));
             *r.status_mut() = StatusCode::NOT_FOUND;
             return r;
@@ -844,6 +853,11 @@ impl Activator {
         }
     }
 
+    /// Whether shutdown has begun (the listener is closed; held requests are draining).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     /// Start shutting down: new and held requests are answered 503 with Retry-After.
     pub fn shut_down(&self) {
         self.shutdown.send_replace(true);
@@ -1003,6 +1017,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    activator.draining.store(true, Ordering::Relaxed);
     let deadline = activator.config.drain_timeout;
     tracing::info!(
         held = activator.gates().iter().map(|(_, g, _)| g.held()).sum::<usize>(),
@@ -1031,7 +1046,7 @@ fn duration(v: &str) -> Result<Duration, String> {
 pub struct ActivatorArgs {
     /// Address of the activator's proxy port. In gpuscale-scaler the activator runs only when
     /// this is set.
-    #[arg(long, env = "GPUSCALE_ACTIVATOR_LISTEN")]
+    #[arg(long, env = "GPUSCALE_ACTIVATOR_LISTEN", value_parser = gpuscale_collector::server::listen_addr)]
     pub activator_listen: Option<SocketAddr>,
 
     /// `HOST=NAMESPACE/WORKLOAD=http://UPSTREAM[:PORT]` or `/PREFIX=NAMESPACE/WORKLOAD=http://...`,

@@ -6,15 +6,17 @@ use std::time::Duration;
 
 use gpuscale_collector::exposition::Writer;
 
-/// Upper bounds of the latency buckets, seconds.
-pub const BUCKETS: [f64; 12] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5,
+/// Upper bounds of the buckets, seconds: from gRPC answers (tens of microseconds) to requests
+/// held while a GPU workload wakes (up to the 10-minute cold-start timeout).
+pub const BUCKETS: [f64; 18] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10.0, 30.0,
+    60.0, 120.0, 300.0, 600.0,
 ];
 
 /// A Prometheus histogram over [`BUCKETS`].
 #[derive(Default, Debug)]
 pub struct Histogram {
-    counts: [AtomicU64; 13],
+    counts: [AtomicU64; BUCKETS.len() + 1],
     sum_nanos: AtomicU64,
 }
 

@@ -319,9 +319,15 @@ impl Trigger {
     /// A fresh autoscaler for this trigger.
     pub fn autoscaler(&self) -> Result<Autoscaler, TriggerError> {
         spec::build(&self.policy, &self.params).map_err(|e| match e {
-            SpecError::UnknownKey { key, .. } => TriggerError::UnknownKey {
+            // The policy's own keys (as the spec lists them for this policy) and the scaler's.
+            SpecError::UnknownKey { key, allowed } => TriggerError::UnknownKey {
                 key,
-                allowed: allowed_keys(),
+                allowed: TRIGGER_KEYS
+                    .iter()
+                    .map(|k| k.name)
+                    .chain(std::iter::once(allowed.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             },
             e => TriggerError::Policy(e),
         })
@@ -404,6 +410,23 @@ mod tests {
         ]);
         assert!(m.contains("(0, 1]"), "{m}");
         assert!(e(&[("deployment", "d"), ("activationThreshold", "x")]).contains("activationThreshold"));
+    }
+
+    #[test]
+    fn a_key_of_another_policy_is_named_as_such_not_as_unknown() {
+        let e = |pairs: &[(&str, &str)]| Trigger::parse("ns", &md(pairs)).unwrap_err().to_string();
+        let m = e(&[("deployment", "d"), ("policy", "queue"), ("slo.wait", "2s")]);
+        assert!(
+            m.contains("`slo.wait` is a parameter of policy `slo`, which `queue` does not include")
+                && m.contains("queue+slo"),
+            "{m}"
+        );
+        // A real typo lists what this policy takes, and not what it does not.
+        let m = e(&[("deployment", "d"), ("policy", "queue"), ("queue.targt", "2")]);
+        assert!(
+            m.contains("unknown") && m.contains("queue.target") && !m.contains("slo.wait"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -451,3 +451,20 @@ async fn a_slow_upload_never_holds_a_release_slot() {
     assert_eq!(upstream.order.lock().unwrap()[0], "fast");
     println!("complete body released {fast_took:?} after the upstream came up, ahead of a slow upload");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrouted_request_is_told_so_in_plain_words() {
+    let (_a, proxy, _stop) = start(config(free_addr(), 1), Reporter::None).await;
+    let r = reqwest::Client::new()
+        .get(format!("http://{proxy}/nowhere"))
+        .header("host", "nowhere.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("no route for host nowhere.example.com path /nowhere") && !body.contains("Some("),
+        "{body}"
+    );
+}

@@ -78,3 +78,27 @@ fn every_trigger_key_and_policy_parameter_is_in_the_reference() {
         assert!(doc.contains(&format!("| `{a}` |")), "annotation {a} missing");
     }
 }
+
+#[test]
+fn each_binary_names_itself() {
+    for (bin, name) in [
+        (env!("CARGO_BIN_EXE_gpuscale-scaler"), "gpuscale-scaler "),
+        (env!("CARGO_BIN_EXE_gpuscale-activator"), "gpuscale-activator "),
+    ] {
+        let out = std::process::Command::new(bin).arg("--version").output().unwrap();
+        let v = String::from_utf8_lossy(&out.stdout);
+        assert!(v.starts_with(name), "{bin}: {v}");
+    }
+    // User errors: a message naming the input and the accepted forms, no backtrace.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpuscale-scaler"))
+        .args(["--http-listen", ":notaport"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is not a port") && err.contains("HOST:PORT"),
+        "{err}"
+    );
+    assert!(!err.contains("backtrace"), "{err}");
+}

@@ -490,10 +490,11 @@ async fn collector_addresses_take_every_documented_form_and_secrets_stay_secret(
     let secret = format!("http://scraper:hunter2@127.0.0.1:{port}/metrics?token=s3cret");
     let scaler = common::scaler(&["--collector", &secret, "--poll-interval", POLL]).await;
     let mut c = client(&scaler).await;
+    // The cause is named, not just "error sending request".
     let why = unknown(
         &mut c,
         &so("llm", "qwen"),
-        &["has not answered yet", "***@127.0.0.1"],
+        &["has not answered yet", "***@127.0.0.1", "Connection refused"],
     )
     .await;
     let debug = reqwest::get(format!("{}/debug/workloads", scaler.http))

@@ -106,19 +106,19 @@ struct ReplayArgs {
     #[arg(long = "loop", value_enum, default_value_t = LoopKind::Direct, env = "GPUSCALE_SIM_LOOP")]
     loop_kind: LoopKind,
     /// direct: decision period in seconds (default 1; hpa and kpa use 15 and 2 unless set).
-    #[arg(long, env = "GPUSCALE_SIM_TICK")]
+    #[arg(long, env = "GPUSCALE_SIM_TICK", value_parser = whole_seconds, allow_negative_numbers = true)]
     tick: Option<u64>,
     /// keda: pollingInterval, seconds.
-    #[arg(long, default_value_t = 30, env = "GPUSCALE_SIM_POLLING_INTERVAL")]
+    #[arg(long, default_value_t = 30, env = "GPUSCALE_SIM_POLLING_INTERVAL", value_parser = whole_seconds, allow_negative_numbers = true)]
     polling_interval: u64,
     /// keda: HPA sync period, seconds.
-    #[arg(long, default_value_t = 15, env = "GPUSCALE_SIM_HPA_SYNC")]
+    #[arg(long, default_value_t = 15, env = "GPUSCALE_SIM_HPA_SYNC", value_parser = whole_seconds, allow_negative_numbers = true)]
     hpa_sync: u64,
     /// keda: cooldownPeriod, seconds.
-    #[arg(long, default_value_t = 300, env = "GPUSCALE_SIM_COOLDOWN")]
+    #[arg(long, default_value_t = 300, env = "GPUSCALE_SIM_COOLDOWN", value_parser = whole_seconds, allow_negative_numbers = true)]
     cooldown: u64,
     /// Seconds between metric scrapes: the policy sees the last one, aged (metric lag). 0 = fresh.
-    #[arg(long, default_value_t = 0, env = "GPUSCALE_SIM_SCRAPE_INTERVAL")]
+    #[arg(long, default_value_t = 0, env = "GPUSCALE_SIM_SCRAPE_INTERVAL", value_parser = whole_seconds, allow_negative_numbers = true)]
     scrape_interval: u64,
 
     /// Serving model.
@@ -128,7 +128,7 @@ struct ReplayArgs {
     #[arg(long, default_value_t = 1, env = "GPUSCALE_SIM_CONCURRENCY")]
     concurrency: u32,
     /// concurrency: mean service time (s) for traces without one.
-    #[arg(long, default_value_t = 1.0, env = "GPUSCALE_SIM_SERVICE_TIME")]
+    #[arg(long, default_value_t = 1.0, env = "GPUSCALE_SIM_SERVICE_TIME", value_parser = seconds, allow_negative_numbers = true)]
     service_time: f64,
     /// concurrency: distribution of those service times.
     #[arg(long, value_enum, default_value_t = ServiceDist::Exp, env = "GPUSCALE_SIM_SERVICE_DIST")]
@@ -149,7 +149,7 @@ struct ReplayArgs {
     #[arg(long, default_value_t = Batching::default().max_batch_seqs, env = "GPUSCALE_SIM_MAX_BATCH_SEQS")]
     max_batch_seqs: u32,
     /// Seconds for a new replica to become ready (0 allowed).
-    #[arg(long, default_value_t = 60.0, env = "GPUSCALE_SIM_COLD_START")]
+    #[arg(long, default_value_t = 60.0, env = "GPUSCALE_SIM_COLD_START", value_parser = seconds, allow_negative_numbers = true)]
     cold_start: f64,
     /// Draw cold starts from recorded values instead: one number of seconds per line.
     #[arg(long, env = "GPUSCALE_SIM_COLD_START_FILE", conflicts_with = "cold_start")]
@@ -161,7 +161,7 @@ struct ReplayArgs {
     #[arg(long, default_value_t = 3.24, env = "GPUSCALE_SIM_PRICE_PER_GPU_HOUR")]
     price_per_gpu_hour: f64,
     /// A request not completed this many seconds after arrival fails.
-    #[arg(long, default_value_t = 300.0, env = "GPUSCALE_SIM_TIMEOUT")]
+    #[arg(long, default_value_t = 300.0, env = "GPUSCALE_SIM_TIMEOUT", value_parser = seconds, allow_negative_numbers = true)]
     timeout: f64,
     /// Replicas ready at the start.
     #[arg(long, default_value_t = 1, env = "GPUSCALE_SIM_INITIAL_REPLICAS")]
@@ -170,11 +170,11 @@ struct ReplayArgs {
     #[arg(long, default_value_t = 10_000_000, env = "GPUSCALE_SIM_MAX_QUEUE")]
     max_queue: usize,
     /// Seconds to keep simulating after the last arrival.
-    #[arg(long, default_value_t = 0.0, env = "GPUSCALE_SIM_DRAIN")]
+    #[arg(long, default_value_t = 0.0, env = "GPUSCALE_SIM_DRAIN", value_parser = seconds, allow_negative_numbers = true)]
     drain: f64,
 
     /// Latency objective in seconds: report the share of requests completed within it.
-    #[arg(long, env = "GPUSCALE_SIM_SLO")]
+    #[arg(long, env = "GPUSCALE_SIM_SLO", value_parser = seconds, allow_negative_numbers = true)]
     slo: Option<f64>,
     /// Write the results as JSON (schema in docs/simulator.md).
     #[arg(long, env = "GPUSCALE_SIM_JSON")]
@@ -183,7 +183,7 @@ struct ReplayArgs {
     #[arg(long, env = "GPUSCALE_SIM_REPORT")]
     report: Option<PathBuf>,
     /// Timeline resolution in seconds for --json and --report.
-    #[arg(long, default_value_t = 1, env = "GPUSCALE_SIM_TIMELINE_STEP")]
+    #[arg(long, default_value_t = 1, env = "GPUSCALE_SIM_TIMELINE_STEP", value_parser = whole_seconds, allow_negative_numbers = true)]
     timeline_step: u64,
     /// Replays run at once (default: the machine's cores).
     #[arg(long, env = "GPUSCALE_SIM_THREADS")]
@@ -198,6 +198,26 @@ const MAX_SIMULATED_SECONDS: f64 = 90.0 * 86_400.0;
 
 /// Most points in one sweep.
 const MAX_SWEEP_POINTS: usize = 10_000;
+
+/// A duration flag: the syntax of every gpuscale binary (`250ms`, `30s`, `5m`, `1h`; a bare
+/// number is seconds), as seconds.
+fn seconds(v: &str) -> Result<f64, String> {
+    spec::parse_duration("duration", v)
+        .map(|d| d.as_secs_f64())
+        .map_err(|_| format!("`{}`: expected a duration such as 500ms, 30s, 5m or 1h (a bare number is seconds), 0 or more", spec::brief(v)))
+}
+
+/// A duration flag the engine counts in whole seconds (its tick).
+fn whole_seconds(v: &str) -> Result<u64, String> {
+    let s = seconds(v)?;
+    if s.fract() != 0.0 {
+        return Err(format!(
+            "`{}`: expected whole seconds (the simulator ticks once a second), e.g. 15s or 2m",
+            spec::brief(v)
+        ));
+    }
+    Ok(s as u64)
+}
 
 fn check(cond: bool, flag: &str, value: impl std::fmt::Display, expected: &str) -> anyhow::Result<()> {
     if !cond {
@@ -398,6 +418,16 @@ fn write_outputs(args: &ReplayArgs, title: &str, results: &[PolicyResult]) -> an
     Ok(())
 }
 
+/// Every `--param` must be used by one of the `--policy` specs: a key no policy reads would
+/// change nothing, silently.
+fn check_params_used(policy: &str, params: &[(String, String)]) -> anyhow::Result<()> {
+    let specs: Vec<&str> = policy.split(',').map(str::trim).collect();
+    for (k, v) in params {
+        spec::check_used(k, &specs).map_err(|e| anyhow::anyhow!("--param {k}={}: {e}", spec::brief(v)))?;
+    }
+    Ok(())
+}
+
 fn parse_params(words: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     Ok(spec::parse_params(words.iter().map(String::as_str))?)
 }
@@ -407,6 +437,7 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<()> {
     let serving = args.serving(&trace)?;
     let control = args.control()?;
     let mut params = parse_params(&args.params)?;
+    check_params_used(&args.policy, &params)?;
     let defaults = serving_defaults(&serving, &mut params);
     for (k, v) in &params {
         if v.contains(',') {
@@ -460,6 +491,15 @@ fn run_sweep(args: &ReplayArgs) -> anyhow::Result<()> {
     let serving = args.serving(&trace)?;
     let control = args.control()?;
     let mut params = parse_params(&args.params)?;
+    check_params_used(&args.policy, &params)?;
+    for (k, v) in &params {
+        if v.split(',').any(|x| x.trim().is_empty()) {
+            bail!(
+                "--param {k}={}: an empty value in the list; give values separated by commas, e.g. {k}=2,4,8",
+                spec::brief(v)
+            );
+        }
+    }
     let defaults = serving_defaults(&serving, &mut params);
     // Counted before the grid is built: a grid of 10^12 points is refused, not allocated.
     let size = params.iter().fold(1usize, |n, (_, v)| {

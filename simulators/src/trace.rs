@@ -175,12 +175,12 @@ impl Trace {
 #[derive(Debug, Error)]
 pub enum TraceError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error} (check --trace)")]
     Io {
         /// The file.
         path: String,
-        /// The error.
-        source: std::io::Error,
+        /// The error (shown once: not a `source`, so a cause chain does not repeat it).
+        error: std::io::Error,
     },
     /// A row does not parse.
     #[error(
@@ -210,9 +210,9 @@ pub enum TraceError {
 
 /// Read and parse a trace.
 pub fn read(path: &Path, opts: &ReadOptions) -> Result<Trace, TraceError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TraceError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| TraceError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
     parse(path, &text, opts)
 }
@@ -220,6 +220,8 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Trace, TraceError> {
 /// Parse trace text (the file's contents).
 pub fn parse(path: &Path, text: &str, opts: &ReadOptions) -> Result<Trace, TraceError> {
     let p = path.display().to_string();
+    // Spreadsheet exports often start with a UTF-8 byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text
         .split('\n')
         .map(|l| l.strip_suffix('\r').unwrap_or(l))

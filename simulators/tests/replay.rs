@@ -606,3 +606,76 @@ fn keda_cooldown_counts_from_the_start_when_never_active() {
     assert_eq!(desired(299), Some(1));
     assert_eq!(desired(300), Some(0));
 }
+
+#[test]
+fn first_hour_parsing_agrees_with_itself_and_errors_teach() {
+    let conv = root().join("data/traces/AzureLLMInferenceTrace_conv.csv");
+    let conv = conv.to_str().unwrap_or_default();
+    let replay = |extra: &[&str]| {
+        let mut a = vec!["replay", "--trace", conv, "--policy", "queue"];
+        a.extend_from_slice(extra);
+        sim(&a)
+    };
+    // One duration syntax: the scaler's `5m` works here too, and a negative value reaches the
+    // parser instead of reading as a flag.
+    let (ok, stdout, stderr) = replay(&["--cold-start", "5m", "--timeout", "10m", "--drain", "30s"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("queue"), "{stdout}");
+    let (ok, _, stderr) = replay(&["--cold-start", "-5"]);
+    assert!(
+        !ok && stderr.contains("`-5`: expected a duration such as 500ms, 30s, 5m or 1h"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = replay(&["--polling-interval", "1.5s", "--loop", "keda"]);
+    assert!(!ok && stderr.contains("expected whole seconds"), "{stderr}");
+    // A key no chosen policy reads is refused, naming whose key it is.
+    let (ok, _, stderr) = replay(&["--param", "slo.wait=2s"]);
+    assert!(
+        !ok && stderr.contains("`slo.wait` is a parameter of policy `slo`, which `queue` does not include"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = sim(&[
+        "replay",
+        "--trace",
+        conv,
+        "--policy",
+        "hpa,kpa",
+        "--param",
+        "queue.target=2",
+    ]);
+    assert!(
+        !ok && stderr
+            .contains("`queue.target` is a parameter of policy `queue`, which `hpa,kpa` does not include"),
+        "{stderr}"
+    );
+    // Empty values in a sweep list are errors, not silently dropped.
+    for bad in ["queue.target=", "queue.target=1,,2"] {
+        let (ok, _, stderr) = sim(&["sweep", "--trace", conv, "--policy", "queue", "--param", bad]);
+        assert!(
+            !ok && stderr.contains("an empty value in the list"),
+            "{bad}: {stderr}"
+        );
+    }
+    // A missing trace is said once.
+    let (ok, _, stderr) = sim(&["replay", "--trace", "nope.csv"]);
+    assert!(!ok, "{stderr}");
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("nope.csv") && stderr.contains("--trace"),
+        "{stderr}"
+    );
+    // A spreadsheet's byte-order mark does not hide the format.
+    let text = std::fs::read_to_string(root().join("data/traces/AzureLLMInferenceTrace_conv.csv"))
+        .unwrap_or_default();
+    let head: String = text.lines().take(200).map(|l| format!("{l}\n")).collect();
+    let bom = tmp("bom.csv");
+    let _ = std::fs::write(&bom, format!("\u{feff}{head}"));
+    let (ok, stdout, stderr) = sim(&[
+        "replay",
+        "--trace",
+        bom.to_str().unwrap_or_default(),
+        "--policy",
+        "queue",
+    ]);
+    assert!(ok && stdout.contains("queue"), "{stderr}");
+}

@@ -15,7 +15,7 @@ use gpuscale_scaler::activator::{Activator, ActivatorArgs, Reporter};
 /// no ready replica wait (bounded) while gpuscale-scaler is told to wake it, then are released
 /// in arrival order, never more at once than the ready replicas can take.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(name = "gpuscale-activator", version, about, long_about)]
 struct Args {
     #[command(flatten)]
     activator: ActivatorArgs,
@@ -30,7 +30,7 @@ struct Args {
     scaler_token_file: Option<std::path::PathBuf>,
 
     /// Address for /metrics, /healthz and /readyz.
-    #[arg(long, env = "GPUSCALE_ACTIVATOR_HTTP_LISTEN", default_value = "0.0.0.0:9092")]
+    #[arg(long, env = "GPUSCALE_ACTIVATOR_HTTP_LISTEN", default_value = "0.0.0.0:9092", value_parser = gpuscale_collector::server::listen_addr)]
     http_listen: SocketAddr,
 
     /// Log format: `text` or `json`.
@@ -39,7 +39,18 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    // User errors are messages, never backtraces (whatever RUST_BACKTRACE says).
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gpuscale-activator: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     gpuscale_scaler::init_logging(args.log_format == "json");
     let listen = args
@@ -65,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         ))
         .await?;
     let a: Arc<Activator> = activator.clone();
+    let ready: Arc<Activator> = activator.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -82,7 +94,22 @@ async fn main() -> anyhow::Result<()> {
             }),
         )
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .route("/readyz", axum::routing::get(|| async { "ok\n" }));
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let a = ready.clone();
+                async move {
+                    if a.draining() {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "draining: shutting down\n",
+                        )
+                    } else {
+                        (axum::http::StatusCode::OK, "ok\n")
+                    }
+                }
+            }),
+        );
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding --http-listen {}", args.http_listen))?;
