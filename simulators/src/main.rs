@@ -406,13 +406,50 @@ fn describe(trace: &Trace, serving: &ServingConfig, defaults: &[String]) -> Stri
     s
 }
 
-fn write_outputs(args: &ReplayArgs, title: &str, results: &[PolicyResult]) -> anyhow::Result<()> {
+/// What was run, for both outputs.
+fn run_context(trace: &Trace, header: &str, runs: &[PolicyRun]) -> anyhow::Result<report::RunContext> {
+    let bytes = std::fs::read(&trace.path).with_context(|| format!("--trace {}", trace.path.display()))?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    let sha256 = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(report::RunContext {
+        tool: format!("gpuscale-sim {}", env!("CARGO_PKG_VERSION")),
+        command: std::env::args().skip(1).collect(),
+        trace: report::TraceRecord {
+            path: trace.path.display().to_string(),
+            sha256,
+            format: trace.format.to_string(),
+            requests: trace.requests.len(),
+        },
+        serving: header.lines().skip(1).map(String::from).collect(),
+        runs: runs
+            .iter()
+            .map(|r| report::RunRecord {
+                label: r.label.clone(),
+                spec: r.spec.clone(),
+                params: r.params.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            })
+            .collect(),
+    })
+}
+
+fn write_outputs(
+    args: &ReplayArgs,
+    title: &str,
+    run: &report::RunContext,
+    results: &[PolicyResult],
+) -> anyhow::Result<()> {
+    if let Some(r) = report::recommendation(results) {
+        println!("{r}");
+    }
     if let Some(p) = &args.json {
-        let text = serde_json::to_string_pretty(&Document { policies: results })?;
+        let text = serde_json::to_string_pretty(&Document {
+            run,
+            policies: results,
+        })?;
         std::fs::write(p, text + "\n").with_context(|| format!("--json {}", p.display()))?;
     }
     if let Some(p) = &args.report {
-        let page = report::html(title, results).map_err(anyhow::Error::msg)?;
+        let page = report::html(title, run, results).map_err(anyhow::Error::msg)?;
         std::fs::write(p, page).with_context(|| format!("--report {}", p.display()))?;
     }
     Ok(())
@@ -449,8 +486,10 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<()> {
         .split(',')
         .map(|p| PolicyRun::new(p.trim(), &params).map_err(|e| anyhow::anyhow!("--policy {}: {e}", p.trim())))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    print!("{}", describe(&trace, &serving, &defaults));
-    let results = replay(
+    let header = describe(&trace, &serving, &defaults);
+    print!("{header}");
+    let run = run_context(&trace, &header, &runs)?;
+    let mut results = replay(
         &trace,
         &serving,
         &control,
@@ -459,10 +498,13 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<()> {
         args.slo,
         args.threads(),
     )?;
+    report::mark_pareto(&mut results);
     print!("\n{}", report::table(&results));
+    println!("* on the cost / p99-latency Pareto frontier");
     write_outputs(
         args,
         &format!("gpuscale-sim replay: {}", trace.path.display()),
+        &run,
         &results,
     )
 }
@@ -528,7 +570,9 @@ fn run_sweep(args: &ReplayArgs) -> anyhow::Result<()> {
             }
         }
     }
-    print!("{}", describe(&trace, &serving, &defaults));
+    let header = describe(&trace, &serving, &defaults);
+    print!("{header}");
+    let run = run_context(&trace, &header, &runs)?;
     let bar = ProgressBar::new(runs.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} replays {elapsed_precise}")
@@ -554,6 +598,7 @@ fn run_sweep(args: &ReplayArgs) -> anyhow::Result<()> {
     write_outputs(
         args,
         &format!("gpuscale-sim sweep: {}", trace.path.display()),
+        &run,
         &results,
     )
 }

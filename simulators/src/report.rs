@@ -111,11 +111,79 @@ pub struct PolicyResult {
     pub pareto: Option<bool>,
 }
 
+/// What was run, recorded in both outputs so a shared report can be reproduced: running
+/// `tool` with `command` from the same directory, on a trace with the same SHA-256, writes the
+/// same JSON byte for byte.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunContext {
+    /// `gpuscale-sim` and its version.
+    pub tool: String,
+    /// The arguments after the program name, exactly as given.
+    pub command: Vec<String>,
+    /// The trace read.
+    pub trace: TraceRecord,
+    /// The serving model and the settings derived from it, as the header prints them.
+    pub serving: Vec<String>,
+    /// Every run: its label, policy spec and the parameters it was built with (given or derived).
+    pub runs: Vec<RunRecord>,
+}
+
+/// The trace behind a result.
+#[derive(Clone, Debug, Serialize)]
+pub struct TraceRecord {
+    /// As given.
+    pub path: String,
+    /// SHA-256 of the file's bytes, hex.
+    pub sha256: String,
+    /// The format read.
+    pub format: String,
+    /// Requests read.
+    pub requests: usize,
+}
+
+/// One run's settings.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRecord {
+    /// The label in the table.
+    pub label: String,
+    /// The policy spec.
+    pub spec: String,
+    /// Parameters as `key=value`.
+    pub params: Vec<String>,
+}
+
 /// The `--json` document.
 #[derive(Clone, Debug, Serialize)]
 pub struct Document<'a> {
+    /// What was run.
+    pub run: &'a RunContext,
     /// One entry per policy (or sweep point), in the order given.
     pub policies: &'a [PolicyResult],
+}
+
+/// The line naming the result to start from: the cheapest on the Pareto frontier whose p99 is
+/// within 10 % of the best p99 among them (`None` when nothing completed).
+pub fn recommendation(results: &[PolicyResult]) -> Option<String> {
+    let on: Vec<&PolicyResult> = results
+        .iter()
+        .filter(|r| r.pareto == Some(true) && r.summary.latency_p99_s.is_some())
+        .collect();
+    let best = on
+        .iter()
+        .filter_map(|r| r.summary.latency_p99_s)
+        .fold(f64::INFINITY, f64::min);
+    let pick = on
+        .iter()
+        .filter(|r| r.summary.latency_p99_s.is_some_and(|p| p <= best * 1.1))
+        .min_by(|a, b| a.summary.cost.total_cmp(&b.summary.cost))?;
+    Some(format!(
+        "recommended: {} — the cheapest on the cost / p99 frontier within 10 % of its best p99 ({:.2} GPU-h, cost {:.2}, p99 {:.3} s against {:.3} s)",
+        pick.policy,
+        pick.summary.gpu_hours,
+        pick.summary.cost,
+        pick.summary.latency_p99_s.unwrap_or(f64::NAN),
+        best
+    ))
 }
 
 /// Mark the results on the cost / p99-latency Pareto frontier: no other result is at least as
@@ -193,6 +261,18 @@ pub fn table(results: &[PolicyResult]) -> String {
         );
     }
     s
+}
+
+/// An argument as a POSIX shell would take it back.
+fn shell_quote(a: &str) -> String {
+    if !a.is_empty()
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
 }
 
 fn escape(s: &str) -> String {
@@ -326,7 +406,7 @@ fn tradeoff_svg(results: &[PolicyResult]) -> Result<String, String> {
 
 /// A self-contained HTML page: the summary table, a timeline chart per policy (when the
 /// timeline was recorded) and the cost / latency trade-off.
-pub fn html(title: &str, results: &[PolicyResult]) -> Result<String, String> {
+pub fn html(title: &str, run: &RunContext, results: &[PolicyResult]) -> Result<String, String> {
     let mut h = String::new();
     let _ = write!(
         h,
@@ -336,6 +416,29 @@ pub fn html(title: &str, results: &[PolicyResult]) -> Result<String, String> {
          <pre>{table}</pre>\n",
         t = escape(title),
         table = escape(&table(results))
+    );
+    if let Some(r) = recommendation(results) {
+        let _ = writeln!(h, "<p><strong>{}</strong></p>", escape(&r));
+    }
+    let quoted: Vec<String> = run.command.iter().map(|a| shell_quote(a)).collect();
+    let _ = write!(
+        h,
+        "<h2>What was run</h2>\n<pre id=\"run\">{tool}\nreproduce (from the same directory): gpuscale-sim {cmd}\n\
+         trace: {path} ({format}, {n} requests), sha256 {sha}\n{serving}\n{runs}</pre>\n",
+        tool = escape(&run.tool),
+        cmd = escape(&quoted.join(" ")),
+        path = escape(&run.trace.path),
+        format = escape(&run.trace.format),
+        n = run.trace.requests,
+        sha = escape(&run.trace.sha256),
+        serving = escape(&run.serving.join("\n")),
+        runs = escape(
+            &run.runs
+                .iter()
+                .map(|r| format!("{}: {} {}", r.label, r.spec, r.params.join(" ")))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
     );
     h.push_str(&tradeoff_svg(results)?);
     for r in results.iter().filter(|r| !r.timeline.is_empty()) {
@@ -404,7 +507,23 @@ mod tests {
             })
             .collect();
         mark_pareto(&mut r);
-        let page = html("replay", &r).unwrap_or_else(|e| panic!("{e}"));
+        let run = RunContext {
+            tool: "gpuscale-sim test".into(),
+            command: vec!["replay".into(), "--trace".into(), "it's.csv".into()],
+            trace: TraceRecord {
+                path: "it's.csv".into(),
+                sha256: "ab".repeat(32),
+                format: "csv".into(),
+                requests: 3,
+            },
+            serving: vec!["serving: concurrency 1 per replica".into()],
+            runs: Vec::new(),
+        };
+        let page = html("replay", &run, &r).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            page.contains("gpuscale-sim replay --trace 'it'\\''s.csv'"),
+            "the command, shell-quoted"
+        );
         assert!(page.starts_with("<!DOCTYPE html>"));
         assert_eq!(page.matches("<svg").count(), 2);
         assert!(page.contains("a&lt;b") && !page.contains("<script"));
