@@ -205,7 +205,13 @@ async fn slices(State(f): State<Fake>, Query(q): Query<BTreeMap<String, String>>
 }
 
 async fn post_event(State(f): State<Fake>, body: Bytes) -> Response {
-    let ev: Value = serde_json::from_slice(&body).unwrap();
+    // Seen once under heavy load and not reproduced: say what arrived if it happens again.
+    let ev: Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
+        panic!(
+            "POST events: body is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&body)
+        )
+    });
     f.api.lock().unwrap().events.push(ev.clone());
     (StatusCode::CREATED, axum::Json(ev)).into_response()
 }

@@ -282,62 +282,118 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// One line of a timeline chart: its legend, colour and value at a point.
-type Line = (&'static str, RGBColor, u32, fn(&Point) -> f64);
+/// The strip above a chart's plot that holds its legend, so the legend never covers data.
+const LEGEND_STRIP: u32 = 26;
 
-/// Replicas and demand over time for one policy, as an SVG string.
+/// Draw a legend of `(label, colour, filled)` entries into `area`, left to right.
+fn legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    entries: &[(&str, RGBColor, bool)],
+) -> Result<(), String> {
+    let mut x = 60i32;
+    for (label, color, filled) in entries {
+        let y = (LEGEND_STRIP / 2) as i32;
+        if *filled {
+            area.draw(&Rectangle::new([(x, y - 5), (x + 18, y + 5)], color.filled()))
+                .map_err(|e| e.to_string())?;
+        } else {
+            area.draw(&PathElement::new(
+                vec![(x, y), (x + 18, y)],
+                color.stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?;
+        }
+        area.draw(&Text::new(
+            label.to_string(),
+            (x + 24, y - 7),
+            ("sans-serif", 13).into_font(),
+        ))
+        .map_err(|e| e.to_string())?;
+        x += 40 + 7 * label.len() as i32;
+    }
+    Ok(())
+}
+
+/// Replicas and demand over time for one policy, as an SVG string: replicas on the left axis,
+/// requests on the right, the legend in its own strip above the plot.
 fn timeline_svg(title: &str, points: &[Point]) -> Result<String, String> {
     let step = points.len().div_ceil(1500).max(1);
     let sampled: Vec<&Point> = points.iter().step_by(step).collect();
     let xmax = sampled.last().map_or(1.0, |p| p.t as f64).max(1.0);
-    let ymax = sampled
+    let rmax = sampled
         .iter()
-        .map(|p| f64::from((p.ready + p.starting).max(p.desired).max(p.queued + p.running)))
+        .map(|p| f64::from((p.ready + p.starting).max(p.desired)))
         .fold(1.0, f64::max)
-        * 1.1;
+        * 1.15;
+    let dmax = sampled
+        .iter()
+        .map(|p| f64::from(p.queued + p.running))
+        .fold(1.0, f64::max)
+        * 1.15;
+    let held = RGBColor(150, 185, 240);
+    let desired = RGBColor(10, 40, 130);
+    let demand = RGBColor(210, 110, 30);
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (960, 300)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (960, 320)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let mut chart = ChartBuilder::on(&root)
+        let (top, body) = root.split_vertically(LEGEND_STRIP);
+        legend(
+            &top,
+            &[
+                ("replicas held (ready + starting)", held, true),
+                ("desired replicas", desired, false),
+                ("requests queued + running (right axis)", demand, false),
+            ],
+        )?;
+        let mut chart = ChartBuilder::on(&body)
             .caption(title, ("sans-serif", 16))
-            .margin(8)
-            .x_label_area_size(28)
-            .y_label_area_size(44)
-            .build_cartesian_2d(0f64..xmax, 0f64..ymax)
-            .map_err(|e| e.to_string())?;
+            .margin_top(4)
+            .margin_left(8)
+            // Room for the last tick's label ("3600") at the right edge.
+            .margin_right(24)
+            .margin_bottom(6)
+            .x_label_area_size(36)
+            .y_label_area_size(48)
+            .right_y_label_area_size(56)
+            .build_cartesian_2d(0f64..xmax, 0f64..rmax)
+            .map_err(|e| e.to_string())?
+            .set_secondary_coord(0f64..xmax, 0f64..dmax);
         chart
             .configure_mesh()
-            .x_desc("seconds")
-            .y_desc("replicas / requests")
+            .x_desc("time since the first arrival (s)")
+            .y_desc("replicas")
             .draw()
             .map_err(|e| e.to_string())?;
-        // Replicas held is drawn wide and first, so the desired count stays visible on top of
-        // it when the two coincide (most of the time).
-        let series: [Line; 3] = [
-            ("demand (queued + running)", RGBColor(200, 120, 40), 1, |p| {
-                f64::from(p.queued + p.running)
-            }),
-            ("replicas held", RGBColor(140, 175, 235), 5, |p| {
-                f64::from(p.ready + p.starting)
-            }),
-            ("desired", RGBColor(20, 60, 160), 1, |p| f64::from(p.desired)),
-        ];
-        for (label, color, width, f) in series {
-            chart
-                .draw_series(LineSeries::new(
-                    sampled.iter().map(|p| (p.t as f64, f(p))),
-                    color.stroke_width(width),
-                ))
-                .map_err(|e| e.to_string())?
-                .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
-        }
         chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
+            .configure_secondary_axes()
+            .y_desc("requests")
             .draw()
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(AreaSeries::new(
+                sampled
+                    .iter()
+                    .map(|p| (p.t as f64, f64::from(p.ready + p.starting))),
+                0.0,
+                held.mix(0.6),
+            ))
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(DashedLineSeries::new(
+                sampled.iter().map(|p| (p.t as f64, f64::from(p.desired))),
+                6,
+                4,
+                desired.stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_secondary_series(LineSeries::new(
+                sampled
+                    .iter()
+                    .map(|p| (p.t as f64, f64::from(p.queued + p.running))),
+                demand.stroke_width(1),
+            ))
             .map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
@@ -351,57 +407,120 @@ fn tradeoff_svg(results: &[PolicyResult]) -> Result<String, String> {
     if marked.iter().any(|r| r.pareto.is_none()) {
         mark_pareto(&mut marked);
     }
-    // Results at the same point share one label ("kpa, slo"), so names never overprint.
-    let mut pts: Vec<(String, f64, f64, bool)> = Vec::new();
+    // Results at the same point share one label ("kpa, slo"; past two, "kpa (+3 more)"), so
+    // names never overprint.
+    let mut pts: Vec<(Vec<String>, f64, f64, bool)> = Vec::new();
     for r in &marked {
         let Some(p) = r.summary.latency_p99_s else {
             continue;
         };
         let c = r.summary.cost;
         match pts.iter_mut().find(|q| q.1 == c && q.2 == p) {
-            Some(q) => q.0 = format!("{}, {}", q.0, r.policy),
-            None => pts.push((r.policy.clone(), c, p, r.pareto.unwrap_or(false))),
+            Some(q) => q.0.push(r.policy.clone()),
+            None => pts.push((vec![r.policy.clone()], c, p, r.pareto.unwrap_or(false))),
         }
     }
-    let cmax = pts.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.15;
-    let lmax = pts.iter().map(|p| p.2).fold(0.0, f64::max).max(1e-9) * 1.15;
+    let pts: Vec<(String, f64, f64, bool)> = pts
+        .into_iter()
+        .map(|(names, c, p, on)| {
+            let name = match names.len() {
+                1 | 2 => names.join(", "),
+                n => format!("{} (+{} more)", names[0], n - 1),
+            };
+            (name, c, p, on)
+        })
+        .collect();
+    // A sweep has too many points to name: only the frontier is labelled (the table has all).
+    let label_all = pts.len() <= 6;
+    let cmax = pts.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.2;
+    let lmax = pts.iter().map(|p| p.2).fold(0.0, f64::max).max(1e-9) * 1.2;
+    let color = RGBColor(30, 90, 200);
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (960, 420)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (960, 440)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let mut chart = ChartBuilder::on(&root)
+        let (top, body) = root.split_vertically(LEGEND_STRIP);
+        legend(
+            &top,
+            &[
+                ("on the cost / p99 Pareto frontier (filled)", color, true),
+                (
+                    "dominated: another result is cheaper and as fast, or faster and as cheap",
+                    color,
+                    false,
+                ),
+            ],
+        )?;
+        let mut chart = ChartBuilder::on(&body)
             .caption("cost against p99 latency", ("sans-serif", 16))
-            .margin(8)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
+            .margin_top(4)
+            .margin_left(8)
+            .margin_right(24)
+            .margin_bottom(6)
+            .x_label_area_size(36)
+            .y_label_area_size(54)
             .build_cartesian_2d(0f64..cmax, 0f64..lmax)
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
-            .x_desc("cost")
+            .x_desc("cost (USD: GPU-hours x --price-per-gpu-hour)")
             .y_desc("p99 latency (s)")
             .draw()
             .map_err(|e| e.to_string())?;
-        let color = RGBColor(30, 90, 200);
         chart
-            .draw_series(pts.iter().map(|(_, c, l, on)| {
+            .draw_series(pts.iter().map(|(name, c, l, on)| {
                 let style = if *on {
                     color.filled()
                 } else {
                     color.stroke_width(2)
                 };
-                Circle::new((*c, *l), 5, style)
+                // The name sits beside its marker, never on it.
+                let text = if *on || label_all {
+                    name.clone()
+                } else {
+                    String::new()
+                };
+                EmptyElement::at((*c, *l))
+                    + Circle::new((0, 0), 5, style)
+                    + Text::new(text, (9, -16), ("sans-serif", 12).into_font())
             }))
-            .map_err(|e| e.to_string())?;
-        chart
-            .draw_series(
-                pts.iter()
-                    .map(|(name, c, l, _)| Text::new(name.clone(), (*c, *l), ("sans-serif", 12).into_font())),
-            )
             .map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)
+}
+
+/// The results as an HTML table, the Pareto mark first so no scrolling hides it.
+fn html_table(results: &[PolicyResult]) -> String {
+    let cell = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
+    let mut h = String::from(
+        "<table id=\"results\"><tr><th title=\"on the cost / p99 Pareto frontier\">pareto</th><th>policy</th>\
+         <th>GPU-h</th><th>cost</th><th>completed</th><th>failed</th><th>p50 s</th><th>p99 s</th>\
+         <th>wait p99 s</th><th>TTFT p99 s</th><th>SLO</th><th>cold starts</th><th>mean replicas</th><th>max</th></tr>\n",
+    );
+    for r in results {
+        let m = &r.summary;
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td class=\"policy\">{}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td></tr>",
+            if r.pareto == Some(true) { "*" } else { "" },
+            escape(&r.policy),
+            m.gpu_hours,
+            m.cost,
+            m.completed,
+            m.failed,
+            cell(m.latency_p50_s),
+            cell(m.latency_p99_s),
+            cell(m.queue_wait_p99_s),
+            cell(m.ttft_p99_s),
+            cell(m.slo_attainment),
+            m.cold_starts,
+            m.replicas_mean,
+            m.replicas_max,
+        );
+    }
+    h.push_str("</table>\n");
+    h
 }
 
 /// A self-contained HTML page: the summary table, a timeline chart per policy (when the
@@ -412,10 +531,13 @@ pub fn html(title: &str, run: &RunContext, results: &[PolicyResult]) -> Result<S
         h,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
          <style>body{{font-family:sans-serif;margin:24px;max-width:1000px}}pre{{font-size:12px;\
-         overflow-x:auto}}svg{{display:block;margin:12px 0}}</style></head><body>\n<h1>{t}</h1>\n\
-         <pre>{table}</pre>\n",
+         overflow-x:auto}}svg{{display:block;margin:12px 0}}table{{border-collapse:collapse;\
+         font-size:12px}}td,th{{border:1px solid #ccc;padding:2px 5px;text-align:right}}\
+         td.policy{{text-align:left;word-break:break-all;max-width:260px}}#run{{white-space:pre-wrap;\
+         word-break:break-all}}</style></head><body>\n\
+         <h1>{t}</h1>\n{table}",
         t = escape(title),
-        table = escape(&table(results))
+        table = html_table(results)
     );
     if let Some(r) = recommendation(results) {
         let _ = writeln!(h, "<p><strong>{}</strong></p>", escape(&r));
@@ -528,5 +650,89 @@ mod tests {
         assert_eq!(page.matches("<svg").count(), 2);
         assert!(page.contains("a&lt;b") && !page.contains("<script"));
         assert!(!page.contains("http://") || page.matches("http://www.w3.org/2000/svg").count() >= 1);
+    }
+
+    /// The `y` of the `<text>` element whose content is `label`, in an SVG.
+    fn text_y(svg: &str, label: &str) -> Option<f64> {
+        let end = svg.find(&format!(">{label}</text>"))?;
+        let start = svg[..end].rfind("<text")?;
+        let tag = &svg[start..end];
+        let y = tag.split(" y=\"").nth(1)?.split('"').next()?;
+        y.parse().ok()
+    }
+
+    #[test]
+    fn every_chart_has_axis_titles_with_units_and_a_legend_off_the_plot() {
+        let mut r: Vec<PolicyResult> = (0..20)
+            .map(|i| {
+                result(
+                    &format!("queue[queue.target={i}]"),
+                    1.0 + f64::from(i),
+                    Some(10.0 - 0.3 * f64::from(i % 7)),
+                )
+            })
+            .collect();
+        r[0].timeline = (0..3600)
+            .map(|t| Point {
+                t,
+                arrivals: 1,
+                queued: (t % 20) as u32,
+                ready: 1 + (t / 900) as u32,
+                starting: 0,
+                desired: 1 + (t / 900) as u32,
+                running: 2,
+            })
+            .collect();
+        mark_pareto(&mut r);
+        // Plotters writes a text's content on a line of its own.
+        let flat = |svg: String| svg.replace(">\n", ">").replace("\n</text>", "</text>");
+        let timeline = flat(timeline_svg("queue", &r[0].timeline).unwrap_or_else(|e| panic!("{e}")));
+        let tradeoff = flat(tradeoff_svg(&r).unwrap_or_else(|e| panic!("{e}")));
+        // Axis titles, each with its unit.
+        for t in ["time since the first arrival (s)", "replicas", "requests"] {
+            assert!(timeline.contains(&format!(">{t}</text>")), "timeline lacks `{t}`");
+        }
+        for t in ["cost (USD: GPU-hours x --price-per-gpu-hour)", "p99 latency (s)"] {
+            assert!(
+                tradeoff.contains(&format!(">{t}</text>")),
+                "trade-off lacks `{t}`"
+            );
+        }
+        // Legends sit in their strip above the plot; the plot (its caption first) below it.
+        for (svg, entries, caption) in [
+            (
+                &timeline,
+                &[
+                    "replicas held (ready + starting)",
+                    "desired replicas",
+                    "requests queued + running (right axis)",
+                ][..],
+                "queue",
+            ),
+            (
+                &tradeoff,
+                &["on the cost / p99 Pareto frontier (filled)"][..],
+                "cost against p99 latency",
+            ),
+        ] {
+            for e in entries {
+                let y = text_y(svg, e).unwrap_or_else(|| panic!("legend entry `{e}` missing"));
+                assert!(
+                    y < f64::from(LEGEND_STRIP),
+                    "legend `{e}` at y={y}, inside the plot"
+                );
+            }
+            let c = text_y(svg, caption).unwrap_or_else(|| panic!("caption `{caption}` missing"));
+            assert!(c >= f64::from(LEGEND_STRIP), "caption at y={c}, over the legend");
+        }
+        // The last tick of a one-hour timeline is drawn whole.
+        assert!(timeline.contains(">3500.0</text>"), "last x tick clipped");
+        // Twenty points: only the frontier is named, dominated points are not.
+        let named = r
+            .iter()
+            .filter(|x| tradeoff.contains(&format!(">{}</text>", escape(&x.policy))))
+            .count();
+        let on = r.iter().filter(|x| x.pareto == Some(true)).count();
+        assert_eq!(named, on, "only frontier points are labelled in a crowded chart");
     }
 }
