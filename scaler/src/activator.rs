@@ -156,10 +156,10 @@ impl Reporter {
                 match req.send().await {
                     Ok(r) if r.status().is_success() => {}
                     Ok(r) => {
-                        tracing::warn!(workload = %w, status = %r.status(), "scaler refused the held-request report")
+                        tracing::warn!(target: "gpuscale_activator", workload = %w, status = %r.status(), "scaler refused the held-request report")
                     }
                     Err(e) => {
-                        tracing::warn!(workload = %w, error = %gpuscale_collector::scrape::with_causes(&e.without_url()), "cannot report held requests to the scaler")
+                        tracing::warn!(target: "gpuscale_activator", workload = %w, error = %gpuscale_collector::scrape::with_causes(&e.without_url()), "cannot report held requests to the scaler")
                     }
                 }
             }
@@ -834,7 +834,7 @@ impl Activator {
                         Ok(r) if r.status().is_success()
                     );
                     if ok != ready {
-                        tracing::info!(upstream = %gpuscale_collector::contract::redact_url(&upstream.to_string()), ready = ok, "upstream readiness changed");
+                        tracing::info!(target: "gpuscale_activator", upstream = %gpuscale_collector::contract::redact_url(&upstream.to_string()), ready = ok, "upstream readiness changed");
                         ready = ok;
                     }
                     gate.set_ready(usize::from(ok));
@@ -993,7 +993,7 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(target: "gpuscale_activator", error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -1019,7 +1019,7 @@ pub async fn serve(
     drop(listener);
     activator.draining.store(true, Ordering::Relaxed);
     let deadline = activator.config.drain_timeout;
-    tracing::info!(
+    tracing::info!(target: "gpuscale_activator",
         held = activator.gates().iter().map(|(_, g, _)| g.held()).sum::<usize>(),
         "activator draining"
     );
@@ -1033,7 +1033,7 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!("connections still open after the drain deadline; closing");
+        tracing::warn!(target: "gpuscale_activator", "connections still open after the drain deadline; closing");
     }
 }
 

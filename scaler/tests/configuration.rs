@@ -102,3 +102,75 @@ fn each_binary_names_itself() {
     );
     assert!(!err.contains("backtrace"), "{err}");
 }
+
+/// A minimal HTTP/1.1 GET over a plain socket: the status code, or None when nothing answers.
+fn status(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn the_activator_binary_drains_visibly_and_says_so_once() {
+    use std::time::{Duration, Instant};
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (proxy, http, dead, scaler) = (port(), port(), port(), port());
+    let http_addr = format!("127.0.0.1:{http}");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_gpuscale-activator"))
+        .args(["--activator-listen", &format!("127.0.0.1:{proxy}")])
+        .args(["--http-listen", &http_addr])
+        .args(["--route", &format!("/=llm/qwen=http://127.0.0.1:{dead}")])
+        .args(["--scaler-url", &format!("http://127.0.0.1:{scaler}")])
+        .args(["--activator-drain-timeout", "3s"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while status(&http_addr, "/readyz") != Some(200) {
+        assert!(start.elapsed() < Duration::from_secs(10), "activator not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A held request (no upstream), then SIGTERM: /readyz says 503 while it drains.
+    let held = std::thread::spawn(move || status(&format!("127.0.0.1:{proxy}"), "/v1/completions"));
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = Instant::now();
+    loop {
+        match status(&http_addr, "/readyz") {
+            Some(503) => break,
+            other => assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "readyz during drain: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let _ = held.join();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(log.matches("shutting down").count(), 1, "{log}");
+    assert!(
+        log.contains("gpuscale_activator"),
+        "logs under the activator's own target: {log}"
+    );
+}

@@ -113,15 +113,18 @@ async fn run() -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding --http-listen {}", args.http_listen))?;
-    tokio::spawn(gpuscale_collector::server::serve(
-        http,
-        app,
-        gpuscale_scaler::shutdown_signal(),
-    ));
+    // /metrics and /readyz stay up while the proxy drains (readyz then answers 503), and stop
+    // once it has.
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let http_server = tokio::spawn(gpuscale_collector::server::serve(http, app, async {
+        let _ = drained_rx.await;
+    }));
     let proxy = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding --activator-listen {listen}"))?;
     tracing::info!(%listen, "activator listening");
     gpuscale_scaler::activator::serve(activator, proxy, gpuscale_scaler::shutdown_signal()).await;
+    let _ = drained_tx.send(());
+    let _ = http_server.await;
     Ok(())
 }
