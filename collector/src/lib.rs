@@ -7,10 +7,11 @@
 //! OpenMetrics, dcgm-exporter names), the process that ties them together ([`service`]), and
 //! the Prometheus / OpenMetrics text parser ([`text`]) that the scaler uses too, and the
 //! collector-to-scaler contract ([`contract`]): the series names, labels and rules both sides share,
-//! the bounded HTTP serving every gpuscale server uses ([`server`]), and the byte budgets that
-//! bound memory in total ([`budget`]).
+//! the bounded HTTP serving every gpuscale server uses ([`server`]), the byte budgets that
+//! bound memory in total ([`budget`]), and what every binary shares at its edge ([`cli`]).
 
 pub mod budget;
+pub mod cli;
 pub mod contract;
 pub mod discovery;
 pub mod exposition;

@@ -16,7 +16,7 @@ use gpuscale_collector::service::{Config, Pages, router, tick_loop};
 #[command(name = "gpuscale-collector", version)]
 struct Args {
     /// Address to serve /metrics, /healthz and /readyz on.
-    #[arg(long, default_value = "0.0.0.0:9400", env = "GPUSCALE_COLLECTOR_LISTEN", value_parser = gpuscale_collector::server::listen_addr)]
+    #[arg(long, default_value = "0.0.0.0:9400", env = "GPUSCALE_COLLECTOR_LISTEN", value_parser = gpuscale_collector::cli::listen_addr)]
     listen: SocketAddr,
     /// GPU source: `nvml` (the driver's library, on GPU nodes), `fake:N` (N scripted GPUs, for
     /// tests and demos) or `none`.
@@ -46,10 +46,10 @@ struct Args {
     kv_metric: Option<String>,
     /// Time between ticks (GPU read and render) and between scrapes of each target: `500ms`,
     /// `5s`, `1m` (a bare number is seconds).
-    #[arg(long, default_value_t = 5.0, env = "GPUSCALE_COLLECTOR_INTERVAL", value_parser = duration_secs)]
+    #[arg(long, default_value_t = 5.0, env = "GPUSCALE_COLLECTOR_INTERVAL", value_parser = gpuscale_collector::cli::duration_secs)]
     interval: f64,
     /// Time a scrape may take (`2s`; a bare number is seconds).
-    #[arg(long, default_value_t = 2.0, env = "GPUSCALE_COLLECTOR_SCRAPE_TIMEOUT", value_parser = duration_secs)]
+    #[arg(long, default_value_t = 2.0, env = "GPUSCALE_COLLECTOR_SCRAPE_TIMEOUT", value_parser = gpuscale_collector::cli::duration_secs)]
     scrape_timeout: f64,
     /// Largest page accepted from a target, bytes.
     #[arg(long, default_value_t = 16 << 20, env = "GPUSCALE_COLLECTOR_MAX_PAGE_BYTES")]
@@ -77,7 +77,7 @@ struct Args {
         long,
         default_value_t = 10.0,
         env = "GPUSCALE_COLLECTOR_POD_RESOURCES_INTERVAL"
-    , value_parser = duration_secs)]
+    , value_parser = gpuscale_collector::cli::duration_secs)]
     pod_resources_interval: f64,
     /// Discover the model-server pods on this node through the Kubernetes API (in-cluster
     /// config, or KUBECONFIG): pods annotated `gpuscale.io/scrape: "true"` are scraped at
@@ -102,18 +102,6 @@ enum LogFormat {
     Json,
 }
 
-/// The duration syntax every gpuscale binary shares, as seconds.
-fn duration_secs(v: &str) -> Result<f64, String> {
-    gpuscale_policies::spec::parse_duration("duration", v)
-        .map(|d| d.as_secs_f64())
-        .map_err(|_| {
-            format!(
-                "`{}`: expected a duration such as 500ms, 5s or 1m (a bare number is seconds)",
-                gpuscale_policies::spec::brief(v)
-            )
-        })
-}
-
 fn seconds(flag: &str, v: f64, min: f64, max: f64) -> anyhow::Result<Duration> {
     if !(v.is_finite() && (min..=max).contains(&v)) {
         anyhow::bail!("{flag} {v}s: expected a duration from {min}s to {max}s");
@@ -123,14 +111,7 @@ fn seconds(flag: &str, v: f64, min: f64, max: f64) -> anyhow::Result<Duration> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    // User errors are messages, never backtraces (whatever RUST_BACKTRACE says).
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("gpuscale-collector: error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    gpuscale_collector::cli::exit("gpuscale-collector", run().await)
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -239,23 +220,11 @@ async fn run() -> anyhow::Result<()> {
         config.discovered = Some(shared);
     }
     tokio::spawn(tick_loop(config, gpus, pages.clone()));
-    gpuscale_collector::server::serve(listener, router(pages), shutdown()).await;
+    gpuscale_collector::server::serve(
+        listener,
+        router(pages),
+        gpuscale_collector::cli::shutdown_signal(),
+    )
+    .await;
     Ok(())
-}
-
-/// SIGTERM (what the kubelet sends) or Ctrl-C.
-async fn shutdown() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = term => {},
-    }
-    tracing::info!("shutting down");
 }

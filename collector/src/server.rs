@@ -19,42 +19,6 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long open connections get to finish after shutdown is asked for.
 pub const DRAIN: Duration = Duration::from_secs(10);
 
-/// The forms every `--*-listen` flag accepts, for errors.
-pub const LISTEN_FORMS: &str =
-    "HOST:PORT (e.g. 0.0.0.0:9400, 127.0.0.1:9400, [::]:9400, localhost:9400) or :PORT for every interface";
-
-/// Parse a listen address: `ip:port`, `[ipv6]:port`, `name:port` (resolved now, first address
-/// wins) or `:port` (all interfaces).
-pub fn listen_addr(v: &str) -> Result<std::net::SocketAddr, String> {
-    use std::net::ToSocketAddrs as _;
-    let v = v.trim();
-    let shown = gpuscale_policies::spec::brief(v);
-    let full = match v.strip_prefix(':') {
-        Some(port) => format!("0.0.0.0:{port}"),
-        None => v.to_string(),
-    };
-    if let Ok(a) = full.parse() {
-        return Ok(a);
-    }
-    let Some((host, port)) = full.rsplit_once(':') else {
-        return Err(format!("`{shown}` has no port; expected {LISTEN_FORMS}"));
-    };
-    let Ok(port_number) = port.parse::<u16>() else {
-        return Err(format!(
-            "`{shown}`: `{port}` is not a port (0-65535); expected {LISTEN_FORMS}"
-        ));
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match (host, port_number).to_socket_addrs() {
-        Ok(mut addrs) => addrs
-            .next()
-            .ok_or_else(|| format!("`{shown}`: `{host}` resolves to no address; expected {LISTEN_FORMS}")),
-        Err(e) => Err(format!(
-            "`{shown}`: cannot resolve `{host}` ({e}); expected {LISTEN_FORMS}"
-        )),
-    }
-}
-
 /// The connection builder with the shared bounds.
 pub fn builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -110,22 +74,5 @@ pub async fn serve(listener: TcpListener, app: axum::Router, shutdown: impl Futu
     drop(listener);
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open {DRAIN:?} after shutdown; closing them");
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listen_addresses() {
-        assert_eq!(listen_addr(":9400").unwrap().to_string(), "0.0.0.0:9400");
-        assert_eq!(listen_addr("127.0.0.1:1").unwrap().to_string(), "127.0.0.1:1");
-        assert_eq!(listen_addr("[::1]:2").unwrap().to_string(), "[::1]:2");
-        assert_eq!(listen_addr("localhost:3").unwrap().port(), 3);
-        let e = listen_addr("9400").unwrap_err();
-        assert!(e.contains("has no port") && e.contains(":PORT"), "{e}");
-        assert!(listen_addr("h:99999").unwrap_err().contains("not a port"));
     }
 }

@@ -367,7 +367,7 @@ fn bad_flags_fail_with_the_fix() {
         .unwrap_or_else(|e| panic!("{e}"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("`soon`: expected a duration such as 500ms, 5s or 1m"),
+        err.contains("`soon`: expected a duration such as 500ms, 30s, 5m or 1h"),
         "{err}"
     );
     let out = Command::new(BIN)

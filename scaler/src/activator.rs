@@ -1046,7 +1046,7 @@ fn duration(v: &str) -> Result<Duration, String> {
 pub struct ActivatorArgs {
     /// Address of the activator's proxy port. In gpuscale-scaler the activator runs only when
     /// this is set.
-    #[arg(long, env = "GPUSCALE_ACTIVATOR_LISTEN", value_parser = gpuscale_collector::server::listen_addr)]
+    #[arg(long, env = "GPUSCALE_ACTIVATOR_LISTEN", value_parser = gpuscale_collector::cli::listen_addr)]
     pub activator_listen: Option<SocketAddr>,
 
     /// `HOST=NAMESPACE/WORKLOAD=http://UPSTREAM[:PORT]` or `/PREFIX=NAMESPACE/WORKLOAD=http://...`,

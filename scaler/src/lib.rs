@@ -54,26 +54,7 @@ pub fn read_token_file(flag: &str, path: &std::path::Path) -> anyhow::Result<Str
     Ok(token.to_string())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
+/// Resolves on SIGTERM or Ctrl-C (logged once, however many servers wait on it).
 pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    // Several servers wait on this; the news is told once.
-    static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        tracing::info!("shutting down");
-    }
+    gpuscale_collector::cli::shutdown_signal().await;
 }

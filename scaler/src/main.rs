@@ -31,11 +31,11 @@ fn duration(v: &str) -> Result<Duration, String> {
 #[command(version, about, long_about)]
 struct Args {
     /// gRPC address KEDA dials (the trigger's `scalerAddress`).
-    #[arg(long, env = "GPUSCALE_SCALER_GRPC_LISTEN", default_value = "0.0.0.0:9090", value_parser = gpuscale_collector::server::listen_addr)]
+    #[arg(long, env = "GPUSCALE_SCALER_GRPC_LISTEN", default_value = "0.0.0.0:9090", value_parser = gpuscale_collector::cli::listen_addr)]
     grpc_listen: SocketAddr,
 
     /// HTTP address for /metrics, /debug/workloads, /healthz, /readyz and POST /v1/held.
-    #[arg(long, env = "GPUSCALE_SCALER_HTTP_LISTEN", default_value = "0.0.0.0:9091", value_parser = gpuscale_collector::server::listen_addr)]
+    #[arg(long, env = "GPUSCALE_SCALER_HTTP_LISTEN", default_value = "0.0.0.0:9091", value_parser = gpuscale_collector::cli::listen_addr)]
     http_listen: SocketAddr,
 
     /// A collector to read: `host:port` or `http://host:port` (both mean its /metrics), or a
@@ -112,14 +112,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    // User errors are messages, never backtraces (whatever RUST_BACKTRACE says).
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("gpuscale-scaler: error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    gpuscale_collector::cli::exit("gpuscale-scaler", run().await)
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -424,6 +424,11 @@ async fn held_bodies_are_bounded_in_total_and_in_time() {
     };
     assert!(rendered.contains("reason=\"held_bytes_full\"} 1"), "{rendered}");
     assert!(rendered.contains("reason=\"body_timeout\"} 1"), "{rendered}");
+    // Holds last up to the cold-start timeout (10 min by default): the buckets reach it.
+    assert!(
+        rendered.contains("gpuscale_activator_hold_seconds_bucket{le=\"600\"}"),
+        "{rendered}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,7 +202,7 @@ const MAX_SWEEP_POINTS: usize = 10_000;
 /// A duration flag: the syntax of every gpuscale binary (`250ms`, `30s`, `5m`, `1h`; a bare
 /// number is seconds), as seconds.
 fn seconds(v: &str) -> Result<f64, String> {
-    spec::parse_duration("duration", v)
+    gpuscale_policies::spec::parse_duration("duration", v)
         .map(|d| d.as_secs_f64())
         .map_err(|_| format!("`{}`: expected a duration such as 500ms, 30s, 5m or 1h (a bare number is seconds), 0 or more", spec::brief(v)))
 }

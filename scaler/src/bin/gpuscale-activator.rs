@@ -30,7 +30,7 @@ struct Args {
     scaler_token_file: Option<std::path::PathBuf>,
 
     /// Address for /metrics, /healthz and /readyz.
-    #[arg(long, env = "GPUSCALE_ACTIVATOR_HTTP_LISTEN", default_value = "0.0.0.0:9092", value_parser = gpuscale_collector::server::listen_addr)]
+    #[arg(long, env = "GPUSCALE_ACTIVATOR_HTTP_LISTEN", default_value = "0.0.0.0:9092", value_parser = gpuscale_collector::cli::listen_addr)]
     http_listen: SocketAddr,
 
     /// Log format: `text` or `json`.
@@ -40,14 +40,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    // User errors are messages, never backtraces (whatever RUST_BACKTRACE says).
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("gpuscale-activator: error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    gpuscale_collector::cli::exit("gpuscale-activator", run().await)
 }
 
 async fn run() -> anyhow::Result<()> {
