@@ -333,8 +333,9 @@ async fn a_target_without_a_namespace_is_in_default_on_both_sides() {
     assert!(why.contains("namespace"), "{why}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_truncated_collector_page_is_unknown() {
+/// The collector behind a proxy that bends its page: known first, unknown (saying `says`)
+/// while bent, and back within two polls once it is not.
+async fn bent_collector_page(how: Bend, says: &[&str]) {
     let model = PageServer::start(Mode::Page(vllm("7.0", "0.0"))).await;
     let collector = common::collector(&[("llm/qwen", model.addr)]).await;
     let (front, bend) = proxy(collector).await;
@@ -343,10 +344,15 @@ async fn a_truncated_collector_page_is_unknown() {
     let r = so("llm", "qwen");
     let (m, _) = until(&mut c, &r, "known first", |(m, _)| m.is_ok()).await;
     assert_eq!(m.unwrap(), 2.0);
-    *bend.write().unwrap() = Bend::Truncate;
-    unknown(&mut c, &r, &["truncated", "# EOF"]).await;
+    *bend.write().unwrap() = how;
+    unknown(&mut c, &r, says).await;
     *bend.write().unwrap() = Bend::Pass;
     recovers(&mut c, &r, &scaler, 2.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_collector_page_is_unknown() {
+    bent_collector_page(Bend::Truncate, &["truncated", "# EOF"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,18 +409,7 @@ async fn values_that_cannot_be_real_are_unknown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_whose_timestamps_are_an_hour_old_is_stale() {
-    let model = PageServer::start(Mode::Page(vllm("7.0", "0.0"))).await;
-    let collector = common::collector(&[("llm/qwen", model.addr)]).await;
-    let (front, bend) = proxy(collector).await;
-    let scaler = common::scaler(&["--collector", &front.to_string(), "--poll-interval", POLL]).await;
-    let mut c = client(&scaler).await;
-    let r = so("llm", "qwen");
-    let (m, _) = until(&mut c, &r, "known first", |(m, _)| m.is_ok()).await;
-    assert_eq!(m.unwrap(), 2.0);
-    *bend.write().unwrap() = Bend::HourOld;
-    unknown(&mut c, &r, &["stale"]).await;
-    *bend.write().unwrap() = Bend::Pass;
-    recovers(&mut c, &r, &scaler, 2.0).await;
+    bent_collector_page(Bend::HourOld, &["stale"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
