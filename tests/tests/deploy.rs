@@ -74,7 +74,8 @@ fn render() -> Option<(PathBuf, Vec<PathBuf>)> {
         .output()
         .is_err()
     {
-        let msg = "kubectl is not installed, so the kustomizations cannot be rendered (./scripts/test fetches it)";
+        let msg =
+            "kubectl is not installed, so the kustomizations cannot be rendered (./scripts/test fetches it)";
         if ci() {
             panic!("{msg} (CI=true)");
         }
