@@ -79,14 +79,33 @@ fn so(i: usize) -> ScaledObjectRef {
     }
 }
 
-async fn serve<S: ExternalScaler>(svc: S) -> SocketAddr {
+/// How a server takes its connections.
+#[derive(Clone, Copy)]
+enum Accept {
+    /// tonic's own listener, as a plain `Server::serve` would: TCP_NODELAY on.
+    TonicDefault,
+    /// A bare `TcpListenerStream`: TCP_NODELAY off, Nagle and delayed ACKs on small frames.
+    BareStream,
+    /// Exactly as the gpuscale-scaler binary serves plaintext gRPC (`tls::plaintext`).
+    Scaler,
+}
+
+async fn serve<S: ExternalScaler>(svc: S, accept: Accept) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ExternalScalerServer::new(svc))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
-    );
+    let server = tonic::transport::Server::builder().add_service(ExternalScalerServer::new(svc));
+    match accept {
+        Accept::TonicDefault => {
+            let incoming = tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
+            tokio::spawn(server.serve_with_incoming(incoming));
+        }
+        Accept::BareStream => {
+            tokio::spawn(server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)));
+        }
+        Accept::Scaler => {
+            tokio::spawn(server.serve_with_incoming(gpuscale_scaler::tls::plaintext(l)));
+        }
+    }
     addr
 }
 
@@ -153,14 +172,17 @@ async fn load(addr: SocketAddr, workloads: usize, clients: usize, secs: u64, nam
     }
 }
 
-/// Every workload reported by a collector, idle (one replica, nothing queued): a known zero.
+/// Every workload known idle at zero replicas (nothing queued, every signal read): a known
+/// zero, as a collector page and an activator's report would make it.
 fn idle_view(at: Duration, keys: &[WorkloadKey]) -> View {
     let mut page = Page::default();
     for k in keys {
         page.workloads.insert(
             k.clone(),
             Observed {
-                up: 1,
+                up: 0,
+                kv_cache_usage: Some(0.0),
+                gpu_utilization: Some(0.0),
                 measured: at.as_secs_f64(),
                 ..Observed::default()
             },
@@ -212,8 +234,15 @@ fn main() {
         println!("decide {n} workloads (one poll tick): {:?}", t.elapsed());
         let names = Arc::new(names);
 
-        let echo = serve(Echo).await;
-        let scaler = serve(Scaler::new(workloads.clone(), telemetry.clone(), clock)).await;
+        // The baseline is an echo served the default way (TCP_NODELAY on); the scaler is served
+        // as its binary serves it. The echo served over a bare stream shows what Nagle costs.
+        let echo = serve(Echo, Accept::TonicDefault).await;
+        let echo_bare = serve(Echo, Accept::BareStream).await;
+        let scaler = serve(
+            Scaler::new(workloads.clone(), telemetry.clone(), clock),
+            Accept::Scaler,
+        )
+        .await;
         // Warm both, then measure each twice, interleaved, to see the noise.
         let _ = load(echo, n, clients, 1, names.clone()).await;
         let _ = load(scaler, n, clients, 1, names.clone()).await;
@@ -225,7 +254,11 @@ fn main() {
             "server", "calls", "calls/s", "p50", "p99", "p99.9"
         );
         for round in 0..2 {
-            for (name, addr) in [("tonic echo (baseline)", echo), ("gpuscale scaler", scaler)] {
+            for (name, addr) in [
+                ("tonic echo (baseline)", echo),
+                ("echo, no TCP_NODELAY", echo_bare),
+                ("gpuscale scaler", scaler),
+            ] {
                 let r = load(addr, n, clients, secs, names.clone()).await;
                 println!(
                     "{:<22} {:>10} {:>12.0} {:>10.1?} {:>10.1?} {:>10.1?}  (round {})",
