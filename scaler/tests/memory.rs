@@ -121,5 +121,8 @@ async fn the_activator_holding_600_one_mib_posts_stays_under_its_limit() {
     println!(
         "refused clients: {answered_503} read the 503, the rest saw the connection close mid-upload: {statuses:?}"
     );
-    assert!(answered_503 >= 300, "{statuses:?}");
+    // How many of the refused read their 503 before the close depends on timing (fewer on a
+    // loaded machine); that every one ended as a 503 or a closed connection does not.
+    assert!(answered_503 > 0, "{statuses:?}");
+    assert!(statuses.keys().all(|s| *s == 503 || *s == 0), "{statuses:?}");
 }
