@@ -40,16 +40,7 @@ pub fn listen_addr(v: &str) -> Result<std::net::SocketAddr, String> {
 
 /// The duration syntax of every gpuscale flag (`250ms`, `30s`, `5m`, `1h`, or a bare number
 /// of seconds), as seconds, for clap's `value_parser`.
-pub fn duration_secs(v: &str) -> Result<f64, String> {
-    gpuscale_policies::spec::parse_duration("duration", v)
-        .map(|d| d.as_secs_f64())
-        .map_err(|_| {
-            format!(
-                "`{}`: expected a duration such as 500ms, 30s, 5m or 1h (a bare number is seconds), 0 or more",
-                gpuscale_policies::spec::brief(v)
-            )
-        })
-}
+pub use gpuscale_policies::spec::duration_secs;
 
 /// Resolves on SIGTERM (what the kubelet sends) or Ctrl-C. Several servers may wait on it;
 /// the news is logged once.

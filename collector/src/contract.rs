@@ -204,16 +204,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// A bounded prefix of an input, for error messages: a 1 MB value is never echoed whole.
-pub fn quote(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes)", &s[..end], s.len())
-}
+pub use gpuscale_policies::spec::brief_to as quote;
 
 #[cfg(test)]
 mod tests {

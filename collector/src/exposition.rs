@@ -393,33 +393,35 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
         }
     }
     if !s.queues.is_empty() {
-        let target_labels = |i: usize, q: &'_ QueueReading| -> [(&'static str, String); 5] {
-            [
-                (label::NAMESPACE, q.target.namespace.clone()),
-                (label::WORKLOAD, q.target.workload.clone()),
-                (label::POD, q.target.pod.clone()),
-                (label::TARGET, shown[i].clone()),
-                (label::NODE, s.node.clone()),
-            ]
-        };
+        let target_labels: Vec<[(&str, &str); 5]> = s
+            .queues
+            .iter()
+            .zip(&shown)
+            .map(|(q, url)| {
+                [
+                    (label::NAMESPACE, q.target.namespace.as_str()),
+                    (label::WORKLOAD, q.target.workload.as_str()),
+                    (label::POD, q.target.pod.as_str()),
+                    (label::TARGET, url.as_str()),
+                    (label::NODE, s.node.as_str()),
+                ]
+            })
+            .collect();
         w.family(
             contract::SCRAPE_UP,
             "gauge",
             "1 if the last scrape of the target answered a page that parsed.",
         );
-        for (i, q) in s.queues.iter().enumerate() {
-            let l = target_labels(i, q);
-            let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            w.sample(contract::SCRAPE_UP, &l, f64::from(u8::from(q.up)));
+        for (q, l) in s.queues.iter().zip(&target_labels) {
+            w.sample(contract::SCRAPE_UP, l, f64::from(u8::from(q.up)));
         }
         w.family(
             contract::READING_VALID,
             "gauge",
             "1 if the target's last page held a plausible queue reading; reason says why not.",
         );
-        for (i, q) in s.queues.iter().enumerate() {
-            let l = target_labels(i, q);
-            let mut l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        for (q, l) in s.queues.iter().zip(&target_labels) {
+            let mut l = l.to_vec();
             if let Some(f) = q.fault {
                 l.push((label::REASON, f.code()));
             }
@@ -435,11 +437,9 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
                 "gauge",
                 "Unix time the target's last reading was measured (each target runs on its own clock).",
             );
-            for (i, q) in s.queues.iter().enumerate() {
+            for (q, l) in s.queues.iter().zip(&target_labels) {
                 if let Some(t) = q.measured_at {
-                    let l = target_labels(i, q);
-                    let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                    w.sample(contract::SCRAPE_TIMESTAMP, &l, t);
+                    w.sample(contract::SCRAPE_TIMESTAMP, l, t);
                 }
             }
         }

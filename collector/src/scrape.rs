@@ -20,7 +20,7 @@ pub fn metrics_url(flag: &str, input: &str) -> Result<String, String> {
 /// As [`metrics_url`], with `default_path` for an address given without a path.
 pub fn normalize_url(flag: &str, input: &str, default_path: &str) -> Result<String, String> {
     let input = input.trim();
-    let shown = crate::contract::quote(&crate::contract::redact_url(input), 200);
+    let shown = crate::contract::quote(&crate::contract::redact_url(input), 200).into_owned();
     let bad = |why: &str| format!("{flag} `{shown}`: {why}; accepted: {URL_FORMS}");
     let rest = match input.split_once("://") {
         Some(("http", rest)) => rest,
@@ -115,7 +115,7 @@ impl Target {
             .next()
             .unwrap_or("");
         let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-        let shown = crate::contract::quote(&crate::contract::redact_url(s), 200);
+        let shown = crate::contract::quote(&crate::contract::redact_url(s), 200).into_owned();
         let (namespace, workload) = match name {
             None => (crate::contract::DEFAULT_NAMESPACE.to_string(), host.to_string()),
             Some(n) => match n.split_once('/') {
@@ -498,7 +498,7 @@ pub async fn fetch_page(
             if !content_type.starts_with("application/openmetrics-text") {
                 return Err(ScrapeError::WrongFormat {
                     url: shown.clone(),
-                    content_type: crate::contract::quote(&content_type, 80),
+                    content_type: crate::contract::quote(&content_type, 80).into_owned(),
                 });
             }
             let mut body: Vec<u8> = Vec::new();

@@ -74,10 +74,15 @@ pub const ECHO_BYTES: usize = 120;
 /// An input as error messages echo it: whole when short, else a prefix and its length, so a
 /// megabyte of metadata is never sent back (gRPC clients refuse large error messages).
 pub fn brief(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.len() <= ECHO_BYTES {
+    brief_to(s, ECHO_BYTES)
+}
+
+/// [`brief`] with another bound, `max` bytes.
+pub fn brief_to(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
         return s.into();
     }
-    let mut end = ECHO_BYTES;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
@@ -368,6 +373,17 @@ pub fn parse_duration(key: &str, v: &str) -> Result<Duration, SpecError> {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// [`parse_duration`] as seconds, for a binary's duration flags (clap's `value_parser`): the
+/// one syntax and message of every gpuscale flag.
+pub fn duration_secs(v: &str) -> Result<f64, String> {
+    parse_duration("duration", v).map(|d| d.as_secs_f64()).map_err(|_| {
+        format!(
+            "`{}`: expected a duration such as 500ms, 30s, 5m or 1h (a bare number is seconds), 0 or more",
+            brief(v)
+        )
+    })
 }
 
 fn parse_f64(key: &str, v: &str, lo: f64, hi: f64, what: &str) -> Result<f64, SpecError> {

@@ -116,7 +116,7 @@ async fn held(
                 s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
                 _ => StatusCode::BAD_REQUEST,
             };
-            let what = gpuscale_collector::contract::quote(&e.body_text(), 200);
+            let what = gpuscale_collector::contract::quote(&e.body_text(), 200).into_owned();
             return bad(
                 status,
                 format!(
@@ -146,7 +146,7 @@ async fn held(
     if s.workloads.held(&key, r.requests, r.ready, s.clock.now()) {
         StatusCode::NO_CONTENT.into_response()
     } else {
-        let shown = gpuscale_collector::contract::quote(&key.to_string(), 200);
+        let shown = gpuscale_collector::contract::quote(&key.to_string(), 200).into_owned();
         bad(
             StatusCode::NOT_FOUND,
             format!(

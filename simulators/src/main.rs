@@ -128,7 +128,7 @@ struct ReplayArgs {
     #[arg(long, default_value_t = 1, env = "GPUSCALE_SIM_CONCURRENCY")]
     concurrency: u32,
     /// concurrency: mean service time (s) for traces without one.
-    #[arg(long, default_value_t = 1.0, env = "GPUSCALE_SIM_SERVICE_TIME", value_parser = seconds, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1.0, env = "GPUSCALE_SIM_SERVICE_TIME", value_parser = spec::duration_secs, allow_negative_numbers = true)]
     service_time: f64,
     /// concurrency: distribution of those service times.
     #[arg(long, value_enum, default_value_t = ServiceDist::Exp, env = "GPUSCALE_SIM_SERVICE_DIST")]
@@ -149,7 +149,7 @@ struct ReplayArgs {
     #[arg(long, default_value_t = Batching::default().max_batch_seqs, env = "GPUSCALE_SIM_MAX_BATCH_SEQS")]
     max_batch_seqs: u32,
     /// Seconds for a new replica to become ready (0 allowed).
-    #[arg(long, default_value_t = 60.0, env = "GPUSCALE_SIM_COLD_START", value_parser = seconds, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 60.0, env = "GPUSCALE_SIM_COLD_START", value_parser = spec::duration_secs, allow_negative_numbers = true)]
     cold_start: f64,
     /// Draw cold starts from recorded values instead: one number of seconds per line.
     #[arg(long, env = "GPUSCALE_SIM_COLD_START_FILE", conflicts_with = "cold_start")]
@@ -161,7 +161,7 @@ struct ReplayArgs {
     #[arg(long, default_value_t = 3.24, env = "GPUSCALE_SIM_PRICE_PER_GPU_HOUR")]
     price_per_gpu_hour: f64,
     /// A request not completed this many seconds after arrival fails.
-    #[arg(long, default_value_t = 300.0, env = "GPUSCALE_SIM_TIMEOUT", value_parser = seconds, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 300.0, env = "GPUSCALE_SIM_TIMEOUT", value_parser = spec::duration_secs, allow_negative_numbers = true)]
     timeout: f64,
     /// Replicas ready at the start.
     #[arg(long, default_value_t = 1, env = "GPUSCALE_SIM_INITIAL_REPLICAS")]
@@ -170,11 +170,11 @@ struct ReplayArgs {
     #[arg(long, default_value_t = 10_000_000, env = "GPUSCALE_SIM_MAX_QUEUE")]
     max_queue: usize,
     /// Seconds to keep simulating after the last arrival.
-    #[arg(long, default_value_t = 0.0, env = "GPUSCALE_SIM_DRAIN", value_parser = seconds, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.0, env = "GPUSCALE_SIM_DRAIN", value_parser = spec::duration_secs, allow_negative_numbers = true)]
     drain: f64,
 
     /// Latency objective in seconds: report the share of requests completed within it.
-    #[arg(long, env = "GPUSCALE_SIM_SLO", value_parser = seconds, allow_negative_numbers = true)]
+    #[arg(long, env = "GPUSCALE_SIM_SLO", value_parser = spec::duration_secs, allow_negative_numbers = true)]
     slo: Option<f64>,
     /// Write the results as JSON (schema in docs/simulator.md).
     #[arg(long, env = "GPUSCALE_SIM_JSON")]
@@ -199,17 +199,9 @@ const MAX_SIMULATED_SECONDS: f64 = 90.0 * 86_400.0;
 /// Most points in one sweep.
 const MAX_SWEEP_POINTS: usize = 10_000;
 
-/// A duration flag: the syntax of every gpuscale binary (`250ms`, `30s`, `5m`, `1h`; a bare
-/// number is seconds), as seconds.
-fn seconds(v: &str) -> Result<f64, String> {
-    gpuscale_policies::spec::parse_duration("duration", v)
-        .map(|d| d.as_secs_f64())
-        .map_err(|_| format!("`{}`: expected a duration such as 500ms, 30s, 5m or 1h (a bare number is seconds), 0 or more", spec::brief(v)))
-}
-
 /// A duration flag the engine counts in whole seconds (its tick).
 fn whole_seconds(v: &str) -> Result<u64, String> {
-    let s = seconds(v)?;
+    let s = spec::duration_secs(v)?;
     if s.fract() != 0.0 {
         return Err(format!(
             "`{}`: expected whole seconds (the simulator ticks once a second), e.g. 15s or 2m",
