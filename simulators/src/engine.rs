@@ -13,6 +13,7 @@ use std::time::Duration;
 use gpuscale_policies::hpa::{Hpa, HpaConfig, HpaMetric, HpaTarget};
 use gpuscale_policies::{Autoscaler, Bounds, Context, Metric, Reading, Signals};
 
+use crate::llm::{LlmConfig, LlmReplica, Phase, Requests, Router, StepEvents};
 use crate::rng::Rng;
 use crate::serving::{ServiceDist, Serving, ServingConfig};
 use crate::trace::Trace;
@@ -54,8 +55,10 @@ pub struct ControlConfig {
     pub scrape_interval: u64,
     /// Record the per-second timeline every this many seconds (0: none).
     pub timeline_step: u64,
-    /// Seconds to keep running after the last arrival.
-    pub drain: f64,
+    /// Seconds to keep running after the last arrival; `None`: until every request has an
+    /// outcome, at most `timeout` after the last arrival (when every one still in flight is
+    /// past its timeout and fails).
+    pub drain: Option<f64>,
 }
 
 impl Default for ControlConfig {
@@ -64,7 +67,7 @@ impl Default for ControlConfig {
             loop_model: LoopModel::Direct { tick: None },
             scrape_interval: 0,
             timeline_step: 0,
-            drain: 0.0,
+            drain: None,
         }
     }
 }
@@ -96,20 +99,30 @@ pub struct Outcome {
     pub requests: u64,
     /// Completed within the timeout.
     pub completed: u64,
-    /// Timed out (in the queue, or completed too late) or refused by a full queue.
+    /// Timed out (in the queue, or completed too late) or refused (a full queue, or larger
+    /// than a replica's whole KV cache).
     pub failed: u64,
+    /// Of the failed, refused at arrival as larger than the KV cache.
+    pub rejected: u64,
     /// Queued or in service when the replay ended.
     pub in_flight_at_end: u64,
-    /// End-to-end latency of completed requests (s).
+    /// End-to-end latency of every request with an outcome, failed ones as infinity, and of
+    /// those still in flight at the end, also as infinity (s).
     pub latencies: Vec<f64>,
-    /// Queue wait of every dispatched request (s).
+    /// Queue wait of every request, infinity for those that never left the queue (s).
     pub waits: Vec<f64>,
-    /// Time to first token of completed requests (batching only; s).
+    /// Time to first token (LLM models only; infinity where none came in time; s).
     pub ttfts: Vec<f64>,
+    /// Time per output token after the first, of completed requests with more than one (s).
+    pub tpots: Vec<f64>,
+    /// Sequences preempted for KV cache (recomputed later).
+    pub preemptions: u64,
     /// GPU-seconds held (starting, ready and draining replicas).
     pub gpu_seconds: f64,
-    /// Replicas started.
+    /// Replicas that started and became ready (each paid a cold start).
     pub cold_starts: u64,
+    /// Replicas that were starting and were removed before they became ready.
+    pub cancelled_starts: u64,
     /// Changes of the desired count.
     pub scale_events: u64,
     /// Time-weighted mean of replicas held.
@@ -237,6 +250,11 @@ pub struct Engine<'a> {
     // KEDA loop model
     keda_hpa: Hpa,
     keda_last_active: Option<u64>,
+    // iteration-level LLM model
+    llm: Vec<LlmReplica>,
+    reqs: Requests,
+    steps: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    ev: StepEvents,
 }
 
 /// Service times for a trace without them, drawn once so every policy sees the same requests.
@@ -291,7 +309,7 @@ impl<'a> Engine<'a> {
             dispatched_at: vec![u64::MAX; n],
             prefill_of: match serving.serving {
                 Serving::Batching(_) => vec![0.0; n],
-                Serving::Concurrency { .. } => Vec::new(),
+                _ => Vec::new(),
             },
             out: Outcome {
                 replicas_max: initial,
@@ -312,6 +330,50 @@ impl<'a> Engine<'a> {
                 ..HpaConfig::default()
             }),
             keda_last_active: None,
+            llm: match serving.serving {
+                Serving::Llm(_) => (0..initial).map(|_| LlmReplica::default()).collect(),
+                _ => Vec::new(),
+            },
+            reqs: Requests::new(match serving.serving {
+                Serving::Llm(_) => n,
+                _ => 0,
+            }),
+            steps: BinaryHeap::new(),
+            ev: StepEvents::default(),
+        }
+    }
+
+    fn llm_config(&self) -> Option<&'a LlmConfig> {
+        let serving: &'a ServingConfig = self.serving;
+        match &serving.serving {
+            Serving::Llm(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Requests arrived and without an outcome.
+    fn in_system(&self, arrived: u64) -> u64 {
+        arrived - self.out.completed - self.out.failed
+    }
+
+    fn fail(&mut self, req: usize, dispatched: bool) {
+        self.out.failed += 1;
+        self.out.latencies.push(f64::INFINITY);
+        if !dispatched {
+            self.out.waits.push(f64::INFINITY);
+        }
+        match self.serving.serving {
+            Serving::Llm(_) => {
+                self.reqs.phase[req] = Phase::Done;
+                let first = self.reqs.first_token_at[req];
+                self.out.ttfts.push(if first == u64::MAX {
+                    f64::INFINITY
+                } else {
+                    (first - us(self.trace.requests[req].arrival)) as f64 / US
+                });
+            }
+            Serving::Batching(_) => self.out.ttfts.push(f64::INFINITY),
+            Serving::Concurrency { .. } => {}
         }
     }
 
@@ -340,15 +402,22 @@ impl<'a> Engine<'a> {
     /// Run to the end of the trace (plus drain) and report.
     pub fn run(mut self) -> Outcome {
         let reqs = &self.trace.requests;
-        let end = us(self.trace.span() + self.control.drain);
+        let auto = self.control.drain.is_none();
+        let mut end = us(self.trace.span() + self.control.drain.unwrap_or(self.serving.timeout));
         let mut next_arrival = 0usize;
         let mut next_tick: u64 = 0;
         loop {
             let t_arr = reqs.get(next_arrival).map_or(u64::MAX, |r| us(r.arrival));
             let t_done = self.completions.peek().map_or(u64::MAX, |Reverse((t, _, _))| *t);
             let t_ready = self.readies.peek().map_or(u64::MAX, |Reverse((t, _))| *t);
-            let t = t_arr.min(t_done).min(t_ready).min(next_tick);
+            let t_step = self.steps.peek().map_or(u64::MAX, |Reverse((t, _, _))| *t);
+            let t = t_arr.min(t_done).min(t_ready).min(next_tick).min(t_step);
             if t > end {
+                break;
+            }
+            if auto && next_arrival == reqs.len() && self.in_system(next_arrival as u64) == 0 {
+                // Every request has an outcome: the replay ends at the last one.
+                end = self.now.max(us(self.trace.span()));
                 break;
             }
             self.account(t);
@@ -371,12 +440,21 @@ impl<'a> Engine<'a> {
                 let r = &mut self.replicas[rep as usize];
                 if r.state == State::Starting(t) {
                     r.state = State::Ready;
+                    self.out.cold_starts += 1;
+                    self.llm_ready(rep as usize);
                     self.dispatch();
                 }
-            } else {
+            } else if t_arr == t {
+                // Before step events at the same instant: a replica starting a step now
+                // schedules every request that has arrived by now.
                 self.arrive(next_arrival as u32);
                 next_arrival += 1;
                 self.dispatch();
+            } else {
+                let Some(Reverse((_, rep, generation))) = self.steps.pop() else {
+                    continue;
+                };
+                self.llm_step_end(rep as usize, generation);
             }
         }
         self.finish(end, next_arrival as u64)
@@ -386,26 +464,229 @@ impl<'a> Engine<'a> {
         self.arrivals_this_second += 1;
         self.windows.arrival(self.now / 1_000_000);
         if self.queue.len() >= self.serving.max_queue {
-            self.out.failed += 1;
+            self.fail(req as usize, false);
             return;
         }
-        self.queue.push_back(req);
+        let Some(cfg) = self.llm_config() else {
+            self.queue.push_back(req);
+            return;
+        };
+        let rq = self.trace.requests[req as usize];
+        if u64::from(rq.input_tokens.max(1)) + u64::from(rq.output_tokens.max(1)) > cfg.kv_tokens {
+            // vLLM refuses a request longer than its context can ever hold.
+            self.out.rejected += 1;
+            self.fail(req as usize, false);
+            return;
+        }
+        match cfg.router {
+            Router::Shared => {
+                self.queue.push_back(req);
+                self.llm_kick_shared();
+            }
+            Router::LeastLoaded => match self.least_loaded() {
+                Some(i) => {
+                    self.llm[i].waiting.push_back(req);
+                    self.llm_kick(i);
+                }
+                None => self.queue.push_back(req),
+            },
+        }
+    }
+
+    /// The ready replica with the fewest requests running and waiting.
+    fn least_loaded(&self) -> Option<usize> {
+        (0..self.replicas.len())
+            .filter(|&i| self.replicas[i].state == State::Ready)
+            .min_by_key(|&i| self.llm[i].load())
+    }
+
+    /// An idle replica starts a step once every event of this instant is in.
+    fn llm_schedule_start(&mut self, i: usize) {
+        let r = &mut self.llm[i];
+        if !r.busy() && !r.pending_start {
+            r.pending_start = true;
+            self.steps.push(Reverse((self.now, i as u32, r.generation)));
+        }
+    }
+
+    /// A replica that may have room: start a step if idle, else cut a decode run short.
+    fn llm_kick(&mut self, i: usize) {
+        let Some(cfg) = self.llm_config() else { return };
+        if !self.llm[i].busy() {
+            self.llm_schedule_start(i);
+        } else if let Some(end) = self.llm[i].interrupt(self.now, cfg) {
+            self.steps.push(Reverse((end, i as u32, self.llm[i].generation)));
+        }
+    }
+
+    /// Requests wait in the gateway queue: idle replicas take them now, busy ones with room
+    /// at their next step.
+    fn llm_kick_shared(&mut self) {
+        let Some(cfg) = self.llm_config() else { return };
+        if self.queue.is_empty() {
+            return;
+        }
+        // One replica per waiting request: an idle one starts a step now; else the busy one
+        // with room whose step ends first takes it there (a run of decode steps is cut at its
+        // next boundary). Waking every replica for one request would only cost events.
+        let (mut starting, mut idle, mut first) = (0usize, None, None::<(u64, usize)>);
+        for i in 0..self.replicas.len() {
+            if self.replicas[i].state != State::Ready {
+                continue;
+            }
+            let r = &self.llm[i];
+            if r.pending_start {
+                starting += 1;
+            } else if !r.busy() {
+                idle = idle.or(Some(i));
+            } else if let Some(b) = r.next_boundary(self.now, cfg)
+                && first.is_none_or(|(fb, _)| b < fb)
+            {
+                first = Some((b, i));
+            }
+        }
+        if starting >= self.queue.len() {
+            return;
+        }
+        if let Some(i) = idle {
+            self.llm_schedule_start(i);
+        } else if let Some((_, i)) = first
+            && let Some(end) = self.llm[i].interrupt(self.now, cfg)
+        {
+            self.steps.push(Reverse((end, i as u32, self.llm[i].generation)));
+        }
+    }
+
+    fn llm_ready(&mut self, i: usize) {
+        let Some(cfg) = self.llm_config() else { return };
+        match cfg.router {
+            Router::Shared => self.llm_kick_shared(),
+            Router::LeastLoaded => {
+                // The activator releases what it held through the Service.
+                while let Some(req) = self.queue.pop_front() {
+                    let to = self.least_loaded().unwrap_or(i);
+                    self.llm[to].waiting.push_back(req);
+                }
+                for j in 0..self.replicas.len() {
+                    if self.replicas[j].state == State::Ready {
+                        self.llm_kick(j);
+                    }
+                }
+            }
+        }
+    }
+
+    fn llm_compose(&mut self, i: usize) {
+        let Some(cfg) = self.llm_config() else { return };
+        let state = self.replicas[i].state;
+        let central = (state == State::Ready && cfg.router == Router::Shared).then_some(&mut self.queue);
+        self.ev.admitted.clear();
+        let end = self.llm[i].compose(
+            self.now,
+            cfg,
+            &self.trace.requests,
+            &mut self.reqs,
+            central,
+            &mut self.ev,
+        );
+        self.out.preemptions += std::mem::take(&mut self.ev.preemptions);
+        for k in 0..self.ev.admitted.len() {
+            let req = self.ev.admitted[k] as usize;
+            let wait = self.now.saturating_sub(us(self.trace.requests[req].arrival));
+            self.out.waits.push(wait as f64 / US);
+        }
+        match end {
+            Some(t) => self.steps.push(Reverse((t, i as u32, self.llm[i].generation))),
+            None if state == State::Draining && self.llm[i].empty() => {
+                self.replicas[i].state = State::Gone;
+                self.alive -= 1;
+            }
+            None => {}
+        }
+    }
+
+    fn llm_step_end(&mut self, i: usize, generation: u32) {
+        if self.llm[i].generation != generation {
+            return; // superseded by an interrupt, or the replica is gone
+        }
+        if !self.llm[i].busy() {
+            if self.llm[i].pending_start {
+                self.llm[i].pending_start = false;
+                if matches!(self.replicas[i].state, State::Ready | State::Draining) {
+                    self.llm_compose(i);
+                }
+            }
+            return;
+        }
+        let mut ev = std::mem::take(&mut self.ev);
+        ev.completed.clear();
+        ev.first_tokens.clear();
+        self.llm[i].finish_step(self.now, &self.trace.requests, &mut self.reqs, &mut ev);
+        for &req in &ev.completed {
+            let req = req as usize;
+            let rq = self.trace.requests[req];
+            let arrival = us(rq.arrival);
+            let latency = (self.now - arrival) as f64 / US;
+            let admitted = self.reqs.admitted_at[req];
+            self.windows
+                .completion(self.now / 1_000_000, (self.now - admitted) as f64 / US);
+            if latency > self.serving.timeout {
+                self.fail(req, true);
+                continue;
+            }
+            let first = self.reqs.first_token_at[req];
+            self.out.completed += 1;
+            self.out.latencies.push(latency);
+            self.out.ttfts.push((first - arrival) as f64 / US);
+            if rq.output_tokens > 1 {
+                self.out
+                    .tpots
+                    .push((self.now - first) as f64 / US / f64::from(rq.output_tokens - 1));
+            }
+        }
+        self.ev = ev;
+        if matches!(self.replicas[i].state, State::Ready | State::Draining) {
+            self.llm_compose(i);
+        }
     }
 
     /// Fail queued requests that have waited past the timeout (the head is the oldest).
     fn expire(&mut self) {
         let timeout = us(self.serving.timeout);
+        let llm = self.llm_config().is_some();
         while let Some(&req) = self.queue.front() {
-            if us(self.trace.requests[req as usize].arrival) + timeout <= self.now {
+            let r = req as usize;
+            if llm && self.reqs.phase[r] != Phase::Waiting {
+                self.queue.pop_front(); // already has an outcome
+            } else if us(self.trace.requests[r].arrival) + timeout <= self.now {
                 self.queue.pop_front();
-                self.out.failed += 1;
+                self.fail(r, false);
             } else {
                 break;
+            }
+        }
+        for i in 0..self.llm.len() {
+            while let Some(&req) = self.llm[i].waiting.front() {
+                let r = req as usize;
+                if self.reqs.phase[r] != Phase::Waiting {
+                    self.llm[i].waiting.pop_front();
+                } else if us(self.trace.requests[r].arrival) + timeout <= self.now {
+                    self.llm[i].waiting.pop_front();
+                    let dispatched = self.reqs.admitted_at[r] != u64::MAX;
+                    self.fail(r, dispatched);
+                } else {
+                    break;
+                }
             }
         }
     }
 
     fn dispatch(&mut self) {
+        if self.llm_config().is_some() {
+            // Replicas take work at their step boundaries; queued requests expire at the
+            // second's tick.
+            return;
+        }
         self.expire();
         while let Some(&req) = self.queue.front() {
             let Some(rep) = self.pick(req as usize) else {
@@ -430,6 +711,7 @@ impl<'a> Engine<'a> {
                     }
                 }
             }
+            Serving::Llm(_) => {}
             Serving::Batching(b) => {
                 let rq = &self.trace.requests[req];
                 let need = u64::from(rq.input_tokens) + u64::from(rq.output_tokens);
@@ -459,7 +741,7 @@ impl<'a> Engine<'a> {
         r.busy += 1;
         self.busy_total += 1;
         let service = match &self.serving.serving {
-            Serving::Concurrency { .. } => f64::from(self.services[req]),
+            Serving::Concurrency { .. } | Serving::Llm(_) => f64::from(self.services[req]),
             Serving::Batching(b) => {
                 r.tokens += u64::from(rq.input_tokens) + u64::from(rq.output_tokens);
                 let prefill = b.prefill(rq.input_tokens);
@@ -488,7 +770,7 @@ impl<'a> Engine<'a> {
         self.windows
             .completion(self.now / 1_000_000, (self.now - started) as f64 / US);
         if latency > self.serving.timeout {
-            self.out.failed += 1;
+            self.fail(req, true);
             return;
         }
         self.out.completed += 1;
@@ -499,6 +781,19 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Requests waiting: the gateway queue and, in the LLM model, the replicas' own queues.
+    fn waiting_now(&self) -> usize {
+        self.queue.len() + self.llm.iter().map(|r| r.waiting.len()).sum::<usize>()
+    }
+
+    /// Requests in service.
+    fn running_now(&self) -> u32 {
+        match self.serving.serving {
+            Serving::Llm(_) => self.llm.iter().map(LlmReplica::running).sum(),
+            _ => self.busy_total,
+        }
+    }
+
     fn scrape(&self, sec: u64) -> Scrape {
         let (ready, _) = self.counts();
         let w = &self.windows;
@@ -506,6 +801,19 @@ impl<'a> Engine<'a> {
         let window = (sec + 1).min(RATE_WINDOW as u64) as f64;
         let (kv, gpu) = match &self.serving.serving {
             _ if ready == 0 => (0.0, 0.0),
+            Serving::Llm(c) => {
+                let (mut tokens, mut busy) = (0u64, 0u32);
+                for (i, r) in self.replicas.iter().enumerate() {
+                    if r.state == State::Ready {
+                        tokens += self.llm[i].kv_used;
+                        busy += u32::from(self.llm[i].busy());
+                    }
+                }
+                (
+                    (tokens as f64 / (f64::from(ready) * c.kv_tokens as f64)).min(1.0),
+                    f64::from(busy) / f64::from(ready),
+                )
+            }
             Serving::Concurrency { slots } => {
                 let busy_replicas = self
                     .replicas
@@ -531,8 +839,8 @@ impl<'a> Engine<'a> {
         };
         Scrape {
             at: sec,
-            waiting: self.queue.len() as f64,
-            running: f64::from(self.busy_total),
+            waiting: self.waiting_now() as f64,
+            running: f64::from(self.running_now()),
             kv,
             gpu,
             rate: f64::from(w.arrivals_total) / window,
@@ -579,11 +887,11 @@ impl<'a> Engine<'a> {
             self.out.timeline.push(Point {
                 t: sec,
                 arrivals,
-                queued: self.queue.len() as u32,
+                queued: self.waiting_now() as u32,
                 ready,
                 starting,
                 desired: self.desired,
-                running: self.busy_total,
+                running: self.running_now(),
             });
         }
     }
@@ -669,6 +977,7 @@ impl<'a> Engine<'a> {
                 } else {
                     State::Starting(ready_at)
                 };
+                let llm = self.llm_config().is_some();
                 let idx = match self.replicas.iter().position(|r| r.state == State::Gone) {
                     Some(i) => {
                         self.replicas[i] = Replica {
@@ -676,6 +985,11 @@ impl<'a> Engine<'a> {
                             busy: 0,
                             tokens: 0,
                         };
+                        if llm {
+                            // A fresh scheduler; the generation carries on so no stale step
+                            // event of the slot's previous replica can match.
+                            self.llm[i].reset();
+                        }
                         i
                     }
                     None => {
@@ -684,14 +998,19 @@ impl<'a> Engine<'a> {
                             busy: 0,
                             tokens: 0,
                         });
+                        if llm {
+                            self.llm.push(LlmReplica::default());
+                        }
                         self.replicas.len() - 1
                     }
                 };
                 if cold > 0.0 {
                     self.readies.push(Reverse((ready_at, idx as u32)));
+                } else {
+                    self.out.cold_starts += 1;
+                    self.llm_ready(idx);
                 }
                 self.alive += 1;
-                self.out.cold_starts += 1;
             }
             self.out.replicas_max = self.out.replicas_max.max(self.alive);
             self.dispatch();
@@ -705,19 +1024,24 @@ impl<'a> Engine<'a> {
                 if let State::Starting(_) = self.replicas[i].state {
                     self.replicas[i].state = State::Gone;
                     self.alive -= 1;
+                    self.out.cancelled_starts += 1;
                     remove -= 1;
                 }
             }
+            let llm = self.llm_config().is_some();
             while remove > 0 {
-                let pick = self
-                    .replicas
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.state == State::Ready)
-                    .min_by_key(|(_, r)| r.busy)
-                    .map(|(i, _)| i);
+                let load = |i: usize| {
+                    if llm {
+                        self.llm[i].load() as u32 + u32::from(self.llm[i].busy())
+                    } else {
+                        self.replicas[i].busy
+                    }
+                };
+                let pick = (0..self.replicas.len())
+                    .filter(|&i| self.replicas[i].state == State::Ready)
+                    .min_by_key(|&i| load(i));
                 let Some(i) = pick else { break };
-                if self.replicas[i].busy == 0 {
+                if load(i) == 0 {
                     self.replicas[i].state = State::Gone;
                     self.alive -= 1;
                 } else {
@@ -734,7 +1058,20 @@ impl<'a> Engine<'a> {
         self.expire();
         let duration = end as f64 / US;
         self.out.requests = arrived;
-        self.out.in_flight_at_end = self.queue.len() as u64 + u64::from(self.busy_total);
+        let in_flight = self.in_system(arrived);
+        if self.control.drain.is_none() {
+            // The run went on to `timeout` after the last arrival: whatever is still in
+            // flight is past its timeout.
+            self.out.failed += in_flight;
+            self.out
+                .latencies
+                .extend(std::iter::repeat_n(f64::INFINITY, in_flight as usize));
+        } else {
+            self.out.in_flight_at_end = in_flight;
+            self.out
+                .latencies
+                .extend(std::iter::repeat_n(f64::INFINITY, in_flight as usize));
+        }
         self.out.duration = duration;
         self.out.replicas_mean = if duration > 0.0 {
             self.out.replicas_mean / duration

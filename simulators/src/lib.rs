@@ -8,6 +8,9 @@
 //! scaler would have done.
 
 pub mod engine;
+pub mod llm;
+pub mod oracle;
+pub mod perf;
 pub mod report;
 pub mod rng;
 pub mod run;

@@ -7,8 +7,10 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gpuscale_policies::spec;
 use gpuscale_sim::engine::{ControlConfig, LoopModel};
+use gpuscale_sim::llm::{LlmConfig, Router, StepCost};
+use gpuscale_sim::perf::{self, PerfTable};
 use gpuscale_sim::report::{self, Document, PolicyResult};
-use gpuscale_sim::run::{PolicyRun, replay, serving_defaults};
+use gpuscale_sim::run::{PolicyRun, fair_params, replay, replica_slots};
 use gpuscale_sim::serving::{Batching, ColdStart, ServiceDist, Serving, ServingConfig};
 use gpuscale_sim::trace::{self, Format, ReadOptions, TimeUnit, Trace};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -47,11 +49,14 @@ enum LoopKind {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ServingKind {
-    /// Batching for traces with token counts and no service times, else concurrency.
+    /// llm for traces with token counts and no service times, else concurrency.
     Auto,
     /// Each replica serves up to --concurrency requests at once.
     Concurrency,
-    /// LLM continuous batching (prefill + decode from token counts).
+    /// LLM serving step by step (vLLM V1 scheduler) on measured step times (--model,
+    /// --hardware, --tp or --perf-table).
+    Llm,
+    /// The earlier continuous-batching model: its decode and prefill speeds are estimates.
     Batching,
 }
 
@@ -133,7 +138,34 @@ struct ReplayArgs {
     /// concurrency: distribution of those service times.
     #[arg(long, value_enum, default_value_t = ServiceDist::Exp, env = "GPUSCALE_SIM_SERVICE_DIST")]
     service_dist: ServiceDist,
-    /// batching: prompt tokens per second per replica.
+    /// llm: model of the performance table (bundled: llama2-70b, bloom-176b).
+    #[arg(long, default_value = "llama2-70b", env = "GPUSCALE_SIM_MODEL")]
+    model: String,
+    /// llm: hardware of the performance table (bundled: a100-80gb, h100-80gb, h100-80gb-pcap).
+    #[arg(long, default_value = "h100-80gb", env = "GPUSCALE_SIM_HARDWARE")]
+    hardware: String,
+    /// llm: tensor parallelism; a replica holds this many GPUs (bundled: 2, 4, 8 for llama2-70b).
+    #[arg(long, default_value_t = 4, env = "GPUSCALE_SIM_TP")]
+    tp: u32,
+    /// llm: your own measured table, in the bundled one's shape (docs/simulator.md).
+    #[arg(long, env = "GPUSCALE_SIM_PERF_TABLE")]
+    perf_table: Option<PathBuf>,
+    /// llm: token budget of one step, shared by decode and chunked prefill (vLLM
+    /// max_num_batched_tokens; default as vLLM's server picks it: 2048 on A100, 8192 on H100).
+    #[arg(long, env = "GPUSCALE_SIM_MAX_BATCH_TOKENS")]
+    max_batch_tokens: Option<u32>,
+    /// llm, batching: most sequences running on a replica (vLLM max_num_seqs; llm default as
+    /// vLLM's server picks it: 256 on A100, 1024 on H100; batching: 256).
+    #[arg(long, env = "GPUSCALE_SIM_MAX_SEQS")]
+    max_seqs: Option<u32>,
+    /// llm, batching: KV-cache capacity in tokens per replica (llm default: derived from the
+    /// model's size and the GPUs' memory; batching: 400000).
+    #[arg(long, env = "GPUSCALE_SIM_KV_CACHE_TOKENS")]
+    kv_cache_tokens: Option<u64>,
+    /// llm: how requests reach replicas.
+    #[arg(long, value_enum, default_value_t = Router::Shared, env = "GPUSCALE_SIM_ROUTER")]
+    router: Router,
+    /// batching: prompt tokens per second per replica (estimate).
     #[arg(long, default_value_t = Batching::default().prefill_tps, env = "GPUSCALE_SIM_PREFILL_TPS")]
     prefill_tps: f64,
     /// batching: decode tokens per second of one sequence alone.
@@ -142,21 +174,15 @@ struct ReplayArgs {
     /// batching: aggregate decode tokens per second of a full batch.
     #[arg(long, default_value_t = Batching::default().max_decode_tps, env = "GPUSCALE_SIM_MAX_DECODE_TPS")]
     max_decode_tps: f64,
-    /// batching: KV-cache capacity in tokens per replica.
-    #[arg(long, default_value_t = Batching::default().max_batch_tokens, env = "GPUSCALE_SIM_MAX_BATCH_TOKENS")]
-    max_batch_tokens: u64,
-    /// batching: most sequences per batch (vLLM max_num_seqs).
-    #[arg(long, default_value_t = Batching::default().max_batch_seqs, env = "GPUSCALE_SIM_MAX_BATCH_SEQS")]
-    max_batch_seqs: u32,
     /// Seconds for a new replica to become ready (0 allowed).
     #[arg(long, default_value_t = 60.0, env = "GPUSCALE_SIM_COLD_START", value_parser = spec::duration_secs, allow_negative_numbers = true)]
     cold_start: f64,
     /// Draw cold starts from recorded values instead: one number of seconds per line.
     #[arg(long, env = "GPUSCALE_SIM_COLD_START_FILE", conflicts_with = "cold_start")]
     cold_start_file: Option<PathBuf>,
-    /// GPUs each replica holds.
-    #[arg(long, default_value_t = 1, env = "GPUSCALE_SIM_GPUS_PER_REPLICA")]
-    gpus_per_replica: u32,
+    /// GPUs each replica holds (default: --tp for llm, else 1).
+    #[arg(long, env = "GPUSCALE_SIM_GPUS_PER_REPLICA")]
+    gpus_per_replica: Option<u32>,
     /// Price of one GPU-hour (default: an on-demand H100, see docs/simulator.md).
     #[arg(long, default_value_t = 3.24, env = "GPUSCALE_SIM_PRICE_PER_GPU_HOUR")]
     price_per_gpu_hour: f64,
@@ -169,9 +195,17 @@ struct ReplayArgs {
     /// Most requests waiting in the queue; later arrivals fail at once.
     #[arg(long, default_value_t = 10_000_000, env = "GPUSCALE_SIM_MAX_QUEUE")]
     max_queue: usize,
-    /// Seconds to keep simulating after the last arrival.
-    #[arg(long, default_value_t = 0.0, env = "GPUSCALE_SIM_DRAIN", value_parser = spec::duration_secs, allow_negative_numbers = true)]
-    drain: f64,
+    /// Seconds to keep simulating after the last arrival; `auto`: until every request has an
+    /// outcome (at most --timeout after the last arrival, when what is left has timed out).
+    #[arg(long, default_value = "auto", env = "GPUSCALE_SIM_DRAIN", value_parser = drain_secs, allow_negative_numbers = true)]
+    drain: Drain,
+    /// Also compute a lower bound on GPU-hours for this trace and serving model (docs/simulator.md)
+    /// and show every policy's GPU-hours as a multiple of it.
+    #[arg(long, env = "GPUSCALE_SIM_ORACLE")]
+    oracle: bool,
+    /// The bound's latency target in seconds (default: the best p99 among the policies replayed).
+    #[arg(long, env = "GPUSCALE_SIM_ORACLE_P99", value_parser = spec::duration_secs, allow_negative_numbers = true, requires = "oracle")]
+    oracle_p99: Option<f64>,
 
     /// Latency objective in seconds: report the share of requests completed within it.
     #[arg(long, env = "GPUSCALE_SIM_SLO", value_parser = spec::duration_secs, allow_negative_numbers = true)]
@@ -198,6 +232,34 @@ const MAX_SIMULATED_SECONDS: f64 = 90.0 * 86_400.0;
 
 /// Most points in one sweep.
 const MAX_SWEEP_POINTS: usize = 10_000;
+
+/// `--drain`: `auto` or seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Drain(Option<f64>);
+
+fn drain_secs(v: &str) -> Result<Drain, String> {
+    if v.trim() == "auto" {
+        return Ok(Drain(None));
+    }
+    let s = spec::duration_secs(v).map_err(|e| format!("{e} (or `auto`)"))?;
+    if s < 0.0 {
+        return Err(format!("`{}`: expected seconds >= 0 or `auto`", spec::brief(v)));
+    }
+    Ok(Drain(Some(s)))
+}
+
+/// Largest step token budget: the step-time table holds one entry per token.
+const MAX_BATCH_TOKENS: u32 = 1 << 20;
+
+/// vLLM's OpenAI-server defaults (`EngineArgs.get_batch_defaults`): larger on GPUs of 70 GiB
+/// or more other than the A100, where a larger budget was measured to cost throughput.
+fn vllm_batch_defaults(hardware: &str) -> (u32, u32) {
+    if hardware.starts_with("a100") || perf::gpu_memory_gib(hardware).is_some_and(|g| g < 70.0) {
+        (2048, 256)
+    } else {
+        (8192, 1024)
+    }
+}
 
 /// A duration flag the engine counts in whole seconds (its tick).
 fn whole_seconds(v: &str) -> Result<u64, String> {
@@ -243,13 +305,14 @@ impl ReplayArgs {
             self.initial_replicas,
             &format!("0 to {MAX_REPLICAS} (maxReplicas' own bound)"),
         )?;
-        let simulated = trace.span() + self.drain.max(0.0);
+        let drain = self.drain.0.unwrap_or(self.timeout.max(0.0));
+        let simulated = trace.span() + drain;
         if simulated > MAX_SIMULATED_SECONDS {
             bail!(
                 "{}: the trace spans {:.1} days (plus --drain {} s); at most {} days are simulated, one tick a second: cut the trace to the window you want to study",
                 trace.path.display(),
                 trace.span() / 86_400.0,
-                self.drain,
+                drain,
                 MAX_SIMULATED_SECONDS / 86_400.0
             );
         }
@@ -272,12 +335,9 @@ impl ReplayArgs {
             "seconds >= 0",
         )?;
         check(self.timeout > 0.0, "--timeout", self.timeout, "seconds > 0")?;
-        check(
-            self.gpus_per_replica >= 1,
-            "--gpus-per-replica",
-            self.gpus_per_replica,
-            "an integer >= 1",
-        )?;
+        if let Some(g) = self.gpus_per_replica {
+            check(g >= 1, "--gpus-per-replica", g, "an integer >= 1")?;
+        }
         check(
             self.price_per_gpu_hour >= 0.0,
             "--price-per-gpu-hour",
@@ -291,44 +351,72 @@ impl ReplayArgs {
         ] {
             check(v > 0.0 && v.is_finite(), flag, v, "tokens/s > 0")?;
         }
+        let (budget, seqs) = self.batch_limits();
         check(
-            self.max_batch_seqs >= 1,
-            "--max-batch-seqs",
-            self.max_batch_seqs,
-            "an integer >= 1",
+            (1..=MAX_BATCH_TOKENS).contains(&budget),
+            "--max-batch-tokens",
+            budget,
+            &format!("an integer from 1 to {MAX_BATCH_TOKENS}"),
         )?;
-        let batching = match self.serving {
-            ServingKind::Batching => true,
-            ServingKind::Concurrency => false,
-            ServingKind::Auto => trace.has_tokens() && !trace.has_service_times(),
+        check(
+            seqs >= 1 && seqs <= budget,
+            "--max-seqs",
+            seqs,
+            "an integer from 1 to --max-batch-tokens (each running sequence takes a token of every step)",
+        )?;
+        check(
+            (1..=64).contains(&self.tp),
+            "--tp",
+            self.tp,
+            "an integer from 1 to 64",
+        )?;
+        if let Some(kv) = self.kv_cache_tokens {
+            check(kv >= 1, "--kv-cache-tokens", kv, "an integer >= 1")?;
+        }
+        let kind = match self.serving {
+            ServingKind::Auto if trace.has_tokens() && !trace.has_service_times() => ServingKind::Llm,
+            ServingKind::Auto => ServingKind::Concurrency,
+            k => k,
         };
-        if batching && !trace.has_tokens() {
+        if matches!(kind, ServingKind::Llm | ServingKind::Batching) && !trace.has_tokens() {
             bail!(
-                "--serving batching needs token counts; this trace has none (map them with --input-tokens-col and --output-tokens-col, or use --serving concurrency)"
+                "--serving {} needs token counts; this trace has none (map them with --input-tokens-col and --output-tokens-col, or use --serving concurrency)",
+                if kind == ServingKind::Llm {
+                    "llm"
+                } else {
+                    "batching"
+                }
             );
         }
         let cold_start = match &self.cold_start_file {
             Some(p) => ColdStart::from_file(p).map_err(anyhow::Error::msg)?,
             None => ColdStart::Constant(self.cold_start),
         };
-        Ok(ServingConfig {
-            serving: if batching {
-                Serving::Batching(Batching {
-                    prefill_tps: self.prefill_tps,
-                    decode_tps: self.decode_tps,
-                    max_decode_tps: self.max_decode_tps,
-                    max_batch_tokens: self.max_batch_tokens,
-                    max_batch_seqs: self.max_batch_seqs,
-                })
-            } else {
-                Serving::Concurrency {
-                    slots: self.concurrency,
-                }
+        let serving = match kind {
+            ServingKind::Llm => Serving::Llm(Box::new(self.llm()?)),
+            ServingKind::Batching => Serving::Batching(Batching {
+                prefill_tps: self.prefill_tps,
+                decode_tps: self.decode_tps,
+                max_decode_tps: self.max_decode_tps,
+                max_batch_tokens: self
+                    .kv_cache_tokens
+                    .unwrap_or(Batching::default().max_batch_tokens),
+                max_batch_seqs: self.max_seqs.unwrap_or(Batching::default().max_batch_seqs),
+            }),
+            _ => Serving::Concurrency {
+                slots: self.concurrency,
             },
+        };
+        let gpus_per_replica = self.gpus_per_replica.unwrap_or(match serving {
+            Serving::Llm(_) => self.tp,
+            _ => 1,
+        });
+        Ok(ServingConfig {
+            serving,
             service_time: self.service_time,
             service_dist: self.service_dist,
             cold_start,
-            gpus_per_replica: self.gpus_per_replica,
+            gpus_per_replica,
             price_per_gpu_hour: self.price_per_gpu_hour,
             timeout: self.timeout,
             initial_replicas: self.initial_replicas,
@@ -336,8 +424,54 @@ impl ReplayArgs {
         })
     }
 
+    /// The llm model's step budget and sequence cap, given or vLLM's defaults.
+    fn batch_limits(&self) -> (u32, u32) {
+        let (budget, seqs) = vllm_batch_defaults(&self.hardware);
+        (
+            self.max_batch_tokens.unwrap_or(budget),
+            self.max_seqs.unwrap_or(seqs),
+        )
+    }
+
+    /// The measured LLM model from --model/--hardware/--tp or --perf-table.
+    fn llm(&self) -> anyhow::Result<LlmConfig> {
+        let (max_batch_tokens, max_seqs) = self.batch_limits();
+        let table = match &self.perf_table {
+            Some(p) => {
+                let text =
+                    std::fs::read_to_string(p).with_context(|| format!("--perf-table {}", p.display()))?;
+                PerfTable::parse(
+                    &p.display().to_string(),
+                    &text,
+                    &self.model,
+                    &self.hardware,
+                    self.tp,
+                )?
+            }
+            None => PerfTable::bundled(&self.model, &self.hardware, self.tp)?,
+        };
+        let kv_tokens = match self.kv_cache_tokens {
+            Some(kv) => kv,
+            None => perf::default_kv_tokens(&self.model, &self.hardware, self.tp).with_context(|| {
+                format!(
+                    "the KV-cache size of `{}` on `{}` is not known here, or the weights do not fit on {} GPU(s): give --kv-cache-tokens (vLLM logs it at start-up as `GPU KV cache size: N tokens`)",
+                    spec::brief(&self.model),
+                    spec::brief(&self.hardware),
+                    self.tp
+                )
+            })?,
+        };
+        Ok(LlmConfig {
+            cost: StepCost::new(&table, max_batch_tokens, max_seqs),
+            table,
+            max_batch_tokens,
+            max_seqs,
+            kv_tokens,
+            router: self.router,
+        })
+    }
+
     fn control(&self) -> anyhow::Result<ControlConfig> {
-        check(self.drain >= 0.0, "--drain", self.drain, "seconds >= 0")?;
         Ok(ControlConfig {
             loop_model: match self.loop_kind {
                 LoopKind::Direct => LoopModel::Direct { tick: self.tick },
@@ -353,7 +487,7 @@ impl ReplayArgs {
             } else {
                 0
             },
-            drain: self.drain,
+            drain: self.drain.0,
         })
     }
 
@@ -363,13 +497,42 @@ impl ReplayArgs {
     }
 }
 
-fn describe(trace: &Trace, serving: &ServingConfig, defaults: &[String]) -> String {
+fn describe(trace: &Trace, serving: &ServingConfig, derived: &[String]) -> String {
     let model = match &serving.serving {
         Serving::Concurrency { slots } => format!("concurrency {slots} per replica"),
         Serving::Batching(b) => format!(
-            "continuous batching (prefill {} tok/s, decode {} tok/s per sequence, {} tok/s per batch, {} KV tokens, {} seqs)",
+            "continuous batching, ESTIMATED speeds (prefill {} tok/s, decode {} tok/s per sequence, {} tok/s per batch, {} KV tokens, {} seqs)",
             b.prefill_tps, b.decode_tps, b.max_decode_tps, b.max_batch_tokens, b.max_batch_seqs
         ),
+        Serving::Llm(c) => {
+            let t = &c.table;
+            format!(
+                "LLM steps of {} tokens, {} seqs, {} KV tokens, router {:?}; step times MEASURED: {} on {} TP {} from the {} ({} configurations{}; prefill {:.0} ms per {} tokens, decode step {:.1} ms at 1 seq, {:.1} ms at {})",
+                c.max_batch_tokens,
+                c.max_seqs,
+                c.kv_tokens,
+                c.router,
+                t.model,
+                t.hardware,
+                t.tp,
+                t.source,
+                t.measured.len(),
+                if t.dropped.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", {} left out as non-monotone: {}",
+                        t.dropped.len(),
+                        t.dropped.join(", ")
+                    )
+                },
+                t.prefill.at(f64::from(c.max_batch_tokens)) * 1000.0,
+                c.max_batch_tokens,
+                t.decode.at(1.0) * 1000.0,
+                t.decode.at(f64::from(c.max_seqs)) * 1000.0,
+                c.max_seqs
+            )
+        }
     };
     let cold = match &serving.cold_start {
         ColdStart::Constant(s) => format!("{s} s"),
@@ -385,8 +548,9 @@ fn describe(trace: &Trace, serving: &ServingConfig, defaults: &[String]) -> Stri
         serving.price_per_gpu_hour,
         serving.timeout,
     );
-    if !defaults.is_empty() {
-        s.push_str(&format!("from the serving model: {}\n", defaults.join(" ")));
+    for line in derived {
+        s.push_str(line);
+        s.push('\n');
     }
     if trace.skipped_rows > 0 {
         s.push_str(&format!(
@@ -424,24 +588,101 @@ fn run_context(trace: &Trace, header: &str, runs: &[PolicyRun]) -> anyhow::Resul
     })
 }
 
+/// The settings each run gets from the serving model, and the header lines that say so.
+fn derive(
+    serving: &ServingConfig,
+    trace: &Trace,
+    policies: &[&str],
+    user: &[(String, String)],
+) -> (u32, Vec<String>) {
+    let (slots, how) = replica_slots(serving, trace);
+    let mut lines = vec![format!("per-replica slots {slots}: {how}")];
+    let per: Vec<String> = policies
+        .iter()
+        .filter_map(|p| {
+            let f = fair_params(p, slots, user);
+            (!f.is_empty()).then(|| {
+                let kv: Vec<String> = f.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{p}: {}", kv.join(" "))
+            })
+        })
+        .collect();
+    if !per.is_empty() {
+        lines.push(format!(
+            "derived (set any with --param to override): {}",
+            per.join("; ")
+        ));
+    }
+    (slots, lines)
+}
+
+/// A run of `policy` with the user's parameters and the serving model's fair settings.
+fn policy_run(policy: &str, user: &[(String, String)], slots: u32) -> anyhow::Result<PolicyRun> {
+    let mut params = user.to_vec();
+    params.extend(fair_params(policy, slots, user));
+    PolicyRun::new(policy, &params).map_err(|e| anyhow::anyhow!("--policy {policy}: {e}"))
+}
+
+/// The `--oracle` bound, with every result's multiple of it.
+fn oracle(
+    args: &ReplayArgs,
+    trace: &Trace,
+    serving: &ServingConfig,
+    results: &mut [PolicyResult],
+) -> anyhow::Result<Option<gpuscale_sim::oracle::Oracle>> {
+    if !args.oracle {
+        return Ok(None);
+    }
+    let (target, from) = match args.oracle_p99 {
+        Some(t) => {
+            check(t > 0.0, "--oracle-p99", t, "seconds > 0")?;
+            (t, "--oracle-p99".to_string())
+        }
+        None => {
+            let best = results
+                .iter()
+                .filter_map(|r| r.summary.latency_p99_s.map(|p| (p, r.policy.clone())))
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            match best {
+                Some((p, name)) => (p, format!("the best p99 replayed, {name}")),
+                None => bail!(
+                    "--oracle: no policy has a finite p99 latency to take as the target (more than 1 % of requests failed under every one); give the target with --oracle-p99 SECONDS"
+                ),
+            }
+        }
+    };
+    let services = gpuscale_sim::engine::service_times(trace, serving, args.seed);
+    let o = gpuscale_sim::oracle::bound(trace, serving, &services, target, &from);
+    for r in results.iter_mut() {
+        r.gpu_hours_x_oracle =
+            (o.gpu_hours > 0.0).then(|| (r.summary.gpu_hours / o.gpu_hours * 100.0).round() / 100.0);
+    }
+    Ok(Some(o))
+}
+
 fn write_outputs(
     args: &ReplayArgs,
     title: &str,
     run: &report::RunContext,
+    oracle: Option<&gpuscale_sim::oracle::Oracle>,
     results: &[PolicyResult],
 ) -> anyhow::Result<()> {
+    if let Some(o) = oracle {
+        println!("{}", report::oracle_line(o));
+    }
     if let Some(r) = report::recommendation(results) {
         println!("{r}");
     }
     if let Some(p) = &args.json {
         let text = serde_json::to_string_pretty(&Document {
             run,
+            oracle,
             policies: results,
         })?;
         std::fs::write(p, text + "\n").with_context(|| format!("--json {}", p.display()))?;
     }
     if let Some(p) = &args.report {
-        let page = report::html(title, run, results).map_err(anyhow::Error::msg)?;
+        let page = report::html(title, run, oracle, results).map_err(anyhow::Error::msg)?;
         std::fs::write(p, page).with_context(|| format!("--report {}", p.display()))?;
     }
     Ok(())
@@ -465,20 +706,20 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<()> {
     let trace = args.read_trace()?;
     let serving = args.serving(&trace)?;
     let control = args.control()?;
-    let mut params = parse_params(&args.params)?;
+    let params = parse_params(&args.params)?;
     check_params_used(&args.policy, &params)?;
-    let defaults = serving_defaults(&serving, &mut params);
     for (k, v) in &params {
         if v.contains(',') {
             bail!("--param {k}={v}: replay takes one value per key; use `gpuscale-sim sweep` for a list");
         }
     }
-    let runs = args
-        .policy
-        .split(',')
-        .map(|p| PolicyRun::new(p.trim(), &params).map_err(|e| anyhow::anyhow!("--policy {}: {e}", p.trim())))
+    let policies: Vec<&str> = args.policy.split(',').map(str::trim).collect();
+    let (slots, derived) = derive(&serving, &trace, &policies, &params);
+    let runs = policies
+        .iter()
+        .map(|p| policy_run(p, &params, slots))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let header = describe(&trace, &serving, &defaults);
+    let header = describe(&trace, &serving, &derived);
     print!("{header}");
     let run = run_context(&trace, &header, &runs)?;
     let mut results = replay(
@@ -491,12 +732,14 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<()> {
         args.threads(),
     )?;
     report::mark_pareto(&mut results);
+    let oracle = oracle(args, &trace, &serving, &mut results)?;
     print!("\n{}", report::table(&results));
     println!("* on the cost / p99-latency Pareto frontier");
     write_outputs(
         args,
         &format!("gpuscale-sim replay: {}", trace.path.display()),
         &run,
+        oracle.as_ref(),
         &results,
     )
 }
@@ -524,7 +767,7 @@ fn run_sweep(args: &ReplayArgs) -> anyhow::Result<()> {
     let trace = args.read_trace()?;
     let serving = args.serving(&trace)?;
     let control = args.control()?;
-    let mut params = parse_params(&args.params)?;
+    let params = parse_params(&args.params)?;
     check_params_used(&args.policy, &params)?;
     for (k, v) in &params {
         if v.split(',').any(|x| x.trim().is_empty()) {
@@ -534,7 +777,8 @@ fn run_sweep(args: &ReplayArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let defaults = serving_defaults(&serving, &mut params);
+    let policies: Vec<&str> = args.policy.split(',').map(str::trim).collect();
+    let (slots, derived) = derive(&serving, &trace, &policies, &params);
     // Counted before the grid is built: a grid of 10^12 points is refused, not allocated.
     let size = params.iter().fold(1usize, |n, (_, v)| {
         n.saturating_mul(v.split(',').filter(|x| !x.trim().is_empty()).count())
@@ -544,10 +788,9 @@ fn run_sweep(args: &ReplayArgs) -> anyhow::Result<()> {
     }
     let points = grid(&params);
     let mut runs = Vec::new();
-    for policy in args.policy.split(',').map(str::trim) {
+    for &policy in &policies {
         for point in &points {
-            let mut run =
-                PolicyRun::new(policy, point).map_err(|e| anyhow::anyhow!("--policy {policy}: {e}"))?;
+            let mut run = policy_run(policy, point, slots)?;
             let swept: Vec<String> = point
                 .iter()
                 .filter(|(k, _)| run.params.iter().any(|(rk, _)| rk == k))
@@ -562,7 +805,7 @@ fn run_sweep(args: &ReplayArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let header = describe(&trace, &serving, &defaults);
+    let header = describe(&trace, &serving, &derived);
     print!("{header}");
     let run = run_context(&trace, &header, &runs)?;
     let bar = ProgressBar::new(runs.len() as u64);
@@ -585,12 +828,14 @@ fn run_sweep(args: &ReplayArgs) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     report::mark_pareto(&mut results);
+    let oracle = oracle(args, &trace, &serving, &mut results)?;
     print!("\n{}", report::table(&results));
     println!("* on the cost / p99-latency Pareto frontier");
     write_outputs(
         args,
         &format!("gpuscale-sim sweep: {}", trace.path.display()),
         &run,
+        oracle.as_ref(),
         &results,
     )
 }

@@ -19,11 +19,14 @@ pub struct Summary {
     pub requests: u64,
     /// Completed within the timeout.
     pub completed: u64,
-    /// Timed out, finished too late, or refused by a full queue.
+    /// Timed out, finished too late, or refused (full queue, or larger than the KV cache).
     pub failed: u64,
-    /// Queued or in service at the end.
+    /// Of the failed, refused at arrival as larger than a replica's KV cache.
+    pub rejected: u64,
+    /// Queued or in service at the end (0 with the default `--drain auto`).
     pub in_flight_at_end: u64,
-    /// Median end-to-end latency of completed requests, seconds.
+    /// Median end-to-end latency over every request, failed and in-flight ones counting as
+    /// beyond any value; `null` when the percentile falls among those (or nothing arrived).
     pub latency_p50_s: Option<f64>,
     /// 90th percentile.
     pub latency_p90_s: Option<f64>,
@@ -33,12 +36,22 @@ pub struct Summary {
     pub queue_wait_mean_s: Option<f64>,
     /// 99th percentile queue wait.
     pub queue_wait_p99_s: Option<f64>,
-    /// 99th percentile time to first token (LLM batching model only).
+    /// Median time to first token (LLM models only), failed requests counting as beyond any value.
+    pub ttft_p50_s: Option<f64>,
+    /// 99th percentile time to first token (LLM models only).
     pub ttft_p99_s: Option<f64>,
+    /// Median time per output token after the first, completed requests (LLM model only).
+    pub tpot_p50_s: Option<f64>,
+    /// 99th percentile time per output token.
+    pub tpot_p99_s: Option<f64>,
+    /// Sequences preempted for KV cache and recomputed (LLM model only).
+    pub preemptions: u64,
     /// Share of arrived requests completed within `--slo` seconds (with `--slo` only).
     pub slo_attainment: Option<f64>,
-    /// Replicas started (each paid a cold start).
+    /// Replicas that started and became ready (each paid a cold start).
     pub cold_starts: u64,
+    /// Replicas removed while still starting (paid for until then, never ready).
+    pub cancelled_starts: u64,
     /// Changes of the desired count.
     pub scale_events: u64,
     /// Time-weighted mean of replicas held.
@@ -62,6 +75,11 @@ fn round(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
 }
 
+/// A percentile, `None` when it falls on a failed request (infinity).
+fn pct(values: &mut [f64], p: f64) -> Option<f64> {
+    percentile(values, p).filter(|v| v.is_finite()).map(round)
+}
+
 impl Summary {
     /// Summarize an outcome; `slo` is the latency objective in seconds, if any.
     pub fn from_outcome(o: &mut Outcome, price_per_gpu_hour: f64, slo: Option<f64>) -> Summary {
@@ -74,22 +92,30 @@ impl Summary {
                 round(ok / o.requests as f64)
             }
         });
-        let wait_mean = (!o.waits.is_empty()).then(|| o.waits.iter().sum::<f64>() / o.waits.len() as f64);
+        let dispatched: Vec<f64> = o.waits.iter().copied().filter(|w| w.is_finite()).collect();
+        let wait_mean =
+            (!dispatched.is_empty()).then(|| dispatched.iter().sum::<f64>() / dispatched.len() as f64);
         Summary {
             gpu_hours: round(gpu_hours),
             cost: round(gpu_hours * price_per_gpu_hour),
             requests: o.requests,
             completed: o.completed,
             failed: o.failed,
+            rejected: o.rejected,
             in_flight_at_end: o.in_flight_at_end,
-            latency_p50_s: percentile(&mut o.latencies, 0.50).map(round),
-            latency_p90_s: percentile(&mut o.latencies, 0.90).map(round),
-            latency_p99_s: percentile(&mut o.latencies, 0.99).map(round),
+            latency_p50_s: pct(&mut o.latencies, 0.50),
+            latency_p90_s: pct(&mut o.latencies, 0.90),
+            latency_p99_s: pct(&mut o.latencies, 0.99),
             queue_wait_mean_s: wait_mean.map(round),
-            queue_wait_p99_s: percentile(&mut o.waits, 0.99).map(round),
-            ttft_p99_s: percentile(&mut o.ttfts, 0.99).map(round),
+            queue_wait_p99_s: pct(&mut o.waits, 0.99),
+            ttft_p50_s: pct(&mut o.ttfts, 0.50),
+            ttft_p99_s: pct(&mut o.ttfts, 0.99),
+            tpot_p50_s: pct(&mut o.tpots, 0.50),
+            tpot_p99_s: pct(&mut o.tpots, 0.99),
+            preemptions: o.preemptions,
             slo_attainment,
             cold_starts: o.cold_starts,
+            cancelled_starts: o.cancelled_starts,
             scale_events: o.scale_events,
             replicas_mean: round(o.replicas_mean),
             replicas_max: o.replicas_max,
@@ -109,6 +135,9 @@ pub struct PolicyResult {
     /// On the cost / p99-latency Pareto frontier of this run's results (sweeps).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pareto: Option<bool>,
+    /// GPU-hours as a multiple of the `--oracle` lower bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_hours_x_oracle: Option<f64>,
 }
 
 /// What was run, recorded in both outputs so a shared report can be reproduced: running
@@ -157,6 +186,9 @@ pub struct RunRecord {
 pub struct Document<'a> {
     /// What was run.
     pub run: &'a RunContext,
+    /// The `--oracle` lower bound, if asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oracle: Option<&'a crate::oracle::Oracle>,
     /// One entry per policy (or sweep point), in the order given.
     pub policies: &'a [PolicyResult],
 }
@@ -177,13 +209,32 @@ pub fn recommendation(results: &[PolicyResult]) -> Option<String> {
         .filter(|r| r.summary.latency_p99_s.is_some_and(|p| p <= best * 1.1))
         .min_by(|a, b| a.summary.cost.total_cmp(&b.summary.cost))?;
     Some(format!(
-        "recommended: {} — the cheapest on the cost / p99 frontier within 10 % of its best p99 ({:.2} GPU-h, cost {:.2}, p99 {:.3} s against {:.3} s)",
+        "recommended: {} — the cheapest on the cost / p99 frontier within 10 % of its best p99 ({:.2} GPU-h{}, cost {:.2}, p99 {:.3} s against {:.3} s)",
         pick.policy,
         pick.summary.gpu_hours,
+        pick.gpu_hours_x_oracle
+            .map_or(String::new(), |x| format!(", {x:.2}x the oracle's bound")),
         pick.summary.cost,
         pick.summary.latency_p99_s.unwrap_or(f64::NAN),
         best
     ))
+}
+
+/// The bound in one line, as printed and in the report.
+pub fn oracle_line(o: &crate::oracle::Oracle) -> String {
+    format!(
+        "oracle: at least {:.2} GPU-h to meet p99 <= {:.3} s ({}): work {:.2} GPU-h, presence {:.2} GPU-h{}",
+        o.gpu_hours,
+        o.p99_target_s,
+        o.p99_target_from,
+        o.work_gpu_hours,
+        o.presence_gpu_hours,
+        if o.infeasible_requests > 0 {
+            format!("; {} requests cannot meet it even alone", o.infeasible_requests)
+        } else {
+            String::new()
+        }
+    )
 }
 
 /// Mark the results on the cost / p99-latency Pareto frontier: no other result is at least as
@@ -211,25 +262,43 @@ fn opt(v: Option<f64>, width: usize) -> String {
     }
 }
 
+/// A latency percentile: `>timeout` where it falls among failed requests.
+fn lat(v: Option<f64>, m: &Summary, width: usize) -> String {
+    match v {
+        None if m.failed + m.in_flight_at_end > 0 => format!("{:>width$}", "failed"),
+        v => opt(v, width),
+    }
+}
+
 /// The printed table.
 pub fn table(results: &[PolicyResult]) -> String {
     let w = results.iter().map(|r| r.policy.len()).max().unwrap_or(6).max(6);
     let pareto = results.iter().any(|r| r.pareto.is_some());
+    let oracle = results.iter().any(|r| r.gpu_hours_x_oracle.is_some());
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<w$} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>7} {:>5}{}",
+        "{:<w$} {:>9}{} {:>9} {:>9} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>7} {:>6} {:>7} {:>5}{}",
         "policy",
         "gpu_h",
+        if oracle {
+            format!(" {:>7}", "x_bound")
+        } else {
+            String::new()
+        },
         "cost",
         "completed",
         "failed",
+        "flight",
         "p50_s",
         "p99_s",
         "wait_p99",
         "ttft_p99",
+        "tpot_p99",
         "slo",
         "cold",
+        "cancel",
+        "preempt",
         "scale",
         "mean",
         "max",
@@ -239,18 +308,31 @@ pub fn table(results: &[PolicyResult]) -> String {
         let m = &r.summary;
         let _ = writeln!(
             s,
-            "{:<w$} {:>9.2} {:>9.2} {:>9} {:>7} {} {} {} {} {} {:>6} {:>6} {:>7.2} {:>5}{}",
+            "{:<w$} {:>9.2}{} {:>9.2} {:>9} {:>7} {:>6} {} {} {} {} {} {} {:>6} {:>6} {:>7} {:>6} {:>7.2} {:>5}{}",
             r.policy,
             m.gpu_hours,
+            match r.gpu_hours_x_oracle {
+                Some(x) => format!(" {x:>6.2}x"),
+                None if oracle => format!(" {:>7}", "-"),
+                None => String::new(),
+            },
             m.cost,
             m.completed,
             m.failed,
-            opt(m.latency_p50_s, 8),
-            opt(m.latency_p99_s, 8),
-            opt(m.queue_wait_p99_s, 8),
-            opt(m.ttft_p99_s, 8),
+            m.in_flight_at_end,
+            lat(m.latency_p50_s, m, 8),
+            lat(m.latency_p99_s, m, 8),
+            lat(m.queue_wait_p99_s, m, 8),
+            if m.ttft_p50_s.is_none() && m.tpot_p50_s.is_none() && m.completed > 0 {
+                opt(None, 8) // not an LLM model
+            } else {
+                lat(m.ttft_p99_s, m, 8)
+            },
+            opt(m.tpot_p99_s, 8),
             opt(m.slo_attainment, 8),
             m.cold_starts,
+            m.cancelled_starts,
+            m.preemptions,
             m.scale_events,
             m.replicas_mean,
             m.replicas_max,
@@ -495,26 +577,32 @@ fn html_table(results: &[PolicyResult]) -> String {
     let cell = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
     let mut h = String::from(
         "<table id=\"results\"><tr><th title=\"on the cost / p99 Pareto frontier\">pareto</th><th>policy</th>\
-         <th>GPU-h</th><th>cost</th><th>completed</th><th>failed</th><th>p50 s</th><th>p99 s</th>\
-         <th>wait p99 s</th><th>TTFT p99 s</th><th>SLO</th><th>cold starts</th><th>mean replicas</th><th>max</th></tr>\n",
+         <th>GPU-h</th><th>x bound</th><th>cost</th><th>completed</th><th>failed</th><th>in flight</th><th>p50 s</th><th>p99 s</th>\
+         <th>wait p99 s</th><th>TTFT p99 s</th><th>TPOT p99 s</th><th>SLO</th><th>cold starts</th><th>cancelled starts</th><th>preemptions</th><th>mean replicas</th><th>max</th></tr>\n",
     );
     for r in results {
         let m = &r.summary;
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td class=\"policy\">{}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td class=\"policy\">{}</td><td>{:.2}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td></tr>",
             if r.pareto == Some(true) { "*" } else { "" },
             escape(&r.policy),
             m.gpu_hours,
+            r.gpu_hours_x_oracle
+                .map_or("-".to_string(), |x| format!("{x:.2}x")),
             m.cost,
             m.completed,
             m.failed,
+            m.in_flight_at_end,
             cell(m.latency_p50_s),
             cell(m.latency_p99_s),
             cell(m.queue_wait_p99_s),
             cell(m.ttft_p99_s),
+            cell(m.tpot_p99_s),
             cell(m.slo_attainment),
             m.cold_starts,
+            m.cancelled_starts,
+            m.preemptions,
             m.replicas_mean,
             m.replicas_max,
         );
@@ -525,7 +613,12 @@ fn html_table(results: &[PolicyResult]) -> String {
 
 /// A self-contained HTML page: the summary table, a timeline chart per policy (when the
 /// timeline was recorded) and the cost / latency trade-off.
-pub fn html(title: &str, run: &RunContext, results: &[PolicyResult]) -> Result<String, String> {
+pub fn html(
+    title: &str,
+    run: &RunContext,
+    oracle: Option<&crate::oracle::Oracle>,
+    results: &[PolicyResult],
+) -> Result<String, String> {
     let mut h = String::new();
     let _ = write!(
         h,
@@ -539,6 +632,9 @@ pub fn html(title: &str, run: &RunContext, results: &[PolicyResult]) -> Result<S
         t = escape(title),
         table = html_table(results)
     );
+    if let Some(o) = oracle {
+        let _ = writeln!(h, "<p id=\"oracle\">{}</p>", escape(&oracle_line(o)));
+    }
     if let Some(r) = recommendation(results) {
         let _ = writeln!(h, "<p><strong>{}</strong></p>", escape(&r));
     }
@@ -587,6 +683,7 @@ mod tests {
             summary: s,
             timeline: Vec::new(),
             pareto: None,
+            gpu_hours_x_oracle: None,
         }
     }
 
@@ -641,7 +738,7 @@ mod tests {
             serving: vec!["serving: concurrency 1 per replica".into()],
             runs: Vec::new(),
         };
-        let page = html("replay", &run, &r).unwrap_or_else(|e| panic!("{e}"));
+        let page = html("replay", &run, None, &r).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             page.contains("gpuscale-sim replay --trace 'it'\\''s.csv'"),
             "the command, shell-quoted"

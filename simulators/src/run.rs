@@ -41,33 +41,79 @@ impl PolicyRun {
     }
 }
 
-/// Parameters that describe the serving system rather than the policy, defaulted from the
-/// serving model when the user did not set them: `kpa.target` is Knative's
-/// `containerConcurrency` (the replica's concurrency; Knative's own default of 100 assumes an
-/// unlimited container), and `slo.slots` is how many requests one replica serves at once (its
-/// concurrency, or for batching the batch size where decode starts to slow). Returns what was
-/// added, for the report header.
-pub fn serving_defaults(serving: &ServingConfig, params: &mut Vec<(String, String)>) -> Vec<String> {
-    let slots = match &serving.serving {
-        Serving::Concurrency { slots } => Some(*slots),
-        Serving::Batching(_) => None,
-    };
-    let knee = match &serving.serving {
-        Serving::Concurrency { slots } => *slots,
-        Serving::Batching(b) => ((b.max_decode_tps / b.decode_tps).floor() as u32).clamp(1, b.max_batch_seqs),
-    };
-    let mut added = Vec::new();
+/// What one replica serves at once, from the serving model, and how it was derived. Every
+/// baseline's per-replica target is set from it, so the policies are compared on the same
+/// footing: concurrency, its limit; the estimated batching model, the batch where decode starts
+/// to slow; the measured LLM model, the fewest of `max_seqs`, the batch whose decode step takes
+/// twice a single sequence's (beyond it, time per token more than doubles), and the KV cache
+/// over the trace's mean prompt + output tokens.
+pub fn replica_slots(serving: &ServingConfig, trace: &Trace) -> (u32, String) {
+    match &serving.serving {
+        Serving::Concurrency { slots } => (*slots, format!("--concurrency {slots}")),
+        Serving::Batching(b) => {
+            let knee = ((b.max_decode_tps / b.decode_tps).floor() as u32).clamp(1, b.max_batch_seqs);
+            (knee, format!("max_decode_tps / decode_tps = {knee}"))
+        }
+        Serving::Llm(c) => {
+            let single = c.table.decode.at(1.0);
+            let knee = (1..=c.max_seqs)
+                .take_while(|&d| c.table.decode.at(f64::from(d)) <= 2.0 * single)
+                .last()
+                .unwrap_or(1);
+            let n = trace.requests.len().max(1) as f64;
+            let mean = trace
+                .requests
+                .iter()
+                .map(|r| f64::from(r.input_tokens.max(1)) + f64::from(r.output_tokens.max(1)))
+                .sum::<f64>()
+                / n;
+            let by_kv = ((c.kv_tokens as f64 / mean.max(1.0)).floor() as u32).max(1);
+            let slots = c.max_seqs.min(knee).min(by_kv);
+            (
+                slots,
+                format!(
+                    "min(max_seqs {}, 2x-step batch {knee}, KV {} / {:.0} mean tokens = {by_kv})",
+                    c.max_seqs, c.kv_tokens, mean
+                ),
+            )
+        }
+    }
+}
+
+/// The settings a run of `spec` gets from the serving model where the user set none:
+/// per-replica targets in slots (`hpa.target`, `queue.target`, `kpa.target` as Knative's
+/// `containerConcurrency`, `slo.slots` and its fallback `slo.target`), and for the `kpa`
+/// baseline alone `keepAlive=0s`, so Knative's own scale-to-zero grace (30 s) decides rather
+/// than gpuscale's keep-alive. `user` holds the keys given (a sweep's swept keys included).
+pub fn fair_params(spec: &str, slots: u32, user: &[(String, String)]) -> Vec<(String, String)> {
+    let names = spec::policy_names(spec).unwrap_or_default();
+    let given = |k: &str| user.iter().any(|(uk, _)| uk == k);
+    let value = |k: &str| user.iter().find(|(uk, _)| uk == k).map(|(_, v)| v.as_str());
+    let mut out = Vec::new();
     let mut add = |k: &str, v: String| {
-        if !params.iter().any(|(pk, _)| pk == k) {
-            added.push(format!("{k}={v}"));
-            params.push((k.to_string(), v));
+        if !given(k) {
+            out.push((k.to_string(), v));
         }
     };
-    if let Some(s) = slots {
-        add("kpa.target", s.to_string());
+    let s = slots.to_string();
+    for n in &names {
+        match *n {
+            "hpa" if value("hpa.metric").is_none_or(|m| matches!(m, "load" | "waiting" | "running")) => {
+                add("hpa.target", s.clone())
+            }
+            "queue" => add("queue.target", s.clone()),
+            "kpa" if value("kpa.metric").is_none_or(|m| m == "concurrency") => add("kpa.target", s.clone()),
+            "slo" => {
+                add("slo.slots", s.clone());
+                add("slo.target", s.clone());
+            }
+            _ => {}
+        }
     }
-    add("slo.slots", knee.to_string());
-    added
+    if names == ["kpa"] {
+        add("keepAlive", "0s".to_string());
+    }
+    out
 }
 
 /// Replay `trace` under every run, up to `threads` at once; results in the order of `runs`.
@@ -93,6 +139,7 @@ pub fn replay(
             summary,
             timeline: std::mem::take(&mut out.timeline),
             pareto: None,
+            gpu_hours_x_oracle: None,
         })
     };
     let threads = threads.clamp(1, runs.len());

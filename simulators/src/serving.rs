@@ -11,8 +11,10 @@ pub enum Serving {
         /// Requests served at once per replica.
         slots: u32,
     },
-    /// LLM continuous batching.
+    /// LLM continuous batching, the earlier estimated model (figures are estimates).
     Batching(Batching),
+    /// LLM serving step by step, calibrated on a measured performance table.
+    Llm(Box<crate::llm::LlmConfig>),
 }
 
 /// Continuous batching: admission bounded by sequences and KV tokens; a request's time is its

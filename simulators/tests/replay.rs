@@ -101,6 +101,69 @@ fn check_conservation(doc: &Value, what: &str) {
             "{what} {}",
             p["policy"]
         );
+        if doc["run"]["command"]
+            .as_array()
+            .is_some_and(|c| !c.iter().any(|a| a == "--drain"))
+        {
+            // The default drain runs until every request has an outcome.
+            assert_eq!(n("in_flight_at_end"), 0, "{what} {}", p["policy"]);
+        }
+        // The bound holds for policies that meet its target.
+        let target = doc["oracle"]["p99_target_s"].as_f64();
+        if let (Some(bound), Some(t), Some(p99)) = (
+            doc["oracle"]["gpu_hours"].as_f64(),
+            target,
+            s["latency_p99_s"].as_f64(),
+        ) && p99 <= t
+        {
+            let g = s["gpu_hours"].as_f64().unwrap_or(0.0);
+            eprintln!(
+                "{what} {}: {g:.2} GPU-h at p99 {p99:.1} s, {:.2}x the bound {bound:.2}",
+                p["policy"],
+                g / bound
+            );
+            assert!(
+                g >= bound,
+                "{what} {}: {g} GPU-h is below the oracle's lower bound {bound}",
+                p["policy"]
+            );
+        }
+    }
+}
+
+/// Each policy alone with `--oracle`: the bound is then taken at that policy's own p99, and the
+/// policy, which meets it, must not use less.
+fn check_bound_per_policy(trace: &Path, extra: &[&str], what: &str) {
+    for policy in POLICIES.split(',') {
+        let json = tmp(&format!("bound-{}-{policy}.json", what.replace([' ', '/'], "_")));
+        let mut args = vec![
+            "replay",
+            "--trace",
+            trace.to_str().unwrap_or_default(),
+            "--policy",
+            policy,
+            "--json",
+            json.to_str().unwrap_or_default(),
+        ];
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = sim(&args);
+        if !ok && stderr.contains("no policy has a finite p99") {
+            eprintln!("{what} {policy}: no finite p99, no bound to check");
+            continue;
+        }
+        assert!(ok, "{args:?}:\n{stdout}\n{stderr}");
+        let doc: Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap_or_default()).unwrap_or_default();
+        let g = doc["policies"][0]["summary"]["gpu_hours"].as_f64().unwrap_or(0.0);
+        let bound = doc["oracle"]["gpu_hours"].as_f64().unwrap_or(f64::INFINITY);
+        eprintln!(
+            "{what} {policy}: {g:.2} GPU-h, bound at its own p99 {bound:.2} ({:.2}x)",
+            g / bound
+        );
+        assert!(
+            g >= bound,
+            "{what} {policy}: {g} GPU-h is below its own bound {bound}"
+        );
     }
 }
 
@@ -111,7 +174,8 @@ fn bundled_traces_replay_under_every_policy_and_conserve_requests() {
         "AzureLLMInferenceTrace_code.csv",
     ] {
         let trace = root().join("data/traces").join(name);
-        check_conservation(&replay_json(&trace, &[], &format!("{name}.json")), name);
+        check_conservation(&replay_json(&trace, &["--oracle"], &format!("{name}.json")), name);
+        check_bound_per_policy(&trace, &["--oracle"], name);
         let keda = replay_json(
             &trace,
             &["--loop", "keda", "--scrape-interval", "15"],
@@ -124,10 +188,16 @@ fn bundled_traces_replay_under_every_policy_and_conserve_requests() {
 #[test]
 fn shared_traces_replay_under_every_policy_and_conserve_requests() {
     if let Some(t) = shared("alibaba_genai_lora_request_trace_2024-11-15_to_11-26.csv") {
-        check_conservation(&replay_json(&t, &[], "alibaba.json"), "alibaba lora");
+        check_conservation(&replay_json(&t, &["--oracle"], "alibaba.json"), "alibaba lora");
+        check_bound_per_policy(&t, &["--oracle"], "alibaba lora");
     }
     if let Some(t) = shared("azure_functions_2021_first200.csv") {
-        check_conservation(&replay_json(&t, &[], "functions.json"), "azure functions");
+        check_conservation(
+            // Over 1 % of its requests fail under every policy, so no p99 is finite: the
+            // bound is asked for at the timeout.
+            &replay_json(&t, &["--oracle", "--oracle-p99", "300"], "functions.json"),
+            "azure functions",
+        );
     }
     if let Some(t) = shared("alibaba_genai_qps.csv") {
         let extra = [
@@ -139,8 +209,10 @@ fn shared_traces_replay_under_every_policy_and_conserve_requests() {
             "value",
             "--service-time",
             "2",
+            "--oracle",
         ];
         check_conservation(&replay_json(&t, &extra, "qps.json"), "alibaba qps (rate)");
+        check_bound_per_policy(&t, &extra, "alibaba qps");
     }
     for name in [
         "AzureLLMInferenceTrace_conv.csv",
@@ -148,7 +220,11 @@ fn shared_traces_replay_under_every_policy_and_conserve_requests() {
     ] {
         if let Some(t) = shared(name) {
             check_conservation(
-                &replay_json(&t, &["--serving", "batching"], &format!("shared-{name}.json")),
+                &replay_json(
+                    &t,
+                    &["--serving", "batching", "--oracle"],
+                    &format!("shared-{name}.json"),
+                ),
                 name,
             );
         }
@@ -211,21 +287,27 @@ fn json_has_the_documented_keys() {
     );
     let p = &doc["policies"][0];
     assert_eq!(p["policy"], "hpa");
-    const SUMMARY: [&str; 17] = [
+    const SUMMARY: [&str; 23] = [
         "gpu_hours",
         "cost",
         "requests",
         "completed",
         "failed",
+        "rejected",
         "in_flight_at_end",
         "latency_p50_s",
         "latency_p90_s",
         "latency_p99_s",
         "queue_wait_mean_s",
         "queue_wait_p99_s",
+        "ttft_p50_s",
         "ttft_p99_s",
+        "tpot_p50_s",
+        "tpot_p99_s",
+        "preemptions",
         "slo_attainment",
         "cold_starts",
+        "cancelled_starts",
         "scale_events",
         "replicas_mean",
         "replicas_max",
@@ -257,7 +339,7 @@ fn json_has_the_documented_keys() {
     );
     assert!(
         p["summary"]["ttft_p99_s"].is_number(),
-        "LLM batching reports TTFT"
+        "the LLM model reports TTFT"
     );
     assert!(p["summary"]["slo_attainment"].is_number());
     let point = &p["timeline"][1];
@@ -537,6 +619,8 @@ fn integer_second_arrivals_are_counted() {
             "svc",
             "--policy",
             "queue",
+            "--drain",
+            "0",
         ],
         "ints.json",
     );
@@ -761,4 +845,183 @@ fn a_reports_recorded_command_reproduces_its_json_byte_for_byte() {
         "no run record in the report"
     );
     assert!(page.contains("reproduce (from the same directory): gpuscale-sim replay --trace"));
+}
+
+#[test]
+fn failed_requests_count_in_every_percentile_and_every_request_has_an_outcome() {
+    // One replica for the conversation trace, 60 s timeout: most requests fail. A percentile
+    // that falls among them is not a number (the table says `failed`), SLO attainment counts
+    // them as misses, and the default drain leaves nothing in flight.
+    let trace = root().join("data/traces/AzureLLMInferenceTrace_conv.csv");
+    let t = trace.to_str().unwrap_or_default();
+    let args = [
+        "replay",
+        "--trace",
+        t,
+        "--policy",
+        "fixed:1",
+        "--timeout",
+        "60",
+        "--slo",
+        "1000",
+    ];
+    let doc = run_json(&args, "failed.json");
+    let s = &doc["policies"][0]["summary"];
+    let n = |k: &str| s[k].as_u64().unwrap_or(0);
+    let failed_share = n("failed") as f64 / n("requests") as f64;
+    eprintln!(
+        "failed {} of {} ({:.0} %)",
+        n("failed"),
+        n("requests"),
+        failed_share * 100.0
+    );
+    assert!(failed_share > 0.5, "{failed_share}");
+    assert_eq!(n("in_flight_at_end"), 0);
+    assert_eq!(n("requests"), n("completed") + n("failed"));
+    for k in ["latency_p50_s", "latency_p99_s", "queue_wait_p99_s", "ttft_p99_s"] {
+        assert!(
+            s[k].is_null(),
+            "{k} = {} with {:.0} % failed",
+            s[k],
+            failed_share * 100.0
+        );
+    }
+    let attainment = s["slo_attainment"].as_f64().unwrap_or(1.0);
+    assert!((attainment - n("completed") as f64 / n("requests") as f64).abs() < 1e-6);
+    let (ok, stdout, _) = sim(&args);
+    assert!(ok);
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("fixed:1"))
+        .unwrap_or_default();
+    assert!(row.contains("failed"), "{row}");
+
+    // With --drain 0 the replay stops at the last arrival: what is still running is counted
+    // in flight, and in the percentiles as a failure would be.
+    let short = ["replay", "--trace", t, "--policy", "fixed:1", "--drain", "0"];
+    let doc = run_json(&short, "short.json");
+    let s = &doc["policies"][0]["summary"];
+    assert!(s["in_flight_at_end"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(
+        s["requests"].as_u64(),
+        Some(
+            s["completed"].as_u64().unwrap_or(0)
+                + s["failed"].as_u64().unwrap_or(0)
+                + s["in_flight_at_end"].as_u64().unwrap_or(0)
+        )
+    );
+}
+
+#[test]
+fn baselines_get_their_targets_from_the_serving_model_and_say_so() {
+    let trace = root().join("data/traces/AzureLLMInferenceTrace_conv.csv");
+    let t = trace.to_str().unwrap_or_default();
+    let (ok, stdout, stderr) = sim(&["replay", "--trace", t, "--policy", "hpa,kpa,queue"]);
+    assert!(ok, "{stderr}");
+    let slots_line = stdout
+        .lines()
+        .find(|l| l.starts_with("per-replica slots "))
+        .unwrap_or_else(|| panic!("no slots line:\n{stdout}"));
+    let slots: u32 = slots_line
+        .trim_start_matches("per-replica slots ")
+        .split(':')
+        .next()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    assert!(slots > 4, "{slots_line}");
+    let derived = stdout
+        .lines()
+        .find(|l| l.starts_with("derived"))
+        .unwrap_or_default();
+    for want in [
+        format!("hpa: hpa.target={slots}"),
+        format!("kpa: kpa.target={slots} keepAlive=0s"),
+        format!("queue: queue.target={slots}"),
+    ] {
+        assert!(derived.contains(&want), "{derived} lacks {want}");
+    }
+    // A user's value wins, and the header says what was derived for the rest.
+    let (ok, stdout, _) = sim(&[
+        "replay",
+        "--trace",
+        t,
+        "--policy",
+        "queue",
+        "--param",
+        "queue.target=7",
+    ]);
+    assert!(ok);
+    assert!(!stdout.contains("queue.target="), "{stdout}");
+}
+
+#[test]
+fn a_users_own_performance_table_drives_the_replay() {
+    // A table of the bundled shape for a made-up model: prefill 0.1 ms a token, decode steps
+    // of 20 ms (1 sequence) to 40 ms (64). A replay on it reports the file and its figures.
+    let table = tmp("my_perf.csv");
+    let mut text =
+        String::from("model,hardware,tensor_parallel,prompt_size,batch_size,prompt_time,token_time\n");
+    for (ps, bs, pt, tt) in [
+        (512, 1, 51.2, 20.0),
+        (2048, 1, 204.8, 20.5),
+        (512, 8, 409.6, 25.0),
+        (512, 64, 3276.8, 40.0),
+    ] {
+        text.push_str(&format!("my-8b,l40s,1,{ps},{bs},{pt},{tt}\n"));
+    }
+    let _ = std::fs::write(&table, text);
+    let trace = root().join("data/traces/AzureLLMInferenceTrace_code.csv");
+    let base = [
+        "replay",
+        "--trace",
+        trace.to_str().unwrap_or_default(),
+        "--policy",
+        "queue",
+        "--perf-table",
+        table.to_str().unwrap_or_default(),
+        "--model",
+        "my-8b",
+        "--hardware",
+        "l40s",
+        "--tp",
+        "1",
+    ];
+    // Its KV size is not known here: the error says how to give it.
+    let (ok, _, stderr) = sim(&base);
+    assert!(!ok && stderr.contains("give --kv-cache-tokens"), "{stderr}");
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--kv-cache-tokens", "200000"]);
+    let doc = run_json(&args, "own-table.json");
+    let serving = doc["run"]["serving"][0].as_str().unwrap_or_default();
+    assert!(
+        serving.contains("my-8b on l40s TP 1 from the")
+            && serving.contains("my_perf.csv")
+            && serving.contains("MEASURED"),
+        "{serving}"
+    );
+    let s = &doc["policies"][0]["summary"];
+    assert_eq!(s["completed"].as_u64(), Some(8819));
+    // One GPU a replica (TP 1).
+    assert!(
+        doc["run"]["serving"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1 GPU/replica")
+    );
+
+    // The wrong configuration lists what the table has; a bad cell names its line.
+    let mut wrong = base.to_vec();
+    let last = wrong.len() - 1;
+    wrong[last] = "2";
+    let (ok, _, stderr) = sim(&wrong);
+    assert!(!ok && stderr.contains("it has: my-8b/l40s/TP 1"), "{stderr}");
+    let _ = std::fs::write(
+        &table,
+        "model,hardware,tensor_parallel,prompt_size,batch_size,prompt_time,token_time\nmy-8b,l40s,1,512,1,fast,20\n",
+    );
+    let (ok, _, stderr) = sim(&base);
+    assert!(
+        !ok && stderr.contains("my_perf.csv:2: column prompt_time: expected milliseconds > 0, found `fast`"),
+        "{stderr}"
+    );
 }

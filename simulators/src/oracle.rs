@@ -1,0 +1,237 @@
+//! `--oracle`: a lower bound on the GPU-hours any policy needs on a trace and serving model
+//! while meeting a p99 latency target, to read every policy's cost against.
+//!
+//! Two bounds, each computed from the requests alone, and the larger is reported:
+//! - **Work.** Every request costs a replica at least `W = input * c_p + (output - 1) * c_d`
+//!   replica-seconds, where `c_p` and `c_d` are the least a prefill and a decode token can cost
+//!   in any step the serving model allows ([`StepCost::least_token_costs`]); for the
+//!   concurrency model `W = service / slots`. A policy meeting p99 may fail or abandon 1 % of
+//!   requests, so only the 99 % with the least work are summed. Preemption, idle time and
+//!   imbalance only add to it.
+//! - **Presence.** A request that meets the target `L` is served within `[a, a + L]` by a
+//!   replica that is up for at least its own time alone `m` (its prefill in budget-sized
+//!   chunks, then one decode step per further token). The least total time some replica must be
+//!   up is then the smallest set that covers at least `m` of every window, which the greedy
+//!   that fills each window's shortfall as late as possible (windows in deadline order) gives
+//!   exactly. Where no request's window reaches (between windows that share no time), every
+//!   schedule either keeps a replica (the gap) or stops and restarts one, paying a cold start
+//!   with perfect foresight (pre-warmed): the lesser is added.
+//!   This term assumes every request meets the target (those that cannot even alone are left
+//!   out), so for a p99 objective it is an approximation: a policy that gives up 1 % of requests
+//!   in the quiet stretches could go below it, and the table would show that as a multiple < 1.
+//!
+//! Both are bounds, not schedules: no policy is expected to reach them, and the multiple says
+//! how much room a better policy could have.
+
+use serde::Serialize;
+
+use crate::serving::{ColdStart, Serving, ServingConfig};
+use crate::trace::Trace;
+
+/// The bound, as the JSON and the table report it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Oracle {
+    /// The lower bound: the larger of the two below.
+    pub gpu_hours: f64,
+    /// The latency target it was computed for.
+    pub p99_target_s: f64,
+    /// Where the target came from.
+    pub p99_target_from: String,
+    /// Work term.
+    pub work_gpu_hours: f64,
+    /// Presence term (cold starts included).
+    pub presence_gpu_hours: f64,
+    /// Requests that cannot meet the target even alone on an idle replica (left out).
+    pub infeasible_requests: u64,
+    /// The method, in one line (docs/simulator.md has the whole of it).
+    pub method: String,
+}
+
+/// Share of requests the p99 objective must serve.
+const QUANTILE: f64 = 0.99;
+
+fn round(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+/// Per-request least work (replica-seconds) and least time alone (seconds).
+fn demands(trace: &Trace, serving: &ServingConfig, services: &[f32]) -> Vec<(f64, f64)> {
+    match &serving.serving {
+        Serving::Llm(c) => {
+            let (c_p, c_d) = c.cost.least_token_costs();
+            trace
+                .requests
+                .iter()
+                .map(|r| {
+                    let (i, o) = (r.input_tokens.max(1), r.output_tokens.max(1));
+                    (f64::from(i) * c_p + f64::from(o - 1) * c_d, c.cost.alone_s(i, o))
+                })
+                .collect()
+        }
+        Serving::Batching(b) => trace
+            .requests
+            .iter()
+            .map(|r| {
+                let o = f64::from(r.output_tokens);
+                (
+                    f64::from(r.input_tokens) / b.prefill_tps + o / b.max_decode_tps,
+                    b.prefill(r.input_tokens) + o / b.decode_tps,
+                )
+            })
+            .collect(),
+        Serving::Concurrency { slots } => services
+            .iter()
+            .map(|&s| (f64::from(s) / f64::from(*slots), f64::from(s)))
+            .collect(),
+    }
+}
+
+/// The least cold start the serving model can draw.
+fn least_cold_start(c: &ColdStart) -> f64 {
+    match c {
+        ColdStart::Constant(s) => *s,
+        ColdStart::Empirical(v) => v.iter().copied().fold(f64::INFINITY, f64::min).min(1e12),
+    }
+}
+
+/// Least replica-seconds up so that every window `[a, a + l]` holds at least `m` of them
+/// (windows in arrival order, so in deadline order), plus the cheaper of idling or restarting
+/// through every stretch no window covers.
+fn presence(windows: &[(f64, f64)], l: f64, cold: f64, initial_replicas: u32) -> f64 {
+    // Covered stretches, disjoint and in time order; each window's shortfall is filled from its
+    // deadline backwards, which merges stretches as it goes.
+    let mut cover: Vec<(f64, f64)> = Vec::new();
+    for &(a, m) in windows {
+        let (lo, hi) = (a, a + l);
+        let mut have = 0.0;
+        for &(s, e) in cover.iter().rev() {
+            if e <= lo {
+                break;
+            }
+            have += e.min(hi) - s.max(lo);
+        }
+        let mut need = m - have;
+        if need <= 1e-12 {
+            continue;
+        }
+        // Fill uncovered time from `hi` leftwards.
+        let mut right = hi;
+        let mut new_start = hi;
+        while need > 1e-12 {
+            let last_end = cover.last().map_or(f64::NEG_INFINITY, |&(_, e)| e);
+            if last_end >= right {
+                // `right` sits inside the last stretch: absorb it and continue left of it.
+                let Some((s, _)) = cover.pop() else { break };
+                right = s;
+                new_start = new_start.min(s);
+                continue;
+            }
+            let gap = right - last_end.max(lo);
+            if gap >= need {
+                new_start = new_start.min(right - need);
+                need = 0.0;
+            } else {
+                need -= gap;
+                new_start = new_start.min(last_end);
+                right = last_end;
+                if last_end <= lo {
+                    break; // cannot happen: the window holds enough room for m <= l
+                }
+            }
+        }
+        // Everything from new_start to hi is now covered (absorbed stretches included).
+        while cover.last().is_some_and(|&(_, e)| e >= new_start) {
+            if let Some((s, _)) = cover.pop() {
+                new_start = new_start.min(s);
+            }
+        }
+        cover.push((new_start, hi));
+    }
+    let mut total: f64 = cover.iter().map(|(s, e)| e - s).sum();
+    // Idle stretches every schedule has: between windows that share no time, nothing can be
+    // served, and a replica is needed on both sides, so it is kept (the gap) or started
+    // again (a cold start). Inside overlapping windows a schedule may still idle or restart,
+    // which costs at least nothing.
+    let mut reach: Option<f64> = None;
+    for &(a, _) in windows {
+        match reach {
+            Some(r) if a > r => total += (a - r).min(cold),
+            None if initial_replicas == 0 => total += cold,
+            _ => {}
+        }
+        reach = Some(reach.map_or(a + l, |r: f64| r.max(a + l)));
+    }
+    total
+}
+
+/// The bound for `target` seconds of p99 latency.
+pub fn bound(
+    trace: &Trace,
+    serving: &ServingConfig,
+    services: &[f32],
+    target: f64,
+    target_from: &str,
+) -> Oracle {
+    let d = demands(trace, serving, services);
+    let n = d.len();
+    let mut work: Vec<f64> = d.iter().map(|&(w, _)| w).collect();
+    work.sort_by(f64::total_cmp);
+    let keep = ((QUANTILE * n as f64).ceil() as usize).min(n);
+    let work_s: f64 = work[..keep].iter().sum();
+    let mut infeasible = 0u64;
+    let windows: Vec<(f64, f64)> = trace
+        .requests
+        .iter()
+        .zip(&d)
+        .filter_map(|(r, &(_, m))| {
+            if m > target {
+                infeasible += 1;
+                None
+            } else {
+                Some((r.arrival, m))
+            }
+        })
+        .collect();
+    let presence_s = presence(
+        &windows,
+        target,
+        least_cold_start(&serving.cold_start),
+        serving.initial_replicas,
+    );
+    let g = f64::from(serving.gpus_per_replica) / 3600.0;
+    Oracle {
+        gpu_hours: round(work_s.max(presence_s) * g),
+        p99_target_s: round(target),
+        p99_target_from: target_from.to_string(),
+        work_gpu_hours: round(work_s * g),
+        presence_gpu_hours: round(presence_s * g),
+        infeasible_requests: infeasible,
+        method: "max(work: least replica-seconds of the 99% least-work requests; presence: least up-time covering each request's own time within [arrival, arrival + target], gaps idled or restarted at the least cold start) x GPUs per replica".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::presence;
+
+    #[test]
+    fn presence_shares_overlapping_windows_and_charges_gaps() {
+        // Two requests of 2 s with a 10 s target, 1 s apart: one stretch of 2 s covers both
+        // if placed in the overlap of their windows ([1, 10]).
+        let p = presence(&[(0.0, 2.0), (1.0, 2.0)], 10.0, 60.0, 1);
+        assert!((p - 2.0).abs() < 1e-9, "{p}");
+        // Far apart: two stretches and, between the windows [0, 10] and [100, 110], a 90 s
+        // gap, restarted (a 60 s cold start is cheaper); no replica at the start: one start.
+        let p = presence(&[(0.0, 2.0), (100.0, 2.0)], 10.0, 60.0, 0);
+        assert!((p - (60.0 + 2.0 + 60.0 + 2.0)).abs() < 1e-9, "{p}");
+        // A 30 s gap is idled instead.
+        let p = presence(&[(0.0, 2.0), (40.0, 2.0)], 10.0, 60.0, 1);
+        assert!((p - (2.0 + 30.0 + 2.0)).abs() < 1e-9, "{p}");
+        // [1, 4] holds 3 s of both [0, 4] and [1, 5].
+        let p = presence(&[(0.0, 3.0), (1.0, 3.0)], 4.0, 0.0, 0);
+        assert!((p - 3.0).abs() < 1e-9, "{p}");
+        // 3 s in both [0, 4] and [2, 6]: at most 2 s are shared, so 4 s in all.
+        let p = presence(&[(0.0, 3.0), (2.0, 3.0)], 4.0, 0.0, 0);
+        assert!((p - 4.0).abs() < 1e-9, "{p}");
+    }
+}
