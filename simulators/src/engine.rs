@@ -252,6 +252,10 @@ pub struct Engine<'a> {
     keda_last_active: Option<u64>,
     // iteration-level LLM model
     llm: Vec<LlmReplica>,
+    /// Replicas that may be idle (checked when taken; duplicates and stale entries are fine).
+    idle_hint: Vec<u32>,
+    /// Replicas with a step start scheduled for this instant.
+    pending_starts: usize,
     reqs: Requests,
     steps: BinaryHeap<Reverse<(u64, u32, u32)>>,
     ev: StepEvents,
@@ -334,6 +338,8 @@ impl<'a> Engine<'a> {
                 Serving::Llm(_) => (0..initial).map(|_| LlmReplica::default()).collect(),
                 _ => Vec::new(),
             },
+            idle_hint: (0..initial).collect(),
+            pending_starts: 0,
             reqs: Requests::new(match serving.serving {
                 Serving::Llm(_) => n,
                 _ => 0,
@@ -481,7 +487,7 @@ impl<'a> Engine<'a> {
         match cfg.router {
             Router::Shared => {
                 self.queue.push_back(req);
-                self.llm_kick_shared();
+                self.llm_kick_shared(false);
             }
             Router::LeastLoaded => match self.least_loaded() {
                 Some(i) => {
@@ -505,6 +511,7 @@ impl<'a> Engine<'a> {
         let r = &mut self.llm[i];
         if !r.busy() && !r.pending_start {
             r.pending_start = true;
+            self.pending_starts += 1;
             self.steps.push(Reverse((self.now, i as u32, r.generation)));
         }
     }
@@ -521,36 +528,46 @@ impl<'a> Engine<'a> {
 
     /// Requests wait in the gateway queue: idle replicas take them now, busy ones with room
     /// at their next step.
-    fn llm_kick_shared(&mut self) {
+    /// A ready replica with nothing to do, if there is one.
+    fn take_idle(&mut self) -> Option<usize> {
+        while let Some(i) = self.idle_hint.pop() {
+            let i = i as usize;
+            let r = &self.llm[i];
+            if self.replicas[i].state == State::Ready && !r.busy() && !r.pending_start {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Requests wait in the gateway queue: one replica per waiting request is woken. An idle
+    /// one starts a step now; else, when the queue has just become non-empty (or a replica
+    /// left requests behind it), the busy one with room whose step ends first is cut short at
+    /// that boundary. Waking every replica for one request would only cost events.
+    fn llm_kick_shared(&mut self, scan: bool) {
         let Some(cfg) = self.llm_config() else { return };
-        if self.queue.is_empty() {
+        if self.queue.is_empty() || self.pending_starts >= self.queue.len() {
             return;
         }
-        // One replica per waiting request: an idle one starts a step now; else the busy one
-        // with room whose step ends first takes it there (a run of decode steps is cut at its
-        // next boundary). Waking every replica for one request would only cost events.
-        let (mut starting, mut idle, mut first) = (0usize, None, None::<(u64, usize)>);
+        if let Some(i) = self.take_idle() {
+            self.llm_schedule_start(i);
+            return;
+        }
+        if !(scan || self.queue.len() == 1) {
+            return;
+        }
+        let mut first = None::<(u64, usize)>;
         for i in 0..self.replicas.len() {
             if self.replicas[i].state != State::Ready {
                 continue;
             }
-            let r = &self.llm[i];
-            if r.pending_start {
-                starting += 1;
-            } else if !r.busy() {
-                idle = idle.or(Some(i));
-            } else if let Some(b) = r.next_boundary(self.now, cfg)
+            if let Some(b) = self.llm[i].next_boundary(self.now, cfg)
                 && first.is_none_or(|(fb, _)| b < fb)
             {
                 first = Some((b, i));
             }
         }
-        if starting >= self.queue.len() {
-            return;
-        }
-        if let Some(i) = idle {
-            self.llm_schedule_start(i);
-        } else if let Some((_, i)) = first
+        if let Some((_, i)) = first
             && let Some(end) = self.llm[i].interrupt(self.now, cfg)
         {
             self.steps.push(Reverse((end, i as u32, self.llm[i].generation)));
@@ -560,7 +577,10 @@ impl<'a> Engine<'a> {
     fn llm_ready(&mut self, i: usize) {
         let Some(cfg) = self.llm_config() else { return };
         match cfg.router {
-            Router::Shared => self.llm_kick_shared(),
+            Router::Shared => {
+                self.idle_hint.push(i as u32);
+                self.llm_kick_shared(true);
+            }
             Router::LeastLoaded => {
                 // The activator releases what it held through the Service.
                 while let Some(req) = self.queue.pop_front() {
@@ -579,7 +599,9 @@ impl<'a> Engine<'a> {
     fn llm_compose(&mut self, i: usize) {
         let Some(cfg) = self.llm_config() else { return };
         let state = self.replicas[i].state;
-        let central = (state == State::Ready && cfg.router == Router::Shared).then_some(&mut self.queue);
+        let shared = state == State::Ready && cfg.router == Router::Shared;
+        let queued = self.queue.len();
+        let central = shared.then_some(&mut self.queue);
         self.ev.admitted.clear();
         let end = self.llm[i].compose(
             self.now,
@@ -601,7 +623,12 @@ impl<'a> Engine<'a> {
                 self.replicas[i].state = State::Gone;
                 self.alive -= 1;
             }
+            None if state == State::Ready => self.idle_hint.push(i as u32),
             None => {}
+        }
+        if shared && self.queue.len() < queued && !self.queue.is_empty() {
+            // It took what it could and left the rest: the next replica with room is woken.
+            self.llm_kick_shared(true);
         }
     }
 
@@ -612,6 +639,7 @@ impl<'a> Engine<'a> {
         if !self.llm[i].busy() {
             if self.llm[i].pending_start {
                 self.llm[i].pending_start = false;
+                self.pending_starts -= 1;
                 if matches!(self.replicas[i].state, State::Ready | State::Draining) {
                     self.llm_compose(i);
                 }
@@ -988,6 +1016,9 @@ impl<'a> Engine<'a> {
                         if llm {
                             // A fresh scheduler; the generation carries on so no stale step
                             // event of the slot's previous replica can match.
+                            if self.llm[i].pending_start {
+                                self.pending_starts -= 1;
+                            }
                             self.llm[i].reset();
                         }
                         i

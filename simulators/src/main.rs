@@ -507,11 +507,14 @@ fn describe(trace: &Trace, serving: &ServingConfig, derived: &[String]) -> Strin
         Serving::Llm(c) => {
             let t = &c.table;
             format!(
-                "LLM steps of {} tokens, {} seqs, {} KV tokens, router {:?}; step times MEASURED: {} on {} TP {} from the {} ({} configurations{}; prefill {:.0} ms per {} tokens, decode step {:.1} ms at 1 seq, {:.1} ms at {})",
+                "LLM steps of {} tokens, {} seqs, {} KV tokens, router {}; step times MEASURED: {} on {} TP {} from the {} ({} configurations{}; prefill {:.0} ms per {} tokens, decode step {:.1} ms at 1 seq, {:.1} ms at {})",
                 c.max_batch_tokens,
                 c.max_seqs,
                 c.kv_tokens,
-                c.router,
+                match c.router {
+                    Router::Shared => "shared",
+                    Router::LeastLoaded => "least-loaded",
+                },
                 t.model,
                 t.hardware,
                 t.tp,

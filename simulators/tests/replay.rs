@@ -182,6 +182,12 @@ fn bundled_traces_replay_under_every_policy_and_conserve_requests() {
             &format!("{name}.keda.json"),
         );
         check_conservation(&keda, &format!("{name} (keda)"));
+        let routed = replay_json(
+            &trace,
+            &["--router", "least-loaded", "--tp", "2"],
+            &format!("{name}.routed.json"),
+        );
+        check_conservation(&routed, &format!("{name} (least-loaded, TP 2)"));
     }
 }
 
