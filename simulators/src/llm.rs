@@ -268,6 +268,17 @@ impl LlmReplica {
         self.running == 0 && self.waiting.is_empty() && self.cur.is_none()
     }
 
+    /// The run of identical decode steps in progress, as (start, step length, end) in µs, if
+    /// the replica has a sequence slot free (only such a run is worth cutting short).
+    pub fn open_run(&self, cfg: &LlmConfig) -> Option<(u64, u64, u64)> {
+        let step = self.cur.as_ref()?;
+        (step.k > 1 && self.running < cfg.max_seqs).then_some((
+            step.start,
+            step.dt,
+            step.start + step.k * step.dt,
+        ))
+    }
+
     /// When this replica would next compose a step, if it has room for another sequence then:
     /// the end of the step in progress (within a run of decode steps, the next boundary).
     pub fn next_boundary(&self, now: u64, cfg: &LlmConfig) -> Option<u64> {
