@@ -11,6 +11,7 @@
 //! bound memory in total ([`budget`]), and what every binary shares at its edge ([`cli`]).
 
 pub mod budget;
+pub mod check;
 pub mod cli;
 pub mod contract;
 pub mod discovery;

@@ -12,9 +12,14 @@ use gpuscale_collector::service::{Config, Pages, router, tick_loop};
 /// Serve the GPU and model-server queue metrics of this node on one /metrics endpoint:
 /// GPU utilization, memory, power, temperature and clocks (NVML), and the waiting and running
 /// requests and KV-cache usage of the model servers it scrapes, per workload.
+///
+/// `gpuscale-collector check-page FILE|URL|-` reads one metrics page as a scrape would and says
+/// what gpuscale takes from it (see `check-page --help`).
 #[derive(Parser, Debug)]
-#[command(name = "gpuscale-collector", version)]
+#[command(name = "gpuscale-collector", version, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// Address to serve /metrics, /healthz and /readyz on.
     #[arg(long, default_value = "0.0.0.0:9400", env = "GPUSCALE_COLLECTOR_LISTEN", value_parser = gpuscale_collector::cli::listen_addr)]
     listen: SocketAddr,
@@ -96,6 +101,139 @@ struct Args {
     log_format: LogFormat,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// Parse a metrics page exactly as a scrape would and print the families and samples found
+    /// and what gpuscale reads from it: the server recognised, requests waiting and running,
+    /// KV-cache usage, token counters, and whether a scrape of it would be valid. Exits 0 when
+    /// it parses, 1 with `SOURCE:LINE: message` when it does not.
+    ///
+    /// Example: curl -s http://10.0.3.7:8000/metrics | gpuscale-collector check-page -
+    CheckPage(CheckPage),
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckPage {
+    /// A file, an http(s) URL, or `-` for standard input.
+    source: String,
+    /// The exposition format: `prometheus` (what model servers serve), or `openmetrics`, parsed
+    /// strictly as the scaler parses collectors' pages.
+    #[arg(long, value_enum, default_value_t = gpuscale_collector::check::PageFormat::Prometheus)]
+    format: gpuscale_collector::check::PageFormat,
+    /// Which server the page comes from; `auto` recognises vLLM, SGLang, TGI, Triton and
+    /// Knative's queue-proxy.
+    #[arg(long, value_enum, default_value_t = Preset::Auto)]
+    preset: Preset,
+    /// Metric whose sum is the number of waiting requests (overrides the preset).
+    #[arg(long)]
+    waiting_metric: Option<String>,
+    /// Metric whose sum is the number of running requests (overrides the preset).
+    #[arg(long)]
+    running_metric: Option<String>,
+    /// Metric whose mean is the KV-cache usage, 0-1 (overrides the preset).
+    #[arg(long)]
+    kv_metric: Option<String>,
+    /// Largest page accepted, bytes (a scrape's --max-page-bytes).
+    #[arg(long, default_value_t = 16 << 20)]
+    max_page_bytes: usize,
+    /// List every family, not the first 30.
+    #[arg(long)]
+    all: bool,
+}
+
+/// Read the page a `check-page` source names, within `max` bytes.
+async fn read_source(
+    source: &str,
+    format: gpuscale_collector::check::PageFormat,
+    max: usize,
+) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let bytes = if source == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .take(max as u64 + 1)
+            .read_to_end(&mut buf)
+            .context("reading standard input")?;
+        buf
+    } else if source.starts_with("http://") || source.starts_with("https://") {
+        let accept = match format {
+            gpuscale_collector::check::PageFormat::Openmetrics => {
+                "application/openmetrics-text;version=1.0.0"
+            }
+            gpuscale_collector::check::PageFormat::Prometheus => "text/plain;version=0.0.4",
+        };
+        let shown = gpuscale_collector::contract::redact_url(source);
+        let r = reqwest::Client::new()
+            .get(source)
+            .header("accept", accept)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .with_context(|| format!("{shown}: the request failed"))?;
+        anyhow::ensure!(r.status().is_success(), "{shown}: HTTP {}", r.status());
+        let mut body = Vec::new();
+        let mut r = r;
+        while let Some(chunk) = r
+            .chunk()
+            .await
+            .with_context(|| format!("{shown}: reading the body"))?
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() > max {
+                break;
+            }
+        }
+        body
+    } else {
+        let f = std::fs::File::open(source).with_context(|| format!("{source}: cannot open"))?;
+        let mut buf = Vec::new();
+        f.take(max as u64 + 1)
+            .read_to_end(&mut buf)
+            .with_context(|| format!("{source}: cannot read"))?;
+        buf
+    };
+    anyhow::ensure!(
+        bytes.len() <= max,
+        "{source}: the page is over {max} bytes (a scrape would refuse it as too_large; raise --max-page-bytes)"
+    );
+    String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("{source}: not UTF-8 at byte {}", e.utf8_error().valid_up_to()))
+}
+
+/// `check-page`: 0 when the page parses, 1 when it does not (the message names the line).
+async fn check_page(c: CheckPage) -> anyhow::Result<std::process::ExitCode> {
+    let text = read_source(&c.source, c.format, c.max_page_bytes).await?;
+    let custom = CustomNames {
+        waiting: c.waiting_metric,
+        running: c.running_metric,
+        kv_cache: c.kv_metric,
+    };
+    let limits = gpuscale_collector::text::Limits {
+        max_bytes: c.max_page_bytes,
+        ..gpuscale_collector::text::Limits::default()
+    };
+    let shown = gpuscale_collector::contract::redact_url(&c.source);
+    let name = if c.source == "-" {
+        "<stdin>"
+    } else {
+        shown.as_str()
+    };
+    match gpuscale_collector::check::check(&text, c.format, c.preset, &custom, &limits) {
+        Ok(report) => {
+            print!("{}", report.render(name, c.format, c.all));
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) if e.line > 0 => {
+            eprintln!("{name}:{}: {}", e.line, e.message);
+            Ok(std::process::ExitCode::from(1))
+        }
+        Err(e) => {
+            eprintln!("{name}: {}", e.message);
+            Ok(std::process::ExitCode::from(1))
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     Text,
@@ -111,11 +249,20 @@ fn seconds(flag: &str, v: f64, min: f64, max: f64) -> anyhow::Result<Duration> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    gpuscale_collector::cli::exit("gpuscale-collector", run().await)
+    let mut args = Args::parse();
+    if let Some(Sub::CheckPage(c)) = args.command.take() {
+        return match check_page(c).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("gpuscale-collector check-page: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
+    gpuscale_collector::cli::exit("gpuscale-collector", run(args).await)
 }
 
-async fn run() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn run(args: Args) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     match args.log_format {

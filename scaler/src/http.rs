@@ -391,6 +391,7 @@ pub fn render(s: &AppState, format: Format) -> String {
     let mut unavailable: Vec<Row> = Vec::new();
     let mut signals: Vec<(String, String, &'static str, f64)> = Vec::new();
     let mut ages: Vec<Row> = Vec::new();
+    let mut ready: Vec<Row> = Vec::new();
     // One row per Deployment: when several triggers name it (see /debug/workloads), the one
     // asked about most recently; gpuscale_scaler_workload_triggers counts them.
     let mut triggers: Vec<(WorkloadKey, usize)> = Vec::new();
@@ -435,6 +436,7 @@ pub fn render(s: &AppState, format: Format) -> String {
             f64::from(u8::from(g.answer.value.is_err())),
         ));
         if let Some(sig) = &g.signals {
+            ready.push((ns.clone(), name.clone(), String::new(), f64::from(sig.ready)));
             let readings = [
                 ("waiting", sig.waiting),
                 ("running", sig.running),
@@ -453,7 +455,7 @@ pub fn render(s: &AppState, format: Format) -> String {
             }
         }
     }
-    let tables: [(&str, &str, &Vec<Row>); 5] = [
+    let tables: [(&str, &str, &Vec<Row>); 6] = [
         (
             "gpuscale_scaler_desired_replicas",
             "The policy's desired replicas, by deciding rule.",
@@ -478,6 +480,11 @@ pub fn render(s: &AppState, format: Format) -> String {
             "gpuscale_scaler_signal_age_seconds",
             "Age of the oldest signal behind the last decision.",
             &ages,
+        ),
+        (
+            "gpuscale_scaler_ready_replicas",
+            "Ready replicas behind the last decision.",
+            &ready,
         ),
     ];
     for (name, help, rows) in tables {

@@ -3,8 +3,9 @@
 Built-in kinds: kubernetes-validate --strict (unknown fields fail) for each Kubernetes version
 given. KEDA objects: check-jsonschema against the strict KEDA v2.20.2 schemas in shared/spec.
 KServe InferenceService: check-jsonschema against the v1beta1 schema of the KServe v0.20.0 CRD.
-ServiceMonitor (no schema shipped): its required fields, by hand. Any other kind is an error,
-so a typo in `kind:` cannot pass silently.
+ServiceMonitor and cert-manager Certificate (no schema shipped): their required fields, by hand.
+PrometheusRule: its groups written out as a rule file and checked by `promtool check rules`.
+Any other kind is an error, so a typo in `kind:` cannot pass silently.
 
 Usage: validate_manifests.py SPEC_DIR VERSIONS(comma-separated) OUT_JSON FILE...
 Writes every object (as JSON, with its source file) to OUT_JSON; errors go to stderr, exit 1.
@@ -57,10 +58,26 @@ def main():
                     json.dump(v["schema"]["openAPIV3Schema"], fh)
         elif group == "monitoring.coreos.com":
             s = o.get("spec", {})
-            if kind != "ServiceMonitor":
-                errors.append(f"{name}: only ServiceMonitor is expected from monitoring.coreos.com")
+            if kind == "PrometheusRule":
+                rules = os.path.join(work, f"{i}.rules.yaml")
+                with open(rules, "w") as fh:
+                    yaml.safe_dump({"groups": s.get("groups", [])}, fh)
+                if not s.get("groups"):
+                    errors.append(f"{name}: a PrometheusRule needs spec.groups")
+                r = subprocess.run(["promtool", "check", "rules", rules], capture_output=True, text=True)
+                if r.returncode != 0:
+                    errors.append(f"{name}: promtool check rules:\n{r.stdout}{r.stderr}")
+            elif kind != "ServiceMonitor":
+                errors.append(f"{name}: only ServiceMonitor and PrometheusRule are expected from monitoring.coreos.com")
             elif not s.get("selector") or not all(e.get("port") for e in s.get("endpoints", [])) or not s.get("endpoints"):
                 errors.append(f"{name}: a ServiceMonitor needs spec.selector and endpoints with a port")
+            continue
+        elif group == "cert-manager.io":
+            s = o.get("spec", {})
+            if kind != "Certificate":
+                errors.append(f"{name}: only Certificate is expected from cert-manager.io")
+            elif not s.get("secretName") or not s.get("issuerRef", {}).get("name") or not (s.get("dnsNames") or s.get("commonName")):
+                errors.append(f"{name}: a Certificate needs spec.secretName, issuerRef.name and dnsNames")
             continue
         elif "." in group and not group.endswith(".k8s.io"):
             errors.append(f"{name}: no schema for {api} {kind}")
