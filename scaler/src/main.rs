@@ -74,6 +74,21 @@ struct Args {
     #[arg(long, env = "GPUSCALE_SCALER_MAX_WORKLOADS", default_value_t = 20_000)]
     max_workloads: usize,
 
+    /// A workload to decide without KEDA asking: `NAMESPACE/DEPLOYMENT[:key=value,...]` with
+    /// trigger keys (e.g. `llm/qwen:policy=queue,queue.target=8`). Repeatable (the env twin
+    /// takes a `;`-separated list); /debug/workloads and /metrics then show its decision.
+    #[arg(
+        long = "workload",
+        value_name = "NS/NAME[:KEY=VALUE,...]",
+        env = "GPUSCALE_SCALER_WORKLOADS",
+        value_delimiter = ';'
+    )]
+    static_workloads: Vec<String>,
+
+    /// A file of --workload specs, one per line (`#` starts a comment).
+    #[arg(long, env = "GPUSCALE_SCALER_WORKLOADS_FILE")]
+    workloads_file: Option<PathBuf>,
+
     /// A workload no RPC has named for this long is forgotten (KEDA asks every pollingInterval).
     #[arg(long, env = "GPUSCALE_SCALER_WORKLOAD_IDLE_TTL", default_value = "10m", value_parser = duration)]
     workload_idle_ttl: Duration,
@@ -145,8 +160,44 @@ async fn run() -> anyhow::Result<()> {
         );
     }
 
+    let mut statics = Vec::new();
+    for w in args.static_workloads.iter().filter(|w| !w.trim().is_empty()) {
+        statics
+            .push(gpuscale_scaler::trigger::parse_static(w).map_err(|e| anyhow::anyhow!("--workload {e}"))?);
+    }
+    if let Some(path) = &args.workloads_file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("--workloads-file {}", path.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            statics.push(
+                gpuscale_scaler::trigger::parse_static(line)
+                    .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?,
+            );
+        }
+    }
+
     let clock = Clock::start();
     let workloads = Arc::new(Workloads::new(args.max_workloads, args.workload_idle_ttl));
+    if !statics.is_empty() {
+        // Named again every second, so the idle TTL never forgets them.
+        let ws = workloads.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                for t in &statics {
+                    let asker = format!("--workload {}", t.workload);
+                    if let Err(e) = ws.register(t.clone(), &asker, clock.now()) {
+                        tracing::warn!(workload = %t.workload, "{asker}: {e}");
+                    }
+                }
+            }
+        });
+    }
     let telemetry = Arc::new(Telemetry::default());
     let polled = Arc::new(Polled::default());
     let (collectors_tx, collectors_rx) = watch::channel(collectors.clone());

@@ -208,6 +208,43 @@ fn parse_f64(key: &str, v: &str, expected: &str, ok: impl Fn(f64) -> bool) -> Re
     }
 }
 
+/// A workload registered by the scaler's own flags rather than by KEDA: `NS/NAME` or
+/// `NS/NAME:key=value,key=value` (trigger keys, as in a ScaledObject's metadata). The scaler
+/// decides it every poll, so /debug/workloads and /metrics show what it would ask for without
+/// KEDA calling.
+pub fn parse_static(spec: &str) -> Result<Trigger, String> {
+    let spec = spec.trim();
+    let (name, rest) = spec.split_once(':').unwrap_or((spec, ""));
+    let Some((ns, deployment)) = name
+        .split_once('/')
+        .filter(|(n, d)| !n.is_empty() && !d.is_empty())
+    else {
+        return Err(format!(
+            "`{}`: expected NAMESPACE/DEPLOYMENT, optionally followed by :key=value,key=value (e.g. llm/qwen:policy=queue,queue.target=8)",
+            crate::policies::spec::brief(spec)
+        ));
+    };
+    let mut md: HashMap<String, String> = HashMap::new();
+    md.insert("deployment".into(), deployment.trim().to_string());
+    for pair in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(format!(
+                "`{}`: expected key=value, found `{}`",
+                crate::policies::spec::brief(spec),
+                crate::policies::spec::brief(pair)
+            ));
+        };
+        if k.trim() == "deployment" {
+            return Err(format!(
+                "`{}`: the deployment is the part before `:`",
+                crate::policies::spec::brief(spec)
+            ));
+        }
+        md.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Trigger::parse(ns.trim(), &md).map_err(|e| format!("`{}`: {e}", crate::policies::spec::brief(spec)))
+}
+
 impl Trigger {
     /// Read a trigger's metadata; `default_namespace` is the ScaledObject's namespace.
     pub fn parse(
