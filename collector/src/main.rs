@@ -37,7 +37,7 @@ struct Args {
     )]
     scrape_targets: Vec<String>,
     /// Which server the targets run, to know their queue metrics; `auto` recognises vLLM,
-    /// SGLang, TGI, Triton and Knative's queue-proxy from the page.
+    /// SGLang, TGI, Triton, Knative's queue-proxy and llm-d's endpoint picker from the page.
     #[arg(long, value_enum, default_value_t = Preset::Auto, env = "GPUSCALE_COLLECTOR_PRESET")]
     preset: Preset,
     /// Metric whose sum is the number of waiting requests (overrides the preset).
@@ -120,8 +120,8 @@ struct CheckPage {
     /// strictly as the scaler parses collectors' pages.
     #[arg(long, value_enum, default_value_t = gpuscale_collector::check::PageFormat::Prometheus)]
     format: gpuscale_collector::check::PageFormat,
-    /// Which server the page comes from; `auto` recognises vLLM, SGLang, TGI, Triton and
-    /// Knative's queue-proxy.
+    /// Which server the page comes from; `auto` recognises vLLM, SGLang, TGI, Triton,
+    /// Knative's queue-proxy and llm-d's endpoint picker.
     #[arg(long, value_enum, default_value_t = Preset::Auto)]
     preset: Preset,
     /// Metric whose sum is the number of waiting requests (overrides the preset).

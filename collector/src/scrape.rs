@@ -154,6 +154,12 @@ pub enum Preset {
     /// Knative queue-proxy: `queue_average_concurrent_requests` (every request the proxy
     /// holds, queued or in service: reported as running, with waiting 0).
     Knative,
+    /// llm-d's endpoint picker (EPP) in front of an InferencePool: the gateway's own queue,
+    /// `llm_d_epp_flow_control_queue_size`, requests in flight, `llm_d_epp_request_running`,
+    /// and the pool's mean KV-cache use, `llm_d_epp_average_kv_cache_utilization` (or the
+    /// deprecated `inference_extension_flow_control_queue_size`,
+    /// `inference_objective_running_requests`, `inference_pool_average_kv_cache_utilization`).
+    Epp,
 }
 
 impl Preset {
@@ -166,6 +172,7 @@ impl Preset {
             Preset::Tgi => "tgi",
             Preset::Triton => "triton",
             Preset::Knative => "knative",
+            Preset::Epp => "epp",
         }
     }
 }
@@ -248,6 +255,7 @@ pub fn queue_metric_names(preset: Preset, custom: &CustomNames) -> Vec<String> {
             &["nv_inference_pending_request_count", "nv_trt_llm_request_metrics"],
         ),
         (Preset::Knative, &["queue_average_concurrent_requests"]),
+        (Preset::Epp, EPP_NAMES),
     ];
     let mut names: Vec<String> = all
         .iter()
@@ -262,6 +270,17 @@ pub fn queue_metric_names(preset: Preset, custom: &CustomNames) -> Vec<String> {
     );
     names
 }
+
+/// The endpoint picker's names, current first, then their deprecated twins (llm-d exports
+/// both while the old ones are phased out): waiting, running, KV-cache.
+const EPP_NAMES: &[&str] = &[
+    "llm_d_epp_flow_control_queue_size",
+    "llm_d_epp_request_running",
+    "llm_d_epp_average_kv_cache_utilization",
+    "inference_extension_flow_control_queue_size",
+    "inference_objective_running_requests",
+    "inference_pool_average_kv_cache_utilization",
+];
 
 /// Read queue depth from a parsed page; `None` when the server is not recognised and no custom
 /// names are given.
@@ -280,6 +299,12 @@ pub fn queue_depth(fams: &[MetricFamily], preset: Preset, custom: &CustomNames) 
                 Preset::Triton
             } else if has(fams, "queue_average_concurrent_requests") {
                 Preset::Knative
+            } else if EPP_NAMES[..2]
+                .iter()
+                .chain(&EPP_NAMES[3..5])
+                .any(|n| has(fams, n))
+            {
+                Preset::Epp
             } else if custom.waiting.is_some() || custom.running.is_some() {
                 Preset::Auto
             } else {
@@ -322,6 +347,15 @@ pub fn queue_depth(fams: &[MetricFamily], preset: Preset, custom: &CustomNames) 
         Preset::Knative => {
             let c = sum(fams, "queue_average_concurrent_requests", None);
             (c.map(|_| 0.0), c, None)
+        }
+        Preset::Epp => {
+            // Current name, else its deprecated twin; never both (they count the same requests).
+            let either = |new: &str, old: &str| sum(fams, new, None).or_else(|| sum(fams, old, None));
+            (
+                either(EPP_NAMES[0], EPP_NAMES[3]),
+                either(EPP_NAMES[1], EPP_NAMES[4]),
+                mean(fams, EPP_NAMES[2]).or_else(|| mean(fams, EPP_NAMES[5])),
+            )
         }
         Preset::Auto => (None, None, None),
     };

@@ -144,3 +144,42 @@ fn broken_pages_exit_1_naming_the_line_and_sources_are_file_stdin_or_url() {
     assert_eq!(code, 2);
     assert!(err.contains("HTTP 404"), "{err}");
 }
+
+#[test]
+fn llm_d_endpoint_picker_pages_read_as_the_workloads_queue() {
+    // Pages written from llm-d's metric names (tests/fixtures/README.md): the gateway's flow
+    // control queue is the workload's waiting requests, requests in flight its running ones.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for file in [
+        "llm-d-epp.txt",
+        "llm-d-epp-both-names.txt",
+        "gaie-epp-deprecated.txt",
+    ] {
+        let (code, out, err) = run(&[dir.join(file).to_str().unwrap()], None);
+        assert_eq!(code, 0, "{file}: {err}");
+        for want in [
+            "server:    epp",
+            "waiting:   5\n",
+            "running:   12\n",
+            "KV-cache:  0.63\n",
+            "valid: gpuscale_scrape_reading_valid 1",
+        ] {
+            assert!(out.contains(want), "{file}: no `{want}` in\n{out}");
+        }
+    }
+    // --preset epp on a vLLM page finds nothing of its own.
+    if let Some(fx) = fixtures() {
+        let (code, out, _) = run(
+            &[
+                "--preset",
+                "epp",
+                fx.join("vllm-v1-k8s-ai-conformance-kops-qwen2.5-0.5b.txt")
+                    .to_str()
+                    .unwrap(),
+            ],
+            None,
+        );
+        assert_eq!(code, 0);
+        assert!(out.contains("no_queue_metrics"), "{out}");
+    }
+}
