@@ -157,7 +157,7 @@ impl Writer {
 
 type GpuField = (&'static str, &'static str, fn(&GpuReading) -> Option<f64>);
 
-const GPU_GAUGES: [GpuField; 8] = [
+const GPU_GAUGES: [GpuField; 9] = [
     (contract::GPU_UTILIZATION, "SM (compute) utilization, 0-1.", |g| {
         g.utilization
     }),
@@ -186,11 +186,14 @@ const GPU_GAUGES: [GpuField; 8] = [
         g.temperature_celsius
     }),
     ("gpuscale_gpu_sm_clock_hertz", "SM clock.", |g| g.sm_clock_hertz),
+    ("gpuscale_gpu_memory_clock_hertz", "Memory clock.", |g| {
+        g.memory_clock_hertz
+    }),
 ];
 
 /// dcgm-exporter's names, units and label names (`gpu`, `UUID`, `device`, `modelName`,
 /// `Hostname`), from the dcgm-exporter pages in shared/fixtures.
-const DCGM_GAUGES: [GpuField; 6] = [
+const DCGM_GAUGES: [GpuField; 10] = [
     ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", |g| {
         g.utilization.map(|u| (u * 100.0).round())
     }),
@@ -207,6 +210,22 @@ const DCGM_GAUGES: [GpuField; 6] = [
     ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", |g| {
         g.temperature_celsius
     }),
+    ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).", |g| {
+        g.sm_clock_hertz.map(|h| (h / 1e6).round())
+    }),
+    ("DCGM_FI_DEV_MEM_CLOCK", "Memory clock frequency (in MHz).", |g| {
+        g.memory_clock_hertz.map(|h| (h / 1e6).round())
+    }),
+    (
+        "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL",
+        "Total number of single-bit volatile ECC errors.",
+        |g| g.ecc_corrected.map(|c| c as f64),
+    ),
+    (
+        "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+        "Total number of double-bit volatile ECC errors.",
+        |g| g.ecc_uncorrected.map(|c| c as f64),
+    ),
 ];
 
 /// The containers holding `g`: one series per owner, or one unattributed series.
@@ -252,6 +271,32 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
             ];
             for o in owners(s, g) {
                 w.sample(name, &with_owner(&base, o), v);
+            }
+        }
+    }
+    if s.gpus
+        .iter()
+        .any(|g| g.ecc_corrected.is_some() || g.ecc_uncorrected.is_some())
+    {
+        let name = "gpuscale_gpu_ecc_errors";
+        w.family(
+            name,
+            "counter",
+            "Volatile ECC errors since the driver loaded, by type (corrected, uncorrected); absent without ECC.",
+        );
+        for g in &s.gpus {
+            for (kind, v) in [("corrected", g.ecc_corrected), ("uncorrected", g.ecc_uncorrected)] {
+                let Some(v) = v else { continue };
+                let base = [
+                    ("gpu", g.index.as_str()),
+                    ("uuid", &g.uuid),
+                    ("model", &g.model),
+                    ("node", &s.node),
+                    ("type", kind),
+                ];
+                for o in owners(s, g) {
+                    w.sample("gpuscale_gpu_ecc_errors_total", &with_owner(&base, o), v as f64);
+                }
             }
         }
     }

@@ -29,6 +29,12 @@ pub struct GpuReading {
     pub temperature_celsius: Option<f64>,
     /// SM clock, hertz.
     pub sm_clock_hertz: Option<f64>,
+    /// Memory clock, hertz.
+    pub memory_clock_hertz: Option<f64>,
+    /// ECC errors corrected since the driver loaded (volatile; `None` without ECC).
+    pub ecc_corrected: Option<u64>,
+    /// ECC errors not corrected since the driver loaded.
+    pub ecc_uncorrected: Option<u64>,
     /// Processes using the GPU: (pid, used bytes if known).
     pub processes: Vec<(u32, Option<u64>)>,
 }
@@ -98,7 +104,8 @@ impl GpuSource for NoGpus {
 }
 
 /// Scripted GPUs. `fake:N` starts them at documented values (GPU i: utilization
-/// `0.1 * (i + 1)`, 80 GiB of which `10 GiB * (i + 1)` used, 300 W, 50 C, 1.98 GHz); a test
+/// `0.1 * (i + 1)`, 80 GiB of which `10 GiB * (i + 1)` used, 300 W, 50 C, SM 1.98 GHz, memory
+/// 2.619 GHz, no ECC errors); a test
 /// holds a [`FakeGpusHandle`] and sets whatever it needs.
 pub struct FakeGpus {
     gpus: Arc<Mutex<Vec<GpuReading>>>,
@@ -134,6 +141,9 @@ impl FakeGpus {
                 power_watts: Some(300.0),
                 temperature_celsius: Some(50.0),
                 sm_clock_hertz: Some(1.98e9),
+                memory_clock_hertz: Some(2.619e9),
+                ecc_corrected: Some(0),
+                ecc_uncorrected: Some(0),
                 processes: Vec::new(),
             })
             .collect();
@@ -192,7 +202,7 @@ impl NvmlGpus {
     }
 
     fn reading(dev: &nvml_wrapper::Device<'_>, index: String) -> GpuReading {
-        use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
+        use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
         use nvml_wrapper::enums::device::UsedGpuMemory;
         let util = dev.utilization_rates().ok();
         let mem = dev.memory_info().ok();
@@ -208,6 +218,14 @@ impl NvmlGpus {
             power_watts: dev.power_usage().ok().map(|mw| f64::from(mw) / 1000.0),
             temperature_celsius: dev.temperature(TemperatureSensor::Gpu).ok().map(f64::from),
             sm_clock_hertz: dev.clock_info(Clock::SM).ok().map(|mhz| f64::from(mhz) * 1e6),
+            memory_clock_hertz: dev.clock_info(Clock::Memory).ok().map(|mhz| f64::from(mhz) * 1e6),
+            // NOT_SUPPORTED on GPUs without ECC (or with it off): no series, not a zero.
+            ecc_corrected: dev
+                .total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile)
+                .ok(),
+            ecc_uncorrected: dev
+                .total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
+                .ok(),
             processes: dev
                 .running_compute_processes()
                 .unwrap_or_default()

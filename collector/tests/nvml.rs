@@ -40,7 +40,7 @@ fn stub_dir(name: &str) -> PathBuf {
 }
 
 fn gpu(i: usize, model: &str) -> serde_json::Value {
-    serde_json::json!({
+    let mut g = serde_json::json!({
         "uuid": format!("GPU-{i:08x}-1111-2222-3333-444455556666"),
         "name": model,
         "gpu_util": 10 * i as u32 + 5,
@@ -50,8 +50,14 @@ fn gpu(i: usize, model: &str) -> serde_json::Value {
         "power_mw": 300_000 + 1000 * i as u32,
         "temp_c": 40 + i as u32,
         "sm_mhz": 1980,
+        "mem_mhz": 2619,
         "processes": [[4000 + i as u32, (i as u64 + 1) << 29]],
-    })
+    });
+    // Odd GPUs have ECC (corrected i, uncorrected 0); even ones answer NOT_SUPPORTED.
+    if i % 2 == 1 {
+        g["ecc"] = serde_json::json!([i, 0]);
+    }
+    g
 }
 
 fn write_script(path: &Path, v: &serde_json::Value) {
@@ -197,6 +203,19 @@ async fn an_h100_node_with_8_gpus_reads_every_series_through_nvml() {
         assert_eq!(value(&s, "gpuscale_gpu_power_watts", &g), Some(300.0 + f));
         assert_eq!(value(&s, "gpuscale_gpu_temperature_celsius", &g), Some(40.0 + f));
         assert_eq!(value(&s, "gpuscale_gpu_sm_clock_hertz", &g), Some(1.98e9));
+        assert_eq!(value(&s, "gpuscale_gpu_memory_clock_hertz", &g), Some(2.619e9));
+        let ecc = |kind: &str| {
+            value(
+                &s,
+                "gpuscale_gpu_ecc_errors_total",
+                &[("uuid", uuid.as_str()), ("type", kind)],
+            )
+        };
+        if i % 2 == 1 {
+            assert_eq!((ecc("corrected"), ecc("uncorrected")), (Some(f), Some(0.0)));
+        } else {
+            assert_eq!(ecc("corrected"), None, "no ECC: no series, not a zero");
+        }
         let info = [
             ("gpu", idx.as_str()),
             ("uuid", uuid.as_str()),
@@ -227,6 +246,12 @@ async fn an_h100_node_with_8_gpus_reads_every_series_through_nvml() {
         );
         assert_eq!(value(&s, "DCGM_FI_DEV_POWER_USAGE", &d), Some(300.0 + f));
         assert_eq!(value(&s, "DCGM_FI_DEV_GPU_TEMP", &d), Some(40.0 + f));
+        assert_eq!(value(&s, "DCGM_FI_DEV_SM_CLOCK", &d), Some(1980.0));
+        assert_eq!(value(&s, "DCGM_FI_DEV_MEM_CLOCK", &d), Some(2619.0));
+        assert_eq!(
+            value(&s, "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", &d),
+            (i % 2 == 1).then_some(f)
+        );
     }
     // Queue scraping goes on beside it.
     assert_eq!(

@@ -81,6 +81,50 @@ fn dashboard_variables() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Grafana dashboard 12239's queries (panel, expression, whether gpuscale serves it).
+const DCGM_DASHBOARD: [(&str, &str, bool); 8] = [
+    (
+        "GPU Temperature",
+        "max(DCGM_FI_DEV_GPU_TEMP{Hostname=~\"$Hostname\", gpu=~\"$gpu\"}) by (Hostname, gpu, uuid)",
+        true,
+    ),
+    (
+        "GPU Avg. Temp",
+        "avg(DCGM_FI_DEV_GPU_TEMP{Hostname=~\"$Hostname\", gpu=~\"$gpu\"})",
+        true,
+    ),
+    (
+        "GPU Power Usage",
+        "max(DCGM_FI_DEV_POWER_USAGE{Hostname=~\"$Hostname\", gpu=~\"$gpu\"}) by (Hostname, gpu, uuid)",
+        true,
+    ),
+    (
+        "GPU Power Total",
+        "sum(max(DCGM_FI_DEV_POWER_USAGE{Hostname=~\"$Hostname\", gpu=~\"$gpu\"}) by (gpu))",
+        true,
+    ),
+    (
+        "GPU SM Clocks",
+        "max(DCGM_FI_DEV_SM_CLOCK{Hostname=~\"$Hostname\", gpu=~\"$gpu\"} * 1000000) by (Hostname, UUID, gpu)",
+        true,
+    ),
+    (
+        "GPU Framebuffer Mem Used",
+        "max(DCGM_FI_DEV_FB_USED{Hostname=~\"$Hostname\", gpu=~\"$gpu\"}) by (Hostname, gpu, GPU_I_ID, GPU_I_PROFILE)",
+        true,
+    ),
+    (
+        "GPU Utilization (DCP)",
+        "max(DCGM_FI_PROF_GR_ENGINE_ACTIVE{Hostname=~\"$Hostname\", gpu=~\"$gpu\"}) by (Hostname, gpu, GPU_I_ID, GPU_I_PROFILE)",
+        false,
+    ),
+    (
+        "Tensor Core Utilization (DCP)",
+        "max(DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{Hostname=~\"$Hostname\", gpu=~\"$gpu\"}) by (Hostname, gpu, GPU_I_ID, GPU_I_PROFILE)",
+        false,
+    ),
+];
+
 /// An upstream for the activator: `/health` and `/v1/echo`.
 async fn upstream_on(addr: SocketAddr) {
     let app = axum::Router::new()
@@ -113,6 +157,8 @@ async fn every_dashboard_query_and_alert_rule_works_on_real_series() {
     let model = common::ModelServer::start().await;
     model.set(3.0, 2.0);
     let collector = common::collector(&[("llm/qwen", model.addr)]).await;
+    // A second node's collector with dcgm-exporter's names, for NVIDIA's dashboard.
+    let dcgm = common::collector_dcgm(&[]).await;
     let scaler = common::scaler(&["--collector", &collector.to_string(), "--poll-interval", "250ms"]).await;
 
     // KEDA polls the workload all along, so the scaler decides and its gRPC histogram moves.
@@ -158,7 +204,8 @@ async fn every_dashboard_query_and_alert_rule_works_on_real_series() {
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
          scrape_configs:\n  - job_name: gpuscale-collector\n    honor_labels: true\n    static_configs:\n      - targets: ['{collector}']\n\
          \x20 - job_name: gpuscale-scaler\n    static_configs:\n      - targets: ['{scaler_http}']\n\
-         \x20 - job_name: gpuscale-activator\n    static_configs:\n      - targets: ['127.0.0.1:{activator_http}']\n",
+         \x20 - job_name: gpuscale-activator\n    static_configs:\n      - targets: ['127.0.0.1:{activator_http}']\n\
+         \x20 - job_name: gpuscale-collector-dcgm\n    honor_labels: true\n    static_configs:\n      - targets: ['{dcgm}']\n",
         root().join("deploy/monitoring/gpuscale.rules.yaml").display()
     );
     let config_path = dir.join("prometheus.yml");
@@ -193,7 +240,7 @@ async fn every_dashboard_query_and_alert_rule_works_on_real_series() {
         if up
             .as_ref()
             .and_then(|v| v["data"]["result"][0]["value"][1].as_str())
-            == Some("3")
+            == Some("4")
         {
             break;
         }
@@ -280,6 +327,43 @@ async fn every_dashboard_query_and_alert_rule_works_on_real_series() {
             failures.push(format!(
                 "variable {label}: no {selector} series with label {label}: {v}"
             ));
+        }
+    }
+    // NVIDIA's dcgm-exporter dashboard (Grafana 12239, NVIDIA/dcgm-exporter
+    // grafana/dcgm-exporter-dashboard.json): its queries, verbatim but for the variables at
+    // "All", on the collector's --dcgm-compat names. Its two DCP panels read profiling
+    // fields only DCGM has (no NVML call gives them): they stay empty, not faked.
+    for (panel, expr, served) in DCGM_DASHBOARD {
+        let expr = expr.replace("$Hostname", ".*").replace("$gpu", ".*");
+        let v = api(format!("query?query={}", encode(&expr)))
+            .await
+            .unwrap_or(Value::Null);
+        let n = v["data"]["result"].as_array().map_or(0, Vec::len);
+        let first = v["data"]["result"][0]["value"][1]
+            .as_str()
+            .unwrap_or("-")
+            .to_string();
+        println!("dcgm dashboard {panel}: {expr}\n    -> {n} series (first {first})");
+        if v["status"] != "success" || (served && n == 0) || (!served && n != 0) {
+            failures.push(format!("dcgm dashboard {panel}: `{expr}` returned {v}"));
+        }
+    }
+    for (metric, label) in [
+        ("DCGM_FI_DEV_FB_FREE", "Hostname"),
+        ("DCGM_FI_DEV_FB_FREE", "gpu"),
+    ] {
+        let v = api(format!("series?match[]={metric}"))
+            .await
+            .unwrap_or(Value::Null);
+        let has = v["data"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s[label].is_string()));
+        println!(
+            "dcgm dashboard variable label_values({metric}, {label}): {}",
+            if has { "found" } else { "MISSING" }
+        );
+        if !has {
+            failures.push(format!("dcgm dashboard variable {label}: {v}"));
         }
     }
     // Every alert rule loaded and evaluated without error.

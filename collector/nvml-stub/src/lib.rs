@@ -13,7 +13,8 @@
 //! {"init": "ok",                      // or "driver_not_loaded"
 //!  "devices": [{"uuid": "GPU-...", "name": "NVIDIA H100 80GB HBM3",
 //!               "gpu_util": 37, "mem_util": 12, "total": 85899345920, "used": 21474836480,
-//!               "power_mw": 312000, "temp_c": 51, "sm_mhz": 1980,
+//!               "power_mw": 312000, "temp_c": 51, "sm_mhz": 1980, "mem_mhz": 2619,
+//!               "ecc": [3, 0],                   // volatile corrected, uncorrected; omit: no ECC
 //!               "processes": [[4242, 7516192768]],
 //!               "mig": [ {same fields, per MIG instance} ],
 //!               "lost": false,          // every call for it answers NVML_ERROR_GPU_IS_LOST
@@ -75,6 +76,12 @@ pub struct Dev {
     /// SM clock, MHz.
     #[serde(default)]
     pub sm_mhz: u32,
+    /// Memory clock, MHz (0: NOT_SUPPORTED).
+    #[serde(default)]
+    pub mem_mhz: u32,
+    /// Volatile ECC counts (corrected, uncorrected); `None`: the GPU has no ECC.
+    #[serde(default)]
+    pub ecc: Option<(u64, u64)>,
     /// Compute processes: (pid, bytes used).
     #[serde(default)]
     pub processes: Vec<(u32, u64)>,
@@ -300,7 +307,7 @@ pub unsafe extern "C" fn nvmlDeviceGetTemperature(
     })
 }
 
-/// `nvmlDeviceGetClockInfo` (the SM clock only, MHz).
+/// `nvmlDeviceGetClockInfo`: the SM (1) and memory (2) clocks, MHz.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetClockInfo(
     device: nvmlDevice_t,
@@ -308,10 +315,41 @@ pub unsafe extern "C" fn nvmlDeviceGetClockInfo(
     clock: *mut c_uint,
 ) -> nvmlReturn_t {
     with(device, |d, is_mig| {
-        if is_mig || kind != 1 {
+        let v = match kind {
+            1 => d.sm_mhz,
+            2 => d.mem_mhz,
+            _ => return NOT_SUPPORTED,
+        };
+        if is_mig || v == 0 {
             return NOT_SUPPORTED;
         }
-        unsafe { *clock = d.sm_mhz };
+        unsafe { *clock = v };
+        SUCCESS
+    })
+}
+
+/// `nvmlDeviceGetTotalEccErrors`: corrected (0) or uncorrected (1), volatile (0) counts;
+/// NOT_SUPPORTED on a GPU scripted without ECC, as the driver answers.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetTotalEccErrors(
+    device: nvmlDevice_t,
+    error_type: c_uint,
+    counter_type: c_uint,
+    count: *mut u64,
+) -> nvmlReturn_t {
+    with(device, |d, is_mig| {
+        let Some((corrected, uncorrected)) = d.ecc.filter(|_| !is_mig && counter_type == 0) else {
+            return NOT_SUPPORTED;
+        };
+        if count.is_null() {
+            return INVALID_ARGUMENT;
+        }
+        let v = match error_type {
+            0 => corrected,
+            1 => uncorrected,
+            _ => return INVALID_ARGUMENT,
+        };
+        unsafe { *count = v };
         SUCCESS
     })
 }
@@ -424,6 +462,7 @@ pub fn abi_matches(lib: &nvml_wrapper_sys::bindings::NvmlLib) {
     same(&lib.nvmlDeviceGetMemoryInfo_v2, nvmlDeviceGetMemoryInfo_v2);
     same(&lib.nvmlDeviceGetPowerUsage, nvmlDeviceGetPowerUsage);
     same(&lib.nvmlDeviceGetTemperature, nvmlDeviceGetTemperature);
+    same(&lib.nvmlDeviceGetTotalEccErrors, nvmlDeviceGetTotalEccErrors);
     same(&lib.nvmlDeviceGetClockInfo, nvmlDeviceGetClockInfo);
     same(
         &lib.nvmlDeviceGetComputeRunningProcesses_v3,

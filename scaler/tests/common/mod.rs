@@ -118,6 +118,20 @@ pub async fn collector(targets: &[(&str, SocketAddr)]) -> SocketAddr {
 
 /// A real collector scraping `--scrape-target` specs every 100 ms, each within `scrape_timeout`.
 pub async fn collector_with(targets: &[&str], scrape_timeout: Duration) -> SocketAddr {
+    collector_config(targets, scrape_timeout, false).await
+}
+
+/// As [`collector`], also exporting dcgm-exporter's names (`--dcgm-compat`).
+pub async fn collector_dcgm(targets: &[(&str, SocketAddr)]) -> SocketAddr {
+    let specs: Vec<String> = targets
+        .iter()
+        .map(|(w, a)| format!("{w}=http://{a}/metrics"))
+        .collect();
+    let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+    collector_config(&specs, Duration::from_secs(1), true).await
+}
+
+async fn collector_config(targets: &[&str], scrape_timeout: Duration, dcgm_compat: bool) -> SocketAddr {
     let pages: Arc<RwLock<Pages>> = Arc::default();
     let config = Config {
         node: "gpu-node-1".into(),
@@ -129,7 +143,7 @@ pub async fn collector_with(targets: &[&str], scrape_timeout: Duration) -> Socke
         max_page_bytes: 1 << 20,
         max_concurrent_scrapes: 4,
         bearer: None,
-        dcgm_compat: false,
+        dcgm_compat,
         pod_resources_socket: None,
         pod_resources_interval: Duration::from_secs(60),
         discovered: None,
