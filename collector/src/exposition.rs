@@ -157,7 +157,7 @@ impl Writer {
 
 type GpuField = (&'static str, &'static str, fn(&GpuReading) -> Option<f64>);
 
-const GPU_GAUGES: [GpuField; 9] = [
+const GPU_GAUGES: [GpuField; 10] = [
     (contract::GPU_UTILIZATION, "SM (compute) utilization, 0-1.", |g| {
         g.utilization
     }),
@@ -189,11 +189,16 @@ const GPU_GAUGES: [GpuField; 9] = [
     ("gpuscale_gpu_memory_clock_hertz", "Memory clock.", |g| {
         g.memory_clock_hertz
     }),
+    (
+        "gpuscale_gpu_xid_last",
+        "The last critical XID error in the past 5 minutes, 0 if none; absent where the GPU reports no XID events.",
+        |g| g.xid_last.map(|x| x as f64),
+    ),
 ];
 
 /// dcgm-exporter's names, units and label names (`gpu`, `UUID`, `device`, `modelName`,
 /// `Hostname`), from the dcgm-exporter pages in shared/fixtures.
-const DCGM_GAUGES: [GpuField; 10] = [
+const DCGM_GAUGES: [GpuField; 11] = [
     ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", |g| {
         g.utilization.map(|u| (u * 100.0).round())
     }),
@@ -225,6 +230,11 @@ const DCGM_GAUGES: [GpuField; 10] = [
         "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
         "Total number of double-bit volatile ECC errors.",
         |g| g.ecc_uncorrected.map(|c| c as f64),
+    ),
+    (
+        "DCGM_FI_DEV_XID_ERRORS",
+        "Value of the last XID error encountered.",
+        |g| g.xid_last.map(|x| x as f64),
     ),
 ];
 
@@ -271,6 +281,26 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
             ];
             for o in owners(s, g) {
                 w.sample(name, &with_owner(&base, o), v);
+            }
+        }
+    }
+    if s.gpus.iter().any(|g| g.xid_errors.is_some()) {
+        let name = "gpuscale_gpu_xid_errors";
+        w.family(
+            name,
+            "counter",
+            "Critical XID errors raised since the collector started.",
+        );
+        for g in s.gpus.iter() {
+            let Some(v) = g.xid_errors else { continue };
+            let base = [
+                ("gpu", g.index.as_str()),
+                ("uuid", &g.uuid),
+                ("model", &g.model),
+                ("node", &s.node),
+            ];
+            for o in owners(s, g) {
+                w.sample("gpuscale_gpu_xid_errors_total", &with_owner(&base, o), v as f64);
             }
         }
     }

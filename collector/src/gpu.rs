@@ -35,6 +35,11 @@ pub struct GpuReading {
     pub ecc_corrected: Option<u64>,
     /// ECC errors not corrected since the driver loaded.
     pub ecc_uncorrected: Option<u64>,
+    /// The last critical XID error raised in the past 5 minutes, 0 if none (dcgm-exporter's
+    /// `DCGM_FI_DEV_XID_ERRORS`); `None` where the GPU cannot report XID events.
+    pub xid_last: Option<u64>,
+    /// Critical XID errors seen since the collector started.
+    pub xid_errors: Option<u64>,
     /// Processes using the GPU: (pid, used bytes if known).
     pub processes: Vec<(u32, Option<u64>)>,
 }
@@ -144,6 +149,8 @@ impl FakeGpus {
                 memory_clock_hertz: Some(2.619e9),
                 ecc_corrected: Some(0),
                 ecc_uncorrected: Some(0),
+                xid_last: Some(0),
+                xid_errors: Some(0),
                 processes: Vec::new(),
             })
             .collect();
@@ -170,7 +177,20 @@ impl GpuSource for FakeGpus {
 /// the reason: the collector keeps serving queue depth meanwhile.
 pub struct NvmlGpus {
     nvml: Option<&'static nvml_wrapper::Nvml>,
+    /// Critical XID events of every GPU that reports them; set up on the first read.
+    events: Option<nvml_wrapper::EventSet<'static>>,
+    events_tried: bool,
+    /// Per GPU UUID: (last XID, when, how many since start).
+    xids: std::collections::HashMap<String, (u64, std::time::Instant, u64)>,
+    /// GPUs registered for XID events.
+    xid_capable: std::collections::HashSet<String>,
 }
+
+/// How long an XID stays the GPU's last one (dcgm-exporter's XID window).
+const XID_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Most XID events taken per read, so a storm cannot stall a tick.
+const MAX_XID_EVENTS_PER_READ: usize = 1024;
 
 static NVML: std::sync::OnceLock<nvml_wrapper::Nvml> = std::sync::OnceLock::new();
 
@@ -178,12 +198,19 @@ impl NvmlGpus {
     /// Load NVML. A missing library is an error now (the pod lacks the NVIDIA runtime: a
     /// configuration to fix); a failing `nvmlInit` is retried on each read.
     pub fn new() -> Result<Self, GpuError> {
+        let gpus = |nvml| NvmlGpus {
+            nvml,
+            events: None,
+            events_tried: false,
+            xids: Default::default(),
+            xid_capable: Default::default(),
+        };
         match Self::init() {
-            Ok(n) => Ok(NvmlGpus { nvml: Some(n) }),
+            Ok(n) => Ok(gpus(Some(n))),
             Err(e @ GpuError::Unavailable(_)) => Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "NVML did not initialize; retrying on every tick");
-                Ok(NvmlGpus { nvml: None })
+                Ok(gpus(None))
             }
         }
     }
@@ -199,6 +226,82 @@ impl NvmlGpus {
             }
             Err(e) => Err(GpuError::nvml(&e, "nvmlInit: ")),
         }
+    }
+
+    /// Register every GPU that supports them for critical XID events, once.
+    fn watch_xids(&mut self, nvml: &'static nvml_wrapper::Nvml, count: u32) {
+        use nvml_wrapper::bitmasks::event::EventTypes;
+        self.events_tried = true;
+        let mut set = match nvml.create_event_set() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "NVML event set: XID errors are not reported");
+                return;
+            }
+        };
+        for i in 0..count {
+            let Ok(dev) = nvml.device_by_index(i) else {
+                continue;
+            };
+            let supported = dev
+                .supported_event_types()
+                .is_ok_and(|t| t.contains(EventTypes::CRITICAL_XID_ERROR));
+            let Ok(uuid) = dev.uuid() else { continue };
+            if !supported {
+                continue;
+            }
+            match dev.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
+                Ok(s) => {
+                    set = s;
+                    self.xid_capable.insert(uuid);
+                }
+                Err(e) => {
+                    // A failed registration frees the set (NVML's rule): no XIDs at all.
+                    tracing::warn!(error = %e, gpu = i, "registering XID events failed: XID errors are not reported");
+                    self.xid_capable.clear();
+                    return;
+                }
+            }
+        }
+        self.events = Some(set);
+    }
+
+    /// Take the XID events that arrived since the last read (never waiting).
+    fn drain_xids(&mut self) {
+        use nvml_wrapper::enums::event::XidError;
+        let Some(set) = &self.events else { return };
+        for _ in 0..MAX_XID_EVENTS_PER_READ {
+            match set.wait(0) {
+                Ok(ev) => {
+                    let Ok(uuid) = ev.device.uuid() else { continue };
+                    let xid = match ev.event_data {
+                        Some(XidError::Value(v)) => v,
+                        Some(XidError::Unknown) => 999,
+                        None => continue,
+                    };
+                    tracing::warn!(%uuid, xid, "GPU raised a critical XID error");
+                    let e = self.xids.entry(uuid).or_insert((0, std::time::Instant::now(), 0));
+                    *e = (xid, std::time::Instant::now(), e.2 + 1);
+                }
+                Err(nvml_wrapper::error::NvmlError::Timeout) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "waiting for XID events failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn with_xids(&self, mut r: GpuReading) -> GpuReading {
+        if self.xid_capable.contains(&r.uuid) {
+            let (last, count) = match self.xids.get(&r.uuid) {
+                Some((x, at, n)) => (if at.elapsed() <= XID_WINDOW { *x } else { 0 }, *n),
+                None => (0, 0),
+            };
+            r.xid_last = Some(last);
+            r.xid_errors = Some(count);
+        }
+        r
     }
 
     fn reading(dev: &nvml_wrapper::Device<'_>, index: String) -> GpuReading {
@@ -226,6 +329,8 @@ impl NvmlGpus {
             ecc_uncorrected: dev
                 .total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
                 .ok(),
+            xid_last: None,
+            xid_errors: None,
             processes: dev
                 .running_compute_processes()
                 .unwrap_or_default()
@@ -258,6 +363,10 @@ impl GpuSource for NvmlGpus {
             }
         };
         let n = nvml.device_count().map_err(|e| GpuError::nvml(&e, ""))?;
+        if !self.events_tried {
+            self.watch_xids(nvml, n);
+        }
+        self.drain_xids();
         let mut out = Vec::with_capacity(n as usize);
         for i in 0..n {
             let dev = nvml
@@ -271,7 +380,7 @@ impl GpuSource for NvmlGpus {
             // MIG instances, where the driver offers them, are reported alongside their parent.
             let mig = matches!(dev.mig_is_mig_device_handle(), Ok(false))
                 && dev.mig_mode().is_ok_and(|m| m.current == 1);
-            out.push(Self::reading(&dev, i.to_string()));
+            out.push(self.with_xids(Self::reading(&dev, i.to_string())));
             if mig {
                 let count = dev.mig_device_count().unwrap_or(0);
                 for j in 0..count {

@@ -413,3 +413,42 @@ async fn a_blocking_nvml_call_never_stalls_the_tick_or_metrics() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn critical_xid_errors_arrive_as_nvml_events_and_read_as_dcgm_exporter_reads_them() {
+    // GPU 0 reports XID events (none yet); GPU 1 cannot (no series for it, never a zero).
+    let mut g0 = gpu(0, "NVIDIA H100 80GB HBM3");
+    g0["xid"] = serde_json::json!([]);
+    let g1 = gpu(1, "NVIDIA H100 80GB HBM3");
+    let c = collector(
+        "xid",
+        serde_json::json!({"init": "ok", "devices": [g0.clone(), g1.clone()]}),
+    )
+    .await;
+    let uuid0 = "GPU-00000000-1111-2222-3333-444455556666";
+    let uuid1 = "GPU-00000001-1111-2222-3333-444455556666";
+    let s = until(&c, "xid series", |s| {
+        value(s, "gpuscale_gpu_xid_last", &[("uuid", uuid0)]).is_some()
+    })
+    .await;
+    assert_eq!(value(&s, "gpuscale_gpu_xid_last", &[("uuid", uuid0)]), Some(0.0));
+    assert_eq!(
+        value(&s, "gpuscale_gpu_xid_errors_total", &[("uuid", uuid0)]),
+        Some(0.0)
+    );
+    assert_eq!(value(&s, "gpuscale_gpu_xid_last", &[("uuid", uuid1)]), None);
+    // The GPU raises XID 79 (fallen off the bus) then 48 (double-bit ECC): the last one and
+    // the count, under both names.
+    g0["xid"] = serde_json::json!([79, 48]);
+    write_script(&c.script, &serde_json::json!({"init": "ok", "devices": [g0, g1]}));
+    let s = until(&c, "two XIDs", |s| {
+        value(s, "gpuscale_gpu_xid_errors_total", &[("uuid", uuid0)]) == Some(2.0)
+    })
+    .await;
+    assert_eq!(value(&s, "gpuscale_gpu_xid_last", &[("uuid", uuid0)]), Some(48.0));
+    assert_eq!(
+        value(&s, "DCGM_FI_DEV_XID_ERRORS", &[("UUID", uuid0)]),
+        Some(48.0)
+    );
+    assert_eq!(value(&s, "DCGM_FI_DEV_XID_ERRORS", &[("UUID", uuid1)]), None);
+}

@@ -15,6 +15,7 @@
 //!               "gpu_util": 37, "mem_util": 12, "total": 85899345920, "used": 21474836480,
 //!               "power_mw": 312000, "temp_c": 51, "sm_mhz": 1980, "mem_mhz": 2619,
 //!               "ecc": [3, 0],                   // volatile corrected, uncorrected; omit: no ECC
+//!               "xid": [79],                     // XID events, each delivered once; omit: unsupported
 //!               "processes": [[4242, 7516192768]],
 //!               "mig": [ {same fields, per MIG instance} ],
 //!               "lost": false,          // every call for it answers NVML_ERROR_GPU_IS_LOST
@@ -25,13 +26,15 @@
 use std::ffi::{c_char, c_uint};
 
 use nvml_wrapper_sys::bindings::{
-    nvmlDevice_t, nvmlMemory_v2_t, nvmlProcessInfo_t, nvmlReturn_t, nvmlUtilization_t,
+    nvmlDevice_t, nvmlEventData_t, nvmlEventSet_t, nvmlMemory_v2_t, nvmlProcessInfo_t, nvmlReturn_t,
+    nvmlUtilization_t,
 };
 
 const SUCCESS: nvmlReturn_t = 0;
 const INVALID_ARGUMENT: nvmlReturn_t = 2;
 const NOT_SUPPORTED: nvmlReturn_t = 3;
 const INSUFFICIENT_SIZE: nvmlReturn_t = 7;
+const TIMEOUT: nvmlReturn_t = 10;
 const DRIVER_NOT_LOADED: nvmlReturn_t = 9;
 const GPU_IS_LOST: nvmlReturn_t = 15;
 const ARGUMENT_VERSION_MISMATCH: nvmlReturn_t = 25;
@@ -79,6 +82,10 @@ pub struct Dev {
     /// Memory clock, MHz (0: NOT_SUPPORTED).
     #[serde(default)]
     pub mem_mhz: u32,
+    /// Critical XID errors the GPU has raised, oldest first; each is delivered once through
+    /// the event API (append to raise another). `None`: the GPU does not support XID events.
+    #[serde(default)]
+    pub xid: Option<Vec<u64>>,
     /// Volatile ECC counts (corrected, uncorrected); `None`: the GPU has no ECC.
     #[serde(default)]
     pub ecc: Option<(u64, u64)>,
@@ -463,6 +470,14 @@ pub fn abi_matches(lib: &nvml_wrapper_sys::bindings::NvmlLib) {
     same(&lib.nvmlDeviceGetPowerUsage, nvmlDeviceGetPowerUsage);
     same(&lib.nvmlDeviceGetTemperature, nvmlDeviceGetTemperature);
     same(&lib.nvmlDeviceGetTotalEccErrors, nvmlDeviceGetTotalEccErrors);
+    same(&lib.nvmlEventSetCreate, nvmlEventSetCreate);
+    same(
+        &lib.nvmlDeviceGetSupportedEventTypes,
+        nvmlDeviceGetSupportedEventTypes,
+    );
+    same(&lib.nvmlDeviceRegisterEvents, nvmlDeviceRegisterEvents);
+    same(&lib.nvmlEventSetWait_v2, nvmlEventSetWait_v2);
+    same(&lib.nvmlEventSetFree, nvmlEventSetFree);
     same(&lib.nvmlDeviceGetClockInfo, nvmlDeviceGetClockInfo);
     same(
         &lib.nvmlDeviceGetComputeRunningProcesses_v3,
@@ -478,4 +493,106 @@ pub fn abi_matches(lib: &nvml_wrapper_sys::bindings::NvmlLib) {
         &lib.nvmlDeviceGetMigDeviceHandleByIndex,
         nvmlDeviceGetMigDeviceHandleByIndex,
     );
+}
+
+/// XID events already delivered, per GPU index (the script is re-read on every call, so what
+/// was delivered is kept here).
+static DELIVERED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+/// GPUs registered on the one event set.
+static REGISTERED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+const XID_EVENT: u64 = 8;
+
+/// `nvmlEventSetCreate`: one set (the collector makes one).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut nvmlEventSet_t) -> nvmlReturn_t {
+    if set.is_null() {
+        return INVALID_ARGUMENT;
+    }
+    unsafe { *set = 0x5e7 as nvmlEventSet_t };
+    SUCCESS
+}
+
+/// `nvmlDeviceGetSupportedEventTypes`: critical XID errors where the script lists `xid`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetSupportedEventTypes(
+    device: nvmlDevice_t,
+    types: *mut u64,
+) -> nvmlReturn_t {
+    with(device, |d, is_mig| {
+        if types.is_null() {
+            return INVALID_ARGUMENT;
+        }
+        unsafe { *types = if d.xid.is_some() && !is_mig { XID_EVENT } else { 0 } };
+        SUCCESS
+    })
+}
+
+/// `nvmlDeviceRegisterEvents` (critical XID errors only).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceRegisterEvents(
+    device: nvmlDevice_t,
+    types: u64,
+    _set: nvmlEventSet_t,
+) -> nvmlReturn_t {
+    with(device, |d, is_mig| {
+        if is_mig || d.xid.is_none() || types & !XID_EVENT != 0 {
+            return NOT_SUPPORTED;
+        }
+        let gpu = ((device as usize) >> 8) - 1;
+        if let Ok(mut r) = REGISTERED.lock()
+            && !r.contains(&gpu)
+        {
+            r.push(gpu);
+        }
+        SUCCESS
+    })
+}
+
+/// `nvmlEventSetWait_v2`: the oldest undelivered XID of a registered GPU, else TIMEOUT at once
+/// (the stub never blocks).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlEventSetWait_v2(
+    _set: nvmlEventSet_t,
+    data: *mut nvmlEventData_t,
+    _timeout_ms: c_uint,
+) -> nvmlReturn_t {
+    let Some(s) = script() else { return UNKNOWN };
+    if data.is_null() {
+        return INVALID_ARGUMENT;
+    }
+    let registered = REGISTERED.lock().map(|r| r.clone()).unwrap_or_default();
+    let Ok(mut delivered) = DELIVERED.lock() else {
+        return UNKNOWN;
+    };
+    for gpu in registered {
+        let Some(xids) = s.devices.get(gpu).and_then(|d| d.xid.as_ref()) else {
+            continue;
+        };
+        if delivered.len() <= gpu {
+            delivered.resize(gpu + 1, 0);
+        }
+        if let Some(&xid) = xids.get(delivered[gpu]) {
+            delivered[gpu] += 1;
+            unsafe {
+                *data = nvmlEventData_t {
+                    device: handle(gpu, None),
+                    eventType: XID_EVENT,
+                    eventData: xid,
+                    gpuInstanceId: 0xffff_ffff,
+                    computeInstanceId: 0xffff_ffff,
+                };
+            }
+            return SUCCESS;
+        }
+    }
+    TIMEOUT
+}
+
+/// `nvmlEventSetFree`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlEventSetFree(_set: nvmlEventSet_t) -> nvmlReturn_t {
+    if let Ok(mut r) = REGISTERED.lock() {
+        r.clear();
+    }
+    SUCCESS
 }
