@@ -37,6 +37,46 @@ enum Command {
     /// Example: gpuscale-sim sweep --trace data/traces/AzureLLMInferenceTrace_code.csv
     /// --policy queue --param queue.target=2,4,8 --param queue.scaleDownWindow=60s,300s
     Sweep(ReplayArgs),
+    /// Replay candidate policies and recommend the cheapest that meets a p99 latency objective,
+    /// with its GPU-hours as a multiple of the lower bound, written as a ready KEDA ScaledObject
+    /// and as direct-mode annotations.
+    ///
+    /// The candidates are hpa, kpa, queue and slo set up from the serving model, queue at half,
+    /// one and twice the replica's slots, each with keepAlive 60s, 5m and 15m (or the --policy
+    /// specs, if given).
+    ///
+    /// Example: gpuscale-sim recommend --trace data/traces/AzureLLMInferenceTrace_conv.csv
+    /// --objective-p99 90s --deployment qwen --namespace llm --write-scaledobject so.yaml
+    Recommend(RecommendArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct RecommendArgs {
+    #[command(flatten)]
+    replay: ReplayArgs,
+    /// The p99 end-to-end latency to meet, seconds (default: the best p99 among the candidates,
+    /// within 10 %).
+    #[arg(long, env = "GPUSCALE_SIM_OBJECTIVE_P99", value_parser = spec::duration_secs, allow_negative_numbers = true)]
+    objective_p99: Option<f64>,
+    /// The Deployment the recommendation scales (the trigger's `deployment`).
+    #[arg(long, default_value = "my-model", env = "GPUSCALE_SIM_DEPLOYMENT")]
+    deployment: String,
+    /// Its namespace.
+    #[arg(long, default_value = "default", env = "GPUSCALE_SIM_NAMESPACE")]
+    namespace: String,
+    /// The gpuscale scaler's gRPC address, for the trigger's `scalerAddress`.
+    #[arg(
+        long,
+        default_value = "gpuscale-scaler.gpuscale-system.svc:9090",
+        env = "GPUSCALE_SIM_SCALER_ADDRESS"
+    )]
+    scaler_address: String,
+    /// Write the recommendation as a KEDA ScaledObject (YAML) to this file.
+    #[arg(long, env = "GPUSCALE_SIM_WRITE_SCALEDOBJECT")]
+    write_scaledobject: Option<PathBuf>,
+    /// Write it as direct-mode annotations (a Deployment patch, YAML) to this file.
+    #[arg(long, env = "GPUSCALE_SIM_WRITE_ANNOTATIONS")]
+    write_annotations: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -843,11 +883,203 @@ fn run_sweep(args: &ReplayArgs) -> anyhow::Result<()> {
     )
 }
 
+/// The built-in candidates: the four baselines set up alike, and queue at three targets in
+/// slots, each at three keep-alives.
+fn candidates(slots: u32) -> Vec<(String, Vec<(String, String)>)> {
+    let mut out: Vec<(String, Vec<(String, String)>)> = ["hpa", "kpa", "queue", "slo"]
+        .iter()
+        .map(|p| (p.to_string(), Vec::new()))
+        .collect();
+    for mult in [0.5, 1.0, 2.0] {
+        let target = ((f64::from(slots) * mult).round() as u32).max(1);
+        for keep in ["60s", "5m", "15m"] {
+            out.push((
+                "queue".to_string(),
+                vec![
+                    ("queue.target".to_string(), target.to_string()),
+                    ("keepAlive".to_string(), keep.to_string()),
+                ],
+            ));
+        }
+    }
+    out
+}
+
+/// Trigger metadata for a run: the policy and every parameter it was built with.
+fn trigger_metadata(run: &PolicyRun, deployment: &str) -> Vec<(String, String)> {
+    let mut md = vec![
+        ("deployment".to_string(), deployment.to_string()),
+        ("policy".to_string(), run.spec.clone()),
+    ];
+    md.extend(run.params.iter().cloned());
+    md
+}
+
+/// YAML-quote a scalar.
+fn yq(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn scaledobject_yaml(a: &RecommendArgs, md: &[(String, String)], why: &str) -> String {
+    let mut y = format!(
+        "# {why}\n# Written by gpuscale-sim recommend; docs/simulator.md explains it.\n\
+         apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n\
+         \x20 scaleTargetRef:\n    apiVersion: apps/v1\n    kind: Deployment\n    name: {name}\n\
+         \x20 minReplicaCount: 0\n  pollingInterval: 15\n  cooldownPeriod: 30\n\
+         \x20 advanced:\n    horizontalPodAutoscalerConfig:\n      behavior:\n\
+         \x20       scaleUp:\n          stabilizationWindowSeconds: 0\n          selectPolicy: Max\n          policies:\n\
+         \x20           - type: Percent\n              value: 1000\n              periodSeconds: 15\n\
+         \x20       scaleDown:\n          stabilizationWindowSeconds: 0\n          selectPolicy: Max\n          policies:\n\
+         \x20           - type: Percent\n              value: 100\n              periodSeconds: 15\n\
+         \x20 triggers:\n    - type: external-push\n      metadata:\n        scalerAddress: {addr}\n",
+        name = a.deployment,
+        ns = a.namespace,
+        addr = yq(&a.scaler_address),
+    );
+    for (k, v) in md {
+        y.push_str(&format!("        {k}: {}\n", yq(v)));
+    }
+    y
+}
+
+fn annotations_yaml(a: &RecommendArgs, md: &[(String, String)], why: &str) -> String {
+    let mut y = format!(
+        "# {why}\n# A patch for direct mode (no KEDA): kubectl patch deployment {name} -n {ns} --patch-file THIS_FILE\n\
+         metadata:\n  annotations:\n",
+        name = a.deployment,
+        ns = a.namespace
+    );
+    for (k, v) in md.iter().filter(|(k, _)| k != "deployment") {
+        y.push_str(&format!("    gpuscale.io/{k}: {}\n", yq(v)));
+    }
+    y
+}
+
+fn run_recommend(a: &RecommendArgs) -> anyhow::Result<()> {
+    let args = &a.replay;
+    let trace = args.read_trace()?;
+    let serving = args.serving(&trace)?;
+    let control = args.control()?;
+    let params = parse_params(&args.params)?;
+    let (slots, derived) = derive(&serving, &trace, &["hpa", "kpa", "queue", "slo"], &params);
+    let given = args.policy != "hpa,kpa,queue,slo";
+    let specs: Vec<(String, Vec<(String, String)>)> = if given {
+        args.policy
+            .split(',')
+            .map(|p| (p.trim().to_string(), Vec::new()))
+            .collect()
+    } else {
+        candidates(slots)
+    };
+    let mut runs = Vec::new();
+    for (spec, extra) in &specs {
+        let mut user = params.clone();
+        user.extend(extra.iter().cloned());
+        let mut run = policy_run(spec, &user, slots)?;
+        if !extra.is_empty() {
+            let shown: Vec<String> = extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            run.label = format!("{spec}[{}]", shown.join(","));
+        }
+        runs.push(run);
+    }
+    let header = describe(&trace, &serving, &derived);
+    print!("{header}");
+    let mut results = replay(
+        &trace,
+        &serving,
+        &control,
+        &runs,
+        args.seed,
+        args.slo,
+        args.threads(),
+    )?;
+    report::mark_pareto(&mut results);
+    let best = results
+        .iter()
+        .filter_map(|r| r.summary.latency_p99_s)
+        .fold(f64::INFINITY, f64::min);
+    let (objective, from) = match a.objective_p99 {
+        Some(o) => {
+            check(o > 0.0, "--objective-p99", o, "seconds > 0")?;
+            (o, "--objective-p99".to_string())
+        }
+        None if best.is_finite() => (
+            best * 1.1,
+            "10 % above the best p99 among the candidates".to_string(),
+        ),
+        None => bail!(
+            "no candidate has a finite p99 (more than 1 % of requests fail under every one): give the objective with --objective-p99, or more capacity (--max-seqs, --tp)"
+        ),
+    };
+    let services = gpuscale_sim::engine::service_times(&trace, &serving, args.seed);
+    let o = gpuscale_sim::oracle::bound(&trace, &serving, &services, objective, &from);
+    for r in results.iter_mut() {
+        r.gpu_hours_x_oracle =
+            (o.gpu_hours > 0.0).then(|| (r.summary.gpu_hours / o.gpu_hours * 100.0).round() / 100.0);
+    }
+    print!("\n{}", report::table(&results));
+    println!("{}", report::oracle_line(&o));
+    let pick = results
+        .iter()
+        .zip(&runs)
+        .filter(|(r, _)| r.summary.latency_p99_s.is_some_and(|p| p <= objective))
+        .min_by(|x, y| x.0.summary.gpu_hours.total_cmp(&y.0.summary.gpu_hours));
+    let Some((r, run)) = pick else {
+        bail!(
+            "no candidate meets p99 <= {objective:.3} s (the best reached {best:.3} s): loosen --objective-p99, or give the replicas more capacity"
+        );
+    };
+    let why = format!(
+        "{}: {:.2} GPU-h ({}x the lower bound {:.2}), p99 {:.3} s <= {:.3} s, on {} ({} requests)",
+        r.policy,
+        r.summary.gpu_hours,
+        r.gpu_hours_x_oracle
+            .map_or("-".to_string(), |x| format!("{x:.2}")),
+        o.gpu_hours,
+        r.summary.latency_p99_s.unwrap_or(f64::NAN),
+        objective,
+        trace.path.display(),
+        trace.requests.len()
+    );
+    println!("recommended: {why}");
+    let md = trigger_metadata(run, &a.deployment);
+    println!(
+        "trigger metadata: {}",
+        md.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if let Some(p) = &a.write_scaledobject {
+        std::fs::write(p, scaledobject_yaml(a, &md, &why))
+            .with_context(|| format!("--write-scaledobject {}", p.display()))?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.write_annotations {
+        std::fs::write(p, annotations_yaml(a, &md, &why))
+            .with_context(|| format!("--write-annotations {}", p.display()))?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(p) = &args.json {
+        let doc = serde_json::json!({
+            "objective_p99_s": objective,
+            "oracle": &o,
+            "recommended": {"policy": r.policy, "summary": &r.summary, "gpu_hours_x_oracle": r.gpu_hours_x_oracle,
+                            "trigger_metadata": md.iter().cloned().collect::<std::collections::BTreeMap<String, String>>()},
+            "candidates": &results,
+        });
+        std::fs::write(p, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("--json {}", p.display()))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Replay(a) => run_replay(a),
         Command::Sweep(a) => run_sweep(a),
+        Command::Recommend(a) => run_recommend(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
