@@ -238,6 +238,16 @@ const DCGM_GAUGES: [GpuField; 11] = [
     ),
 ];
 
+/// The labels naming a GPU on gpuscale's own series.
+fn gpu_labels<'a>(g: &'a GpuReading, node: &'a str) -> [(&'static str, &'a str); 4] {
+    [
+        ("gpu", g.index.as_str()),
+        ("uuid", &g.uuid),
+        ("model", &g.model),
+        ("node", node),
+    ]
+}
+
 /// The containers holding `g`: one series per owner, or one unattributed series.
 fn owners<'a>(s: &'a Snapshot, g: &GpuReading) -> Vec<Option<&'a Owner>> {
     match s.attribution.get(&g.uuid) {
@@ -273,12 +283,7 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
         }
         w.family(name, "gauge", help);
         for (g, v) in readings {
-            let base = [
-                ("gpu", g.index.as_str()),
-                ("uuid", &g.uuid),
-                ("model", &g.model),
-                ("node", &s.node),
-            ];
+            let base = gpu_labels(g, &s.node);
             for o in owners(s, g) {
                 w.sample(name, &with_owner(&base, o), v);
             }
@@ -293,12 +298,7 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
         );
         for g in s.gpus.iter() {
             let Some(v) = g.xid_errors else { continue };
-            let base = [
-                ("gpu", g.index.as_str()),
-                ("uuid", &g.uuid),
-                ("model", &g.model),
-                ("node", &s.node),
-            ];
+            let base = gpu_labels(g, &s.node);
             for o in owners(s, g) {
                 w.sample("gpuscale_gpu_xid_errors_total", &with_owner(&base, o), v as f64);
             }
@@ -317,13 +317,8 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
         for g in &s.gpus {
             for (kind, v) in [("corrected", g.ecc_corrected), ("uncorrected", g.ecc_uncorrected)] {
                 let Some(v) = v else { continue };
-                let base = [
-                    ("gpu", g.index.as_str()),
-                    ("uuid", &g.uuid),
-                    ("model", &g.model),
-                    ("node", &s.node),
-                    ("type", kind),
-                ];
+                let [a, b, c, d] = gpu_labels(g, &s.node);
+                let base = [a, b, c, d, ("type", kind)];
                 for o in owners(s, g) {
                     w.sample("gpuscale_gpu_ecc_errors_total", &with_owner(&base, o), v as f64);
                 }
@@ -337,12 +332,7 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
             "One per GPU and container holding it: index, UUID, product, node.",
         );
         for g in &s.gpus {
-            let base = [
-                ("gpu", g.index.as_str()),
-                ("uuid", &g.uuid),
-                ("model", &g.model),
-                ("node", &s.node),
-            ];
+            let base = gpu_labels(g, &s.node);
             for o in owners(s, g) {
                 w.sample(contract::GPU_INFO, &with_owner(&base, o), 1.0);
             }

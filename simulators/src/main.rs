@@ -694,13 +694,25 @@ fn oracle(
             }
         }
     };
-    let services = gpuscale_sim::engine::service_times(trace, serving, args.seed);
-    let o = gpuscale_sim::oracle::bound(trace, serving, &services, target, &from);
+    Ok(Some(bound_for(trace, serving, args.seed, target, &from, results)))
+}
+
+/// The bound at `target`, with every result's multiple of it.
+fn bound_for(
+    trace: &Trace,
+    serving: &ServingConfig,
+    seed: u64,
+    target: f64,
+    from: &str,
+    results: &mut [PolicyResult],
+) -> gpuscale_sim::oracle::Oracle {
+    let services = gpuscale_sim::engine::service_times(trace, serving, seed);
+    let o = gpuscale_sim::oracle::bound(trace, serving, &services, target, from);
     for r in results.iter_mut() {
         r.gpu_hours_x_oracle =
             (o.gpu_hours > 0.0).then(|| (r.summary.gpu_hours / o.gpu_hours * 100.0).round() / 100.0);
     }
-    Ok(Some(o))
+    o
 }
 
 fn write_outputs(
@@ -1011,12 +1023,7 @@ fn run_recommend(a: &RecommendArgs) -> anyhow::Result<()> {
             "no candidate has a finite p99 (more than 1 % of requests fail under every one): give the objective with --objective-p99, or more capacity (--max-seqs, --tp)"
         ),
     };
-    let services = gpuscale_sim::engine::service_times(&trace, &serving, args.seed);
-    let o = gpuscale_sim::oracle::bound(&trace, &serving, &services, objective, &from);
-    for r in results.iter_mut() {
-        r.gpu_hours_x_oracle =
-            (o.gpu_hours > 0.0).then(|| (r.summary.gpu_hours / o.gpu_hours * 100.0).round() / 100.0);
-    }
+    let o = bound_for(&trace, &serving, args.seed, objective, &from, &mut results);
     print!("\n{}", report::table(&results));
     println!("{}", report::oracle_line(&o));
     let pick = results
