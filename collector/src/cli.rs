@@ -78,6 +78,10 @@ pub fn exit(name: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
     }
 }
 
+/// The collector's default `--interval`, seconds: how often it reads GPUs and scrapes model
+/// servers (docs/operations.md says what it costs and what freshness it gives).
+pub const DEFAULT_INTERVAL_SECS: f64 = 1.0;
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

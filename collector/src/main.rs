@@ -51,7 +51,7 @@ struct Args {
     kv_metric: Option<String>,
     /// Time between ticks (GPU read and render) and between scrapes of each target: `500ms`,
     /// `5s`, `1m` (a bare number is seconds).
-    #[arg(long, default_value_t = 5.0, env = "GPUSCALE_COLLECTOR_INTERVAL", value_parser = gpuscale_collector::cli::duration_secs)]
+    #[arg(long, default_value_t = gpuscale_collector::cli::DEFAULT_INTERVAL_SECS, env = "GPUSCALE_COLLECTOR_INTERVAL", value_parser = gpuscale_collector::cli::duration_secs)]
     interval: f64,
     /// Time a scrape may take (`2s`; a bare number is seconds).
     #[arg(long, default_value_t = 2.0, env = "GPUSCALE_COLLECTOR_SCRAPE_TIMEOUT", value_parser = gpuscale_collector::cli::duration_secs)]

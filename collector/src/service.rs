@@ -179,8 +179,15 @@ async fn scrape_target(target: Target, shared: Arc<ScrapeShared>, readings: Read
         if let Ok(mut r) = readings.write() {
             r.insert(target.clone(), q);
         }
+        // The page is rendered again now, not at the next tick: a queue change reaches the
+        // page one scrape after it happens, not a scrape and a tick.
+        shared.fresh.notify_one();
     }
 }
+
+/// How long a re-render waits for the other targets' readings of the same round, which
+/// arrive together (their clocks start together).
+const RENDER_COALESCE: Duration = Duration::from_millis(10);
 
 /// What every target task shares.
 struct ScrapeShared {
@@ -194,6 +201,8 @@ struct ScrapeShared {
     custom: CustomNames,
     /// The only sample names kept from a target's page.
     keep: Vec<String>,
+    /// Told whenever a new reading is in.
+    fresh: tokio::sync::Notify,
 }
 
 /// Run ticks forever, publishing each snapshot into `pages`.
@@ -248,16 +257,26 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
         preset: config.preset,
         custom: config.custom.clone(),
         keep: crate::scrape::queue_metric_names(config.preset, &config.custom),
+        fresh: tokio::sync::Notify::new(),
     });
+    // The GPU part of the page between ticks: re-renders for new queue readings reuse it.
+    let mut gpu_part: (Vec<crate::gpu::GpuReading>, Option<&'static str>) = (Vec::new(), Some("error"));
     let readings: Readings = Arc::default();
     let mut tasks: HashMap<Target, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut ticks: u64 = 0;
     let mut interval = tokio::time::interval(config.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
+        // A tick reads the GPUs and renders; a new queue reading in between only renders.
+        let full = tokio::select! {
+            _ = interval.tick() => true,
+            _ = shared.fresh.notified(), if ticks > 0 => false,
+        };
+        if !full {
+            tokio::time::sleep(RENDER_COALESCE).await;
+        }
         let started = Instant::now();
-        if gpu_asked.is_none() && req_tx.send(()).is_ok() {
+        if full && gpu_asked.is_none() && req_tx.send(()).is_ok() {
             gpu_asked = Some(started);
         }
         // Static targets plus whatever the pod watch found (bounded like static ones).
@@ -296,13 +315,14 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
             }
         }
         let answer = match gpu_asked {
-            Some(_) => tokio::time::timeout(gpu_wait, gpu_rx.recv()).await.ok(),
-            None => None,
+            Some(_) if full => tokio::time::timeout(gpu_wait, gpu_rx.recv()).await.ok(),
+            _ => None,
         };
         if answer.is_some() {
             gpu_asked = None;
         }
         let (gpu_readings, gpu_error) = match answer {
+            _ if !full => gpu_part.clone(),
             Some(Some(Ok(g))) => (g, None),
             Some(Some(Err(e))) => {
                 tracing::warn!(error = %e, "GPU read failed");
@@ -342,7 +362,10 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
                 })
                 .collect()
         };
-        ticks += 1;
+        if full {
+            ticks += 1;
+            gpu_part = (gpu_readings.clone(), gpu_error);
+        }
         let snapshot = Snapshot {
             node: config.node.clone(),
             gpu_source: gpu_name.clone(),

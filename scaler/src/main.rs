@@ -55,7 +55,7 @@ struct Args {
     held_token_file: Option<PathBuf>,
 
     /// Time between polls of the collectors; every workload is decided after each poll.
-    #[arg(long, env = "GPUSCALE_SCALER_POLL_INTERVAL", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "GPUSCALE_SCALER_POLL_INTERVAL", default_value = "500ms", value_parser = duration)]
     poll_interval: Duration,
 
     /// Time allowed for one collector read.
