@@ -218,7 +218,7 @@ fn main() {
         .unwrap();
     rt.block_on(async move {
         let clock = Clock::start();
-        let workloads = Arc::new(Workloads::new(n + 10, Duration::from_secs(3600)));
+        let workloads = Arc::new(Workloads::new(n + 100_000, Duration::from_secs(3600)));
         let telemetry = Arc::new(Telemetry::default());
         let mut names = Vec::with_capacity(n);
         let mut keys = Vec::with_capacity(n);
@@ -272,6 +272,45 @@ fn main() {
                 );
             }
         }
+
+        // The same load while the scaler's poll loop decides every workload every 500 ms and
+        // new ScaledObjects arrive (20 a second): what KEDA sees during ticks and churn.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ticker = {
+            let (workloads, keys, stop) = (workloads.clone(), keys.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0usize;
+                let mut last_tick = Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if last_tick.elapsed() >= Duration::from_millis(500) {
+                        last_tick = Instant::now();
+                        workloads.tick(&idle_view(clock.now(), &keys), clock.now());
+                    }
+                    let mut md = HashMap::new();
+                    md.insert("deployment".to_string(), format!("churn-{i}"));
+                    if let Ok(t) = Trigger::parse("bench", &md) {
+                        let _ = workloads.register(t, "ScaledObject churn", clock.now());
+                    }
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        for round in 0..2 {
+            let r = load(scaler, n, clients, secs, names.clone()).await;
+            println!(
+                "{:<22} {:>10} {:>12.0} {:>10.1?} {:>10.1?} {:>10.1?}  (round {}, ticking every 500 ms, 20 new ScaledObjects/s)",
+                "gpuscale scaler",
+                r.calls,
+                r.per_sec,
+                r.p50,
+                r.p99,
+                r.p999,
+                round + 1
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = ticker.join();
 
         // Push latency: an activator's report to the stream's `true`, over TCP.
         let mut c = ExternalScalerClient::connect(format!("http://{scaler}"))
