@@ -663,7 +663,6 @@ impl<'a> Engine<'a> {
         }
         let mut ev = std::mem::take(&mut self.ev);
         ev.completed.clear();
-        ev.first_tokens.clear();
         self.llm[i].finish_step(self.now, &self.trace.requests, &mut self.reqs, &mut ev);
         for &req in &ev.completed {
             let req = req as usize;

@@ -199,8 +199,6 @@ impl Requests {
 pub struct StepEvents {
     /// Requests that finished (their last token came out at the step's end).
     pub completed: Vec<u32>,
-    /// Requests whose first token came out at the step's end.
-    pub first_tokens: Vec<u32>,
     /// Requests first scheduled at the step's start.
     pub admitted: Vec<u32>,
     /// Sequences preempted while composing the next step.
@@ -277,18 +275,6 @@ impl LlmReplica {
             step.dt,
             step.start + step.k * step.dt,
         ))
-    }
-
-    /// When this replica would next compose a step, if it has room for another sequence then:
-    /// the end of the step in progress (within a run of decode steps, the next boundary).
-    pub fn next_boundary(&self, now: u64, cfg: &LlmConfig) -> Option<u64> {
-        let step = self.cur.as_ref()?;
-        if self.running >= cfg.max_seqs {
-            return None;
-        }
-        let k = (now.saturating_sub(step.start) / step.dt + 1).min(step.k);
-        let reserved = u64::from(step.d) * (step.k - k);
-        (self.kv_used - reserved < cfg.kv_tokens).then_some(step.start + k * step.dt)
     }
 
     /// Cut a run of identical decode steps short at the next step boundary after `now`, because
@@ -426,7 +412,6 @@ impl LlmReplica {
             st.generated[r] += 1;
             if st.first_token_at[r] == u64::MAX {
                 st.first_token_at[r] = now;
-                ev.first_tokens.push(req);
             }
             let out = trace[r].output_tokens.max(1);
             if st.generated[r] >= out {

@@ -135,7 +135,7 @@ struct ReplayArgs {
 
     /// Policies to compare, comma-separated; `+` composes (e.g. queue+gpu). One of hpa, kpa,
     /// queue, slo, gpu, fixed:N each.
-    #[arg(long, default_value = "hpa,kpa,queue,slo", env = "GPUSCALE_SIM_POLICY")]
+    #[arg(long, default_value = DEFAULT_POLICIES, env = "GPUSCALE_SIM_POLICY")]
     policy: String,
     /// Policy parameter KEY=VALUE, repeatable (see docs/policies.md). In `sweep`, VALUE may be a
     /// comma-separated list and every combination is replayed.
@@ -287,6 +287,9 @@ fn drain_secs(v: &str) -> Result<Drain, String> {
     }
     Ok(Drain(Some(s)))
 }
+
+/// The policies `replay` compares unless told otherwise (and `recommend`'s baselines).
+const DEFAULT_POLICIES: &str = "hpa,kpa,queue,slo";
 
 /// Largest step token budget: the step-time table holds one entry per token.
 const MAX_BATCH_TOKENS: u32 = 1 << 20;
@@ -898,8 +901,8 @@ fn run_sweep(args: &ReplayArgs) -> anyhow::Result<()> {
 /// The built-in candidates: the four baselines set up alike, and queue at three targets in
 /// slots, each at three keep-alives.
 fn candidates(slots: u32) -> Vec<(String, Vec<(String, String)>)> {
-    let mut out: Vec<(String, Vec<(String, String)>)> = ["hpa", "kpa", "queue", "slo"]
-        .iter()
+    let mut out: Vec<(String, Vec<(String, String)>)> = DEFAULT_POLICIES
+        .split(',')
         .map(|p| (p.to_string(), Vec::new()))
         .collect();
     for mult in [0.5, 1.0, 2.0] {
@@ -973,8 +976,9 @@ fn run_recommend(a: &RecommendArgs) -> anyhow::Result<()> {
     let serving = args.serving(&trace)?;
     let control = args.control()?;
     let params = parse_params(&args.params)?;
-    let (slots, derived) = derive(&serving, &trace, &["hpa", "kpa", "queue", "slo"], &params);
-    let given = args.policy != "hpa,kpa,queue,slo";
+    let baselines: Vec<&str> = DEFAULT_POLICIES.split(',').collect();
+    let (slots, derived) = derive(&serving, &trace, &baselines, &params);
+    let given = args.policy != DEFAULT_POLICIES;
     let specs: Vec<(String, Vec<(String, String)>)> = if given {
         args.policy
             .split(',')

@@ -96,8 +96,8 @@ pub struct Curve {
 }
 
 impl Curve {
-    /// Seconds at `x`, never below the first point's value scaled down linearly to 0 at x = 0
-    /// and never negative.
+    /// Seconds at `x`: between points by their segment, beyond either end by the nearest
+    /// segment's line, never negative.
     pub fn at(&self, x: f64) -> f64 {
         let p = &self.points;
         let i = p.partition_point(|(px, _)| *px < x);
@@ -149,6 +149,8 @@ pub struct Measured {
     pub prompt_time: f64,
     /// One decode iteration of the batch, seconds.
     pub token_time: f64,
+    /// On the curves (not left out to keep them monotone): what the fidelity test replays.
+    pub kept: bool,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -261,13 +263,14 @@ impl PerfTable {
                 },
             });
         }
-        let measured: Vec<Measured> = groups
+        let mut measured: Vec<Measured> = groups
             .into_iter()
             .map(|((ps, bs), (mut pt, mut tt))| Measured {
                 prompt_size: ps,
                 batch_size: bs,
                 prompt_time: median(&mut pt),
                 token_time: median(&mut tt),
+                kept: true,
             })
             .collect();
         // Configurations that share an x (decode at batch 1 over several prompt sizes): their
@@ -312,7 +315,7 @@ impl PerfTable {
             }
         }
         let mut dropped = Vec::new();
-        for m in &measured {
+        for m in &mut measured {
             let t = f64::from(tokens(m));
             let on_batched = m.batch_size > 1 && prefill_batched.is_some();
             let lost = if on_batched {
@@ -320,7 +323,8 @@ impl PerfTable {
             } else {
                 dropped_p.contains(&t)
             };
-            if lost || dropped_d.contains(&f64::from(m.batch_size)) {
+            m.kept = !(lost || dropped_d.contains(&f64::from(m.batch_size)));
+            if !m.kept {
                 dropped.push(format!("{} x {}", m.prompt_size, m.batch_size));
             }
         }
@@ -335,13 +339,6 @@ impl PerfTable {
             dropped,
             measured,
         })
-    }
-
-    /// Whether a measured configuration lies on the curves (was not dropped).
-    pub fn kept(&self, m: &Measured) -> bool {
-        !self
-            .dropped
-            .contains(&format!("{} x {}", m.prompt_size, m.batch_size))
     }
 }
 

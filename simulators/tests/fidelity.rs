@@ -126,7 +126,7 @@ fn replaying_the_tables_own_configurations_reproduces_its_times_within_10_percen
     for (model, hw, tp) in BUNDLED {
         let table = PerfTable::bundled(model, hw, tp).unwrap_or_else(|e| panic!("{e}"));
         for m in table.measured.clone() {
-            if !table.kept(&m) {
+            if !m.kept {
                 continue; // listed as dropped (the batch-64 regime change)
             }
             let budget = m.prompt_size * m.batch_size + m.batch_size;
