@@ -37,6 +37,8 @@ fn workload_states() -> Vec<Signals> {
                 gpu_utilization: Some(Reading::fresh(0.3 + phase * 0.6)),
                 arrival_rate: Some(Reading::fresh(load / 2.0)),
                 service_time: Some(Reading::fresh(0.5 + next() * 0.5)),
+                prompt_tokens_rate: Some(Reading::fresh(next() * 20_000.0)),
+                generation_tokens_rate: Some(Reading::fresh(next() * 4_000.0)),
                 pods: Vec::new(),
             }
         })
@@ -46,7 +48,16 @@ fn workload_states() -> Vec<Signals> {
 fn bench(c: &mut Criterion) {
     let states = workload_states();
     let mut group = c.benchmark_group("decide");
-    for spec in ["fixed:1", "hpa", "kpa", "queue", "slo", "gpu", "queue+gpu+kpa"] {
+    for spec in [
+        "fixed:1",
+        "hpa",
+        "kpa",
+        "queue",
+        "slo",
+        "gpu",
+        "tokens",
+        "queue+gpu+kpa",
+    ] {
         let mut a = match build(spec, &[("maxReplicas", "200"), ("keepAlive", "adaptive")]) {
             Ok(a) => a,
             Err(e) => panic!("{spec}: {e}"),

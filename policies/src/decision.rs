@@ -155,6 +155,16 @@ pub enum Rule {
     GpuWithinTolerance,
     /// GPU: no ready replica to measure, keep the current count.
     GpuNoReadyReplicas,
+    /// Tokens: `ceil((prompt rate / C_p + output rate / C_d) / utilization)`.
+    TokensCapacity,
+    /// Tokens: the need is inside the tolerance band, keep the current count.
+    TokensWithinTolerance,
+    /// Tokens: the KV cache needs more replicas than the token rates.
+    TokensKvCache,
+    /// Tokens: requests have waited through the backlog window; the backstop added replicas.
+    TokensBacklog,
+    /// Tokens: a capacity or a token rate is unknown, so the queue rule decided on slots.
+    TokensFallbackQueue,
 }
 
 impl Rule {
@@ -196,6 +206,11 @@ impl Rule {
             Rule::GpuTarget => "gpu.target",
             Rule::GpuWithinTolerance => "gpu.within_tolerance",
             Rule::GpuNoReadyReplicas => "gpu.no_ready_replicas",
+            Rule::TokensCapacity => "tokens.capacity",
+            Rule::TokensWithinTolerance => "tokens.within_tolerance",
+            Rule::TokensKvCache => "tokens.kv_cache",
+            Rule::TokensBacklog => "tokens.backlog",
+            Rule::TokensFallbackQueue => "tokens.fallback_queue",
         }
     }
 

@@ -1,7 +1,7 @@
 //! gpuscale-policies: the scaling math shared by the gpuscale scaler and simulator.
 //!
-//! It owns the signals model ([`Signals`]), the policies ([`hpa`], [`kpa`], [`queue`], [`slo`],
-//! [`gpu`], [`fixed`]), scale-to-zero keep-alive ([`keepalive`]) and the rules that keep users
+//! It owns the signals model ([`Signals`]), the policies ([`tokens`], also `default`; [`hpa`],
+//! [`kpa`], [`queue`], [`slo`], [`gpu`], [`fixed`]), scale-to-zero keep-alive ([`keepalive`]) and the rules that keep users
 //! safe, all composed by [`Autoscaler`]. Nothing here does I/O or reads a clock: time is passed
 //! in as a [`Duration`] since an arbitrary epoch, so the scaler (wall clock) and the simulator
 //! (virtual clock) run the same code, and tests can step time by hand.
@@ -31,6 +31,7 @@ pub mod queue;
 pub mod signals;
 pub mod slo;
 pub mod spec;
+pub mod tokens;
 
 mod band;
 mod window;

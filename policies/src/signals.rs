@@ -99,6 +99,12 @@ pub struct Signals {
     pub arrival_rate: Option<Reading>,
     /// Mean service time of one request, seconds.
     pub service_time: Option<Reading>,
+    /// Prompt tokens the workload's servers computed per second (vLLM
+    /// `rate(prompt_tokens_total)`), summed over its pods.
+    pub prompt_tokens_rate: Option<Reading>,
+    /// Output tokens the workload's servers generated per second (vLLM
+    /// `rate(generation_tokens_total)`), summed over its pods.
+    pub generation_tokens_rate: Option<Reading>,
     /// Per-pod breakdown, when the source has one (needed by HPA `Pods` metrics only).
     pub pods: Vec<PodSignals>,
 }
@@ -113,6 +119,8 @@ impl Signals {
             SignalKind::GpuUtilization => self.gpu_utilization,
             SignalKind::ArrivalRate => self.arrival_rate,
             SignalKind::ServiceTime => self.service_time,
+            SignalKind::PromptTokensRate => self.prompt_tokens_rate,
+            SignalKind::GenerationTokensRate => self.generation_tokens_rate,
         }
     }
 
@@ -158,6 +166,10 @@ pub enum SignalKind {
     ArrivalRate,
     /// [`Signals::service_time`]
     ServiceTime,
+    /// [`Signals::prompt_tokens_rate`]
+    PromptTokensRate,
+    /// [`Signals::generation_tokens_rate`]
+    GenerationTokensRate,
 }
 
 impl SignalKind {
@@ -170,6 +182,8 @@ impl SignalKind {
             SignalKind::GpuUtilization => "gpu_utilization",
             SignalKind::ArrivalRate => "arrival_rate",
             SignalKind::ServiceTime => "service_time",
+            SignalKind::PromptTokensRate => "prompt_tokens_rate",
+            SignalKind::GenerationTokensRate => "generation_tokens_rate",
         }
     }
 }

@@ -2,8 +2,11 @@
 //! annotations and the simulator's `--policy` / `--param` flags, so the two accept exactly the
 //! same words and reject the same mistakes with the same messages.
 //!
-//! A policy spec is one name (`hpa`, `kpa`, `queue`, `slo`, `gpu`, `fixed:N`) or several joined
-//! by `+` (`queue+gpu`: the largest recommendation wins). Parameters are `key=value` pairs:
+//! A policy spec is one name (`default`, `tokens`, `hpa`, `kpa`, `queue`, `slo`, `gpu`,
+//! `fixed:N`) or several joined by `+` (`queue+gpu`: the largest recommendation wins).
+//! `default` is what a trigger or annotation without a `policy` key gets: the `tokens` policy
+//! (its keys are `tokens.*`), chosen by replaying every bundled and shared trace
+//! (`cargo bench -p gpuscale-sim --bench scorecard`, docs/policies.md quotes it). Parameters are `key=value` pairs:
 //! autoscaler-wide keys (`minReplicas`, `keepAlive`, ...) and policy keys prefixed by the
 //! policy name (`queue.target`). [`KEYS`] lists every key with its default and meaning;
 //! docs/policies.md is checked against it.
@@ -22,6 +25,7 @@ use crate::kpa::{Kpa, KpaConfig};
 use crate::queue::{Queue, QueueConfig};
 use crate::signals::Metric;
 use crate::slo::{Slo, SloConfig};
+use crate::tokens::{Tokens, TokensConfig};
 use crate::{Autoscaler, Bounds, Policy, Safety};
 
 /// A spec or parameter that cannot be used, naming the input and what would be accepted.
@@ -29,7 +33,7 @@ use crate::{Autoscaler, Bounds, Policy, Safety};
 pub enum SpecError {
     /// The policy name is not known.
     #[error(
-        "unknown policy `{}`: expected one of hpa, kpa, queue, slo, gpu, fixed:N, or several joined by `+`", brief(.name)
+        "unknown policy `{}`: expected one of default, tokens, hpa, kpa, queue, slo, gpu, fixed:N, or several joined by `+`", brief(.name)
     )]
     UnknownPolicy {
         /// What was given.
@@ -231,6 +235,56 @@ pub const KEYS: &[Key] = &[
     ),
     key("slo", "tolerance", "0.1", "fallback queue rule: tolerance"),
     key("slo", "scaleDownWindow", "300s", "scale-down window"),
+    key(
+        "tokens",
+        "prefillCapacity",
+        "learn",
+        "prompt tokens/s one replica computes at full load, or `learn`",
+    ),
+    key(
+        "tokens",
+        "decodeCapacity",
+        "learn",
+        "output tokens/s one replica generates at full load, or `learn`",
+    ),
+    key(
+        "tokens",
+        "prefillDecodeRatio",
+        "6.5",
+        "prefillCapacity / decodeCapacity assumed while learning",
+    ),
+    key(
+        "tokens",
+        "utilization",
+        "0.8",
+        "share of capacity to plan for (headroom for bursts)",
+    ),
+    key(
+        "tokens",
+        "window",
+        "60s",
+        "token rates are averaged over this window before sizing",
+    ),
+    key("tokens", "kvTarget", "0.9", "KV-cache usage to plan for, 0-1"),
+    key(
+        "tokens",
+        "slots",
+        "learn",
+        "requests one replica serves at once (queue rule, backlog), or `learn` (4 until learned)",
+    ),
+    key(
+        "tokens",
+        "backlogWindow",
+        "30s",
+        "requests waiting this long add replicas and mark replicas saturated",
+    ),
+    key(
+        "tokens",
+        "tolerance",
+        "0.1",
+        "no change while need/current is within 1 +- tolerance",
+    ),
+    key("tokens", "scaleDownWindow", "300s", "scale-down window"),
     key(
         "gpu",
         "metric",
@@ -512,13 +566,30 @@ fn allowed_keys(policies: &[&str]) -> String {
         .join(", ")
 }
 
+/// The spec a trigger or annotation without a `policy` key gets.
+pub const DEFAULT_POLICY: &str = "default";
+
+/// A capacity given as a number > 0, or `learn`.
+fn capacity(key: &str, v: &str) -> Result<Option<f64>, SpecError> {
+    if v.trim() == "learn" {
+        return Ok(None);
+    }
+    positive(key, v).map(Some).map_err(|_| SpecError::Invalid {
+        key: key.into(),
+        value: v.into(),
+        expected: "a number > 0 or `learn`".into(),
+    })
+}
+
 /// The policy names of a spec, validated (`fixed:3` gives `fixed`).
 pub fn policy_names(spec: &str) -> Result<Vec<&str>, SpecError> {
     let mut names = Vec::new();
     for part in spec.split('+') {
         let part = part.trim();
         let name = match part {
-            "hpa" | "kpa" | "queue" | "slo" | "gpu" => part,
+            "hpa" | "kpa" | "queue" | "slo" | "gpu" | "tokens" => part,
+            // `default` is the tokens policy; its keys are `tokens.*`.
+            DEFAULT_POLICY => "tokens",
             p if p.starts_with("fixed:") => {
                 parse_u32("fixed", &p[6..], 0, 100_000).map_err(|_| SpecError::Invalid {
                     key: "policy".into(),
@@ -553,6 +624,7 @@ pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Res
     let mut queue = QueueConfig::default();
     let mut slo = SloConfig::default();
     let mut gpu = GpuConfig::default();
+    let mut tokens = TokensConfig::default();
     let mut kpa = KpaConfig::default();
     let mut kpa_target_set = false;
     let mut hpa_metric = Metric::Load;
@@ -600,6 +672,31 @@ pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Res
                 slo.fallback.tolerance = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?
             }
             ("slo", "scaleDownWindow") => slo.fallback.scale_down_window = window(k, v)?,
+            ("tokens", "prefillCapacity") => tokens.prefill_capacity = capacity(k, v)?,
+            ("tokens", "decodeCapacity") => tokens.decode_capacity = capacity(k, v)?,
+            ("tokens", "prefillDecodeRatio") => tokens.prefill_decode_ratio = positive(k, v)?,
+            ("tokens", "utilization") => {
+                tokens.utilization = parse_f64(k, v, 0.05, 1.0, "a fraction from 0.05 to 1")?
+            }
+            ("tokens", "window") => {
+                tokens.window = window(k, v)?;
+                if tokens.window < Duration::from_secs(1) {
+                    return Err(SpecError::Invalid {
+                        key: k.into(),
+                        value: v.into(),
+                        expected: "a duration from 1s to 1h".into(),
+                    });
+                }
+            }
+            ("tokens", "kvTarget") => {
+                tokens.kv_target = parse_f64(k, v, 0.05, 1.0, "a fraction from 0.05 to 1")?
+            }
+            ("tokens", "slots") => tokens.slots = capacity(k, v)?,
+            ("tokens", "backlogWindow") => tokens.backlog_window = window(k, v)?,
+            ("tokens", "tolerance") => {
+                tokens.tolerance = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?
+            }
+            ("tokens", "scaleDownWindow") => tokens.scale_down_window = window(k, v)?,
             ("gpu", "metric") => {
                 gpu.metric = parse_metric(k, v, &[Metric::GpuUtilization, Metric::KvCacheUsage])?
             }
@@ -741,6 +838,7 @@ pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Res
             "queue" => Box::new(Queue::new(queue.clone())),
             "slo" => Box::new(Slo::new(slo.clone())),
             "gpu" => Box::new(Gpu::new(gpu.clone())),
+            "tokens" | DEFAULT_POLICY => Box::new(Tokens::new(tokens.clone())),
             p => Box::new(Fixed(parse_u32("fixed", &p[6..], 0, 100_000)?)),
         };
         policies.push(p);

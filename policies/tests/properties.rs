@@ -19,6 +19,9 @@ const SPECS: &[&str] = &[
     "slo+kpa",
     "hpa+queue",
     "gpu+fixed:0",
+    "tokens",
+    "default",
+    "tokens+kpa",
 ];
 
 fn autoscaler(spec: &str, min: u32, max: u32, keep_alive: &str) -> Autoscaler {
@@ -102,6 +105,9 @@ fn signals(st: &Step) -> Signals {
         kv_cache_usage: None,
         arrival_rate: to_reading(st.rate),
         service_time: to_reading(st.service),
+        // Token rates move with the request rate, about as a chat workload's do.
+        prompt_tokens_rate: to_reading(st.rate.map(|(v, age)| (v * 800.0, age))),
+        generation_tokens_rate: to_reading(st.rate.map(|(v, age)| (v * 200.0, age))),
         pods: Vec::new(),
     }
 }

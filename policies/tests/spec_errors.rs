@@ -15,7 +15,7 @@ fn unknown_policy() {
     assert_eq!(e, SpecError::UnknownPolicy { name: "magic".into() });
     assert!(
         e.to_string()
-            .contains("expected one of hpa, kpa, queue, slo, gpu, fixed:N")
+            .contains("expected one of default, tokens, hpa, kpa, queue, slo, gpu, fixed:N")
     );
     assert!(matches!(err("fixed:x", &[]), SpecError::Invalid { .. }));
     assert!(matches!(err("queue+queue", &[]), SpecError::Invalid { .. }));

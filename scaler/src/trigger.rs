@@ -92,8 +92,8 @@ pub const TRIGGER_KEYS: &[TriggerKey] = &[
     },
     TriggerKey {
         name: "policy",
-        default: "queue",
-        doc: "policy spec: hpa, kpa, queue, slo, gpu, fixed:N, or several joined by `+`",
+        default: "default",
+        doc: "policy spec: default (the `tokens` policy), tokens, hpa, kpa, queue, slo, gpu, fixed:N, or several joined by `+`; with no `policy` but `queue.*` keys, `queue` (the default before `default`)",
     },
     TriggerKey {
         name: "mode",
@@ -273,7 +273,14 @@ impl Trigger {
                 "a namespace name (lower-case letters, digits and `-`)",
             ));
         }
-        let policy = get("policy").unwrap_or("queue").to_string();
+        // Without a `policy` key: `default`, except that a trigger written before `default`
+        // existed, when `queue` was the default, keeps its meaning: `queue.*` keys and no policy
+        // still mean the queue policy.
+        let policy = match get("policy") {
+            Some(p) => p.to_string(),
+            None if metadata.keys().any(|k| k.starts_with("queue.")) => "queue".to_string(),
+            None => spec::DEFAULT_POLICY.to_string(),
+        };
         spec::policy_names(&policy).map_err(TriggerError::Policy)?;
 
         let metric = match get("metric") {
@@ -419,10 +426,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.workload.to_string(), "llm/qwen-predictor");
-        assert_eq!((t.policy.as_str(), t.mode), ("queue", Mode::Replicas));
+        assert_eq!((t.policy.as_str(), t.mode), ("default", Mode::Replicas));
         assert_eq!(t.metric_name(), "gpuscale-replicas-llm-qwen-predictor");
         assert_eq!(t.target(), 1.0);
         assert!(t.params.is_empty());
+    }
+
+    #[test]
+    fn no_policy_means_default_unless_queue_keys_say_queue() {
+        let parse = |pairs: &[(&str, &str)]| Trigger::parse("ns", &md(pairs)).unwrap();
+        let t = parse(&[("deployment", "d"), ("tokens.decodeCapacity", "1300")]);
+        assert_eq!(t.policy, "default");
+        // Written when `queue` was the default: it keeps meaning queue.
+        let t = parse(&[("deployment", "d"), ("queue.target", "8")]);
+        assert_eq!(t.policy, "queue");
+        let t = parse(&[("deployment", "d"), ("policy", "hpa")]);
+        assert_eq!(t.policy, "hpa");
+        let e = Trigger::parse(
+            "ns",
+            &md(&[("deployment", "d"), ("policy", "default"), ("queue.target", "8")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("queue.target"), "{e}");
     }
 
     #[test]

@@ -210,6 +210,8 @@ impl Workload {
                 .and_then(|o| o.gpu_utilization.and_then(reading)),
             arrival_rate: None,
             service_time: None,
+            prompt_tokens_rate: None,
+            generation_tokens_rate: None,
             pods: Vec::new(),
         };
         let d = self.autoscaler.decide(now, &signals);

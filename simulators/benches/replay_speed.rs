@@ -19,7 +19,7 @@ use gpuscale_sim::engine::{ControlConfig, Engine, service_times};
 use gpuscale_sim::llm::{LlmConfig, Router, StepCost};
 use gpuscale_sim::perf::{self, PerfTable};
 use gpuscale_sim::rng::Rng;
-use gpuscale_sim::run::{PolicyRun, fair_params, replay, replica_slots};
+use gpuscale_sim::run::{PolicyRun, fair_params, footing, replay};
 use gpuscale_sim::serving::{ColdStart, Serving, ServingConfig};
 use gpuscale_sim::trace::{self, ReadOptions, Trace};
 
@@ -72,12 +72,12 @@ fn llm_section() {
     println!("llm model (llama2-70b, h100-80gb, TP 4, shared router), Azure conversation trace, one thread:");
     for k in [1usize, 10, 50] {
         let trace = if k == 1 { base.clone() } else { scaled(&base, k, 7) };
-        let (slots, _) = replica_slots(&serving, &trace);
+        let foot = footing(&serving, &trace);
         let n = trace.requests.len();
         let fixed = format!("fixed:{}", 3 * k);
         for spec in [fixed.as_str(), "queue"] {
             let mut params = vec![("maxReplicas".to_string(), "1000".to_string())];
-            params.extend(fair_params(spec, slots, &params));
+            params.extend(fair_params(spec, &foot, &params));
             let run = PolicyRun::new(spec, &params).unwrap_or_else(|e| panic!("{e}"));
             let start = Instant::now();
             let results = replay(&trace, &serving, &ControlConfig::default(), &[run], 1, None, 1)
@@ -124,10 +124,10 @@ fn main() {
         return;
     };
     let serving = ServingConfig::default();
-    let (slots, _) = replica_slots(&serving, &alibaba);
+    let foot = footing(&serving, &alibaba);
     let runs: Vec<PolicyRun> = ["hpa", "kpa", "queue", "slo", "gpu", "fixed:2"]
         .iter()
-        .map(|p| PolicyRun::new(p, &fair_params(p, slots, &[])).unwrap_or_else(|e| panic!("{e}")))
+        .map(|p| PolicyRun::new(p, &fair_params(p, &foot, &[])).unwrap_or_else(|e| panic!("{e}")))
         .collect();
     println!(
         "alibaba genai trace: {} requests over {:.1} days, 6 policies",

@@ -158,10 +158,17 @@ const RATE_WINDOW: usize = 60;
 /// property of the model that must outlive sparse traffic and a cold start.
 const SERVICE_WINDOW: usize = 300;
 
+/// Seconds of history behind the token rates: the collector's rate window over the model
+/// server's token counters.
+const TOKEN_WINDOW: usize = 10;
+
 /// Per-second rings with running totals, so a scrape is O(1).
 struct Windows {
     arrivals: [u32; RATE_WINDOW],
     arrivals_total: u32,
+    /// Prompt and output tokens computed, per second.
+    tokens: [(u64, u64); TOKEN_WINDOW],
+    tokens_total: (u64, u64),
     service_sum: Box<[f64; SERVICE_WINDOW]>,
     service_n: Box<[u32; SERVICE_WINDOW]>,
     service_sum_total: f64,
@@ -173,6 +180,8 @@ impl Windows {
         Windows {
             arrivals: [0; RATE_WINDOW],
             arrivals_total: 0,
+            tokens: [(0, 0); TOKEN_WINDOW],
+            tokens_total: (0, 0),
             service_sum: Box::new([0.0; SERVICE_WINDOW]),
             service_n: Box::new([0; SERVICE_WINDOW]),
             service_sum_total: 0.0,
@@ -185,6 +194,10 @@ impl Windows {
         let a = (sec as usize) % RATE_WINDOW;
         self.arrivals_total -= self.arrivals[a];
         self.arrivals[a] = 0;
+        let t = (sec as usize) % TOKEN_WINDOW;
+        self.tokens_total.0 -= self.tokens[t].0;
+        self.tokens_total.1 -= self.tokens[t].1;
+        self.tokens[t] = (0, 0);
         let s = (sec as usize) % SERVICE_WINDOW;
         self.service_sum_total -= self.service_sum[s];
         self.service_n_total -= self.service_n[s];
@@ -198,6 +211,14 @@ impl Windows {
     fn arrival(&mut self, sec: u64) {
         self.arrivals[(sec as usize) % RATE_WINDOW] += 1;
         self.arrivals_total += 1;
+    }
+
+    fn tokens(&mut self, sec: u64, prompt: u64, generated: u64) {
+        let slot = &mut self.tokens[(sec as usize) % TOKEN_WINDOW];
+        slot.0 += prompt;
+        slot.1 += generated;
+        self.tokens_total.0 += prompt;
+        self.tokens_total.1 += generated;
     }
 
     fn completion(&mut self, sec: u64, service: f64) {
@@ -219,6 +240,8 @@ struct Scrape {
     gpu: f64,
     rate: f64,
     service: Option<f64>,
+    /// Prompt and output tokens/s over the token window; only the LLM model has tokens.
+    tokens: Option<(f64, f64)>,
 }
 
 /// A replay of one trace under one autoscaler.
@@ -664,6 +687,9 @@ impl<'a> Engine<'a> {
         let mut ev = std::mem::take(&mut self.ev);
         ev.completed.clear();
         self.llm[i].finish_step(self.now, &self.trace.requests, &mut self.reqs, &mut ev);
+        self.windows
+            .tokens(self.now / 1_000_000, ev.prompt_tokens, ev.generation_tokens);
+        (ev.prompt_tokens, ev.generation_tokens) = (0, 0);
         for &req in &ev.completed {
             let req = req as usize;
             let rq = self.trace.requests[req];
@@ -887,6 +913,10 @@ impl<'a> Engine<'a> {
             gpu,
             rate: f64::from(w.arrivals_total) / window,
             service: (w.service_n_total > 0).then(|| w.service_sum_total / f64::from(w.service_n_total)),
+            tokens: matches!(self.serving.serving, Serving::Llm(_)).then(|| {
+                let span = (sec + 1).min(TOKEN_WINDOW as u64) as f64;
+                (w.tokens_total.0 as f64 / span, w.tokens_total.1 as f64 / span)
+            }),
         }
     }
 
@@ -903,6 +933,8 @@ impl<'a> Engine<'a> {
             gpu_utilization: Some(Reading::aged(scrape.gpu, age)),
             arrival_rate: Some(Reading::aged(scrape.rate, age)),
             service_time: scrape.service.map(|s| Reading::aged(s, age)),
+            prompt_tokens_rate: scrape.tokens.map(|t| Reading::aged(t.0, age)),
+            generation_tokens_rate: scrape.tokens.map(|t| Reading::aged(t.1, age)),
             pods: Vec::new(),
         }
     }

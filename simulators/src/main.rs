@@ -10,7 +10,7 @@ use gpuscale_sim::engine::{ControlConfig, LoopModel};
 use gpuscale_sim::llm::{LlmConfig, Router, StepCost};
 use gpuscale_sim::perf::{self, PerfTable};
 use gpuscale_sim::report::{self, Document, PolicyResult};
-use gpuscale_sim::run::{PolicyRun, fair_params, replay, replica_slots};
+use gpuscale_sim::run::{Footing, PolicyRun, fair_params, footing, replay};
 use gpuscale_sim::serving::{Batching, ColdStart, ServiceDist, Serving, ServingConfig};
 use gpuscale_sim::trace::{self, Format, ReadOptions, TimeUnit, Trace};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -133,8 +133,9 @@ struct ReplayArgs {
     #[arg(long, default_value_t = 1, env = "GPUSCALE_SIM_SEED")]
     seed: u64,
 
-    /// Policies to compare, comma-separated; `+` composes (e.g. queue+gpu). One of hpa, kpa,
-    /// queue, slo, gpu, fixed:N each.
+    /// Policies to compare, comma-separated; `+` composes (e.g. queue+gpu). One of default
+    /// (what a trigger without `policy` gets: the tokens policy), tokens, hpa, kpa, queue, slo,
+    /// gpu, fixed:N each.
     #[arg(long, default_value = DEFAULT_POLICIES, env = "GPUSCALE_SIM_POLICY")]
     policy: String,
     /// Policy parameter KEY=VALUE, repeatable (see docs/policies.md). In `sweep`, VALUE may be a
@@ -640,15 +641,15 @@ fn derive(
     trace: &Trace,
     policies: &[&str],
     user: &[(String, String)],
-) -> (u32, Vec<String>) {
-    let (slots, how) = replica_slots(serving, trace);
-    let mut lines = vec![format!("per-replica slots {slots}: {how}")];
+) -> (Footing, Vec<String>) {
+    let f = footing(serving, trace);
+    let mut lines = vec![format!("per-replica slots {}: {}", f.slots, f.how)];
     let per: Vec<String> = policies
         .iter()
         .filter_map(|p| {
-            let f = fair_params(p, slots, user);
-            (!f.is_empty()).then(|| {
-                let kv: Vec<String> = f.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let fair = fair_params(p, &f, user);
+            (!fair.is_empty()).then(|| {
+                let kv: Vec<String> = fair.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 format!("{p}: {}", kv.join(" "))
             })
         })
@@ -659,13 +660,13 @@ fn derive(
             per.join("; ")
         ));
     }
-    (slots, lines)
+    (f, lines)
 }
 
 /// A run of `policy` with the user's parameters and the serving model's fair settings.
-fn policy_run(policy: &str, user: &[(String, String)], slots: u32) -> anyhow::Result<PolicyRun> {
+fn policy_run(policy: &str, user: &[(String, String)], footing: &Footing) -> anyhow::Result<PolicyRun> {
     let mut params = user.to_vec();
-    params.extend(fair_params(policy, slots, user));
+    params.extend(fair_params(policy, footing, user));
     PolicyRun::new(policy, &params).map_err(|e| anyhow::anyhow!("--policy {policy}: {e}"))
 }
 
@@ -772,10 +773,10 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<()> {
         }
     }
     let policies: Vec<&str> = args.policy.split(',').map(str::trim).collect();
-    let (slots, derived) = derive(&serving, &trace, &policies, &params);
+    let (footing, derived) = derive(&serving, &trace, &policies, &params);
     let runs = policies
         .iter()
-        .map(|p| policy_run(p, &params, slots))
+        .map(|p| policy_run(p, &params, &footing))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let header = describe(&trace, &serving, &derived);
     print!("{header}");
@@ -836,7 +837,7 @@ fn run_sweep(args: &ReplayArgs) -> anyhow::Result<()> {
         }
     }
     let policies: Vec<&str> = args.policy.split(',').map(str::trim).collect();
-    let (slots, derived) = derive(&serving, &trace, &policies, &params);
+    let (footing, derived) = derive(&serving, &trace, &policies, &params);
     // Counted before the grid is built: a grid of 10^12 points is refused, not allocated.
     let size = params.iter().fold(1usize, |n, (_, v)| {
         n.saturating_mul(v.split(',').filter(|x| !x.trim().is_empty()).count())
@@ -848,7 +849,7 @@ fn run_sweep(args: &ReplayArgs) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for &policy in &policies {
         for point in &points {
-            let mut run = policy_run(policy, point, slots)?;
+            let mut run = policy_run(policy, point, &footing)?;
             let swept: Vec<String> = point
                 .iter()
                 .filter(|(k, _)| run.params.iter().any(|(rk, _)| rk == k))
@@ -977,7 +978,7 @@ fn run_recommend(a: &RecommendArgs) -> anyhow::Result<()> {
     let control = args.control()?;
     let params = parse_params(&args.params)?;
     let baselines: Vec<&str> = DEFAULT_POLICIES.split(',').collect();
-    let (slots, derived) = derive(&serving, &trace, &baselines, &params);
+    let (footing, derived) = derive(&serving, &trace, &baselines, &params);
     let given = args.policy != DEFAULT_POLICIES;
     let specs: Vec<(String, Vec<(String, String)>)> = if given {
         args.policy
@@ -985,13 +986,13 @@ fn run_recommend(a: &RecommendArgs) -> anyhow::Result<()> {
             .map(|p| (p.trim().to_string(), Vec::new()))
             .collect()
     } else {
-        candidates(slots)
+        candidates(footing.slots)
     };
     let mut runs = Vec::new();
     for (spec, extra) in &specs {
         let mut user = params.clone();
         user.extend(extra.iter().cloned());
-        let mut run = policy_run(spec, &user, slots)?;
+        let mut run = policy_run(spec, &user, &footing)?;
         if !extra.is_empty() {
             let shown: Vec<String> = extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
             run.label = format!("{spec}[{}]", shown.join(","));

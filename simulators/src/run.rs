@@ -41,18 +41,38 @@ impl PolicyRun {
     }
 }
 
-/// What one replica serves at once, from the serving model, and how it was derived. Every
-/// baseline's per-replica target is set from it, so the policies are compared on the same
-/// footing: concurrency, its limit; the estimated batching model, the batch where decode starts
-/// to slow; the measured LLM model, the fewest of `max_seqs`, the batch whose decode step takes
-/// twice a single sequence's (beyond it, time per token more than doubles), and the KV cache
-/// over the trace's mean prompt + output tokens.
-pub fn replica_slots(serving: &ServingConfig, trace: &Trace) -> (u32, String) {
+/// What one replica of the serving model can do, which every policy's per-replica settings
+/// are derived from so the policies are compared on the same footing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Footing {
+    /// Requests one replica serves at once: concurrency, its limit; the estimated batching
+    /// model, the batch where decode starts to slow; the measured LLM model, the fewest of
+    /// `max_seqs`, the batch whose decode step takes twice a single sequence's (beyond it, time
+    /// per token more than doubles), and the KV cache over the trace's mean prompt + output
+    /// tokens.
+    pub slots: u32,
+    /// How `slots` was derived, for the run's header.
+    pub how: String,
+    /// The measured LLM model's `(prompt, output)` tokens/s of one replica at full load: a
+    /// whole token budget of prefill per step, and the `slots` batch's decode steps.
+    pub tokens: Option<(f64, f64)>,
+}
+
+/// The [`Footing`] of `serving` on `trace`.
+pub fn footing(serving: &ServingConfig, trace: &Trace) -> Footing {
     match &serving.serving {
-        Serving::Concurrency { slots } => (*slots, format!("--concurrency {slots}")),
+        Serving::Concurrency { slots } => Footing {
+            slots: *slots,
+            how: format!("--concurrency {slots}"),
+            tokens: None,
+        },
         Serving::Batching(b) => {
             let knee = ((b.max_decode_tps / b.decode_tps).floor() as u32).clamp(1, b.max_batch_seqs);
-            (knee, format!("max_decode_tps / decode_tps = {knee}"))
+            Footing {
+                slots: knee,
+                how: format!("max_decode_tps / decode_tps = {knee}"),
+                tokens: None,
+            }
         }
         Serving::Llm(c) => {
             let single = c.table.decode.at(1.0);
@@ -69,23 +89,29 @@ pub fn replica_slots(serving: &ServingConfig, trace: &Trace) -> (u32, String) {
                 / n;
             let by_kv = ((c.kv_tokens as f64 / mean.max(1.0)).floor() as u32).max(1);
             let slots = c.max_seqs.min(knee).min(by_kv);
-            (
+            let secs = |us: u64| us as f64 / 1e6;
+            let prefill = f64::from(c.max_batch_tokens) / secs(c.cost.step_us(c.max_batch_tokens, 1, 0));
+            let decode = f64::from(slots) / secs(c.cost.step_us(0, 0, slots));
+            Footing {
                 slots,
-                format!(
-                    "min(max_seqs {}, 2x-step batch {knee}, KV {} / {:.0} mean tokens = {by_kv})",
-                    c.max_seqs, c.kv_tokens, mean
+                how: format!(
+                    "min(max_seqs {}, 2x-step batch {knee}, KV {} / {:.0} mean tokens = {by_kv}); \
+                     per replica {prefill:.0} prompt tokens/s ({}-token steps), {decode:.0} output tokens/s ({slots} sequences)",
+                    c.max_seqs, c.kv_tokens, mean, c.max_batch_tokens
                 ),
-            )
+                tokens: Some((prefill, decode)),
+            }
         }
     }
 }
 
 /// The settings a run of `spec` gets from the serving model where the user set none:
 /// per-replica targets in slots (`hpa.target`, `queue.target`, `kpa.target` as Knative's
-/// `containerConcurrency`, `slo.slots` and its fallback `slo.target`), and for the `kpa`
-/// baseline alone `keepAlive=0s`, so Knative's own scale-to-zero grace (30 s) decides rather
-/// than gpuscale's keep-alive. `user` holds the keys given (a sweep's swept keys included).
-pub fn fair_params(spec: &str, slots: u32, user: &[(String, String)]) -> Vec<(String, String)> {
+/// `containerConcurrency`, `slo.slots` and its fallback `slo.target`, `tokens.slots`), the
+/// `tokens` policy's capacities (`default` is that policy), and for the `kpa` baseline alone
+/// `keepAlive=0s`, so Knative's own scale-to-zero grace (30 s) decides rather than gpuscale's
+/// keep-alive. `user` holds the keys given (a sweep's swept keys included).
+pub fn fair_params(spec: &str, footing: &Footing, user: &[(String, String)]) -> Vec<(String, String)> {
     let names = spec::policy_names(spec).unwrap_or_default();
     let given = |k: &str| user.iter().any(|(uk, _)| uk == k);
     let value = |k: &str| user.iter().find(|(uk, _)| uk == k).map(|(_, v)| v.as_str());
@@ -95,7 +121,7 @@ pub fn fair_params(spec: &str, slots: u32, user: &[(String, String)]) -> Vec<(St
             out.push((k.to_string(), v));
         }
     };
-    let s = slots.to_string();
+    let s = footing.slots.to_string();
     for n in &names {
         match *n {
             "hpa" if value("hpa.metric").is_none_or(|m| matches!(m, "load" | "waiting" | "running")) => {
@@ -106,6 +132,13 @@ pub fn fair_params(spec: &str, slots: u32, user: &[(String, String)]) -> Vec<(St
             "slo" => {
                 add("slo.slots", s.clone());
                 add("slo.target", s.clone());
+            }
+            "tokens" => {
+                add("tokens.slots", s.clone());
+                if let Some((p, d)) = footing.tokens {
+                    add("tokens.prefillCapacity", format!("{p:.0}"));
+                    add("tokens.decodeCapacity", format!("{d:.0}"));
+                }
             }
             _ => {}
         }

@@ -1,0 +1,444 @@
+//! `tokens`: replicas from the work an LLM server is limited by, with no hand-set target.
+//!
+//! A replica of a continuous-batching server (vLLM, SGLang, TGI) spends its time computing
+//! prompt tokens (prefill) and generating output tokens (decode). With `C_p` prompt tokens/s
+//! and `C_d` output tokens/s as one replica's capacity, the workload's measured token rates
+//! `p` and `g` keep `p / C_p + g / C_d` replicas fully busy; the policy asks for that over a
+//! target utilization (headroom), or for the KV cache's need if that is larger, or for more
+//! when a backlog has persisted (the backstop: rates measure what was served, not what was
+//! asked, so a saturated workload under-reports its demand).
+//!
+//! The capacities are set (the simulator derives them from its serving model, `gpuscale-sim
+//! recommend` prints them) or learned: what a replica sustains while requests have been waiting
+//! the whole rate window is its capacity, by definition. Until a capacity is known, and while a
+//! token rate is missing or stale, the queue rule decides on `waiting + running` against the
+//! per-replica slots (themselves learned from the running count under backlog), and the reason
+//! says so. Unknown token rates therefore never read as zero demand: the queue rule sees the
+//! requests.
+
+use std::time::Duration;
+
+use crate::band::{ScaleDownWindow, ceil_replicas, within_band};
+use crate::decision::{Recommendation, Rule};
+use crate::queue::{QueueConfig, queue_replicas};
+use crate::signals::{Metric, SignalKind, Signals};
+use crate::window::BucketAverage;
+use crate::{Context, Policy};
+
+/// Tokens policy configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokensConfig {
+    /// Prompt tokens/s one replica computes at full load; `None`: learned.
+    pub prefill_capacity: Option<f64>,
+    /// Output tokens/s one replica generates at full load; `None`: learned.
+    pub decode_capacity: Option<f64>,
+    /// `C_p / C_d`, assumed when learning (one saturated mix cannot tell the two apart).
+    /// Default 6.5: Llama 2 70B on H100 TP4 in the bundled SplitwiseSim table (8,587 prompt
+    /// tokens/s in 8,192-token chunks against 1,318 output tokens/s at the batch where a step
+    /// takes twice a single sequence's).
+    pub prefill_decode_ratio: f64,
+    /// Share of capacity to plan for (default 0.8): the headroom that absorbs bursts while a
+    /// new replica starts.
+    pub utilization: f64,
+    /// The token rates are averaged over this window before sizing (default 60 s, as Knative's
+    /// stable window): a burst shorter than a cold start is over before a new replica could
+    /// serve it; one that lasts builds a backlog, which the backstop sees.
+    pub window: Duration,
+    /// KV-cache usage to plan for, 0-1 (default 0.9).
+    pub kv_target: f64,
+    /// Requests one replica serves at once, for the queue rule and the backlog backstop;
+    /// `None`: learned (the running count per replica under backlog), 4 until then.
+    pub slots: Option<f64>,
+    /// How long requests must have been waiting before the backstop adds replicas, and before
+    /// an observation counts as saturated for learning (default 30 s: a backlog that drains
+    /// sooner is over before a new replica could start; at least the collector's 10 s rate
+    /// window, so a saturated rate covers only saturated time).
+    pub backlog_window: Duration,
+    /// No change while the needed replicas are within `1 +- tolerance` of the current count
+    /// (default 0.1).
+    pub tolerance: f64,
+    /// A lower count takes effect only once it has been the highest for this long (300 s).
+    pub scale_down_window: Duration,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        TokensConfig {
+            prefill_capacity: None,
+            decode_capacity: None,
+            prefill_decode_ratio: 6.5,
+            utilization: 0.8,
+            window: Duration::from_secs(60),
+            kv_target: 0.9,
+            slots: None,
+            backlog_window: Duration::from_secs(30),
+            tolerance: 0.1,
+            scale_down_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Slots assumed before any are set or learned: the `queue` policy's default target.
+const UNLEARNED_SLOTS: f64 = 4.0;
+/// Weight of each new saturated observation in the learned estimates.
+const LEARN_RATE: f64 = 0.2;
+
+/// The tokens policy: its window, backlog tracker and learned capacities.
+#[derive(Clone, Debug)]
+pub struct Tokens {
+    config: TokensConfig,
+    window: ScaleDownWindow,
+    /// Since when requests have been waiting without a break, and the fewest seen since.
+    backlog: Option<(Duration, f64)>,
+    /// Learned output tokens/s per replica (prefill is `ratio` times it).
+    learned_decode: Option<f64>,
+    learned_slots: Option<f64>,
+    /// Prompt and output token rates over the window.
+    prompt: BucketAverage,
+    generated: BucketAverage,
+}
+
+impl Tokens {
+    /// A tokens policy with nothing learned.
+    pub fn new(config: TokensConfig) -> Self {
+        let secs = config.window.as_secs().max(1);
+        Tokens {
+            window: ScaleDownWindow::new(config.scale_down_window),
+            prompt: BucketAverage::new(secs),
+            generated: BucketAverage::new(secs),
+            config,
+            backlog: None,
+            learned_decode: None,
+            learned_slots: None,
+        }
+    }
+
+    /// `(C_p, C_d)` as set, or learned; `None` while neither is known.
+    pub fn capacities(&self) -> Option<(f64, f64)> {
+        let r = self.config.prefill_decode_ratio;
+        match (
+            self.config.prefill_capacity,
+            self.config.decode_capacity,
+            self.learned_decode,
+        ) {
+            (Some(p), Some(d), _) => Some((p, d)),
+            (Some(p), None, _) => Some((p, p / r)),
+            (None, Some(d), _) => Some((d * r, d)),
+            (None, None, Some(d)) => Some((d * r, d)),
+            (None, None, None) => None,
+        }
+    }
+
+    /// Requests per replica: as set, else learned, else [`UNLEARNED_SLOTS`].
+    pub fn slots(&self) -> f64 {
+        self.config
+            .slots
+            .or(self.learned_slots)
+            .unwrap_or(UNLEARNED_SLOTS)
+    }
+
+    /// Waiting requests that have persisted for the backlog window, if any.
+    fn sustained_backlog(&self, now: Duration) -> Option<f64> {
+        let (since, least) = self.backlog?;
+        (now.saturating_sub(since) >= self.config.backlog_window).then_some(least)
+    }
+
+    fn fallback(&self) -> QueueConfig {
+        QueueConfig {
+            metric: Metric::Load,
+            target: self.slots(),
+            tolerance: self.config.tolerance,
+            scale_down_window: self.config.scale_down_window,
+        }
+    }
+}
+
+fn ewma(old: Option<f64>, sample: f64) -> f64 {
+    match old {
+        None => sample,
+        Some(o) => o + LEARN_RATE * (sample - o),
+    }
+}
+
+impl Policy for Tokens {
+    fn name(&self) -> &'static str {
+        "tokens"
+    }
+
+    fn needs(&self) -> &[SignalKind] {
+        Metric::Load.signals()
+    }
+
+    fn observe(&mut self, ctx: &Context, s: &Signals) {
+        let rates = (
+            s.fresh(SignalKind::PromptTokensRate, ctx.max_signal_age),
+            s.fresh(SignalKind::GenerationTokensRate, ctx.max_signal_age),
+        );
+        if let (Ok(p), Ok(g)) = rates {
+            self.prompt.record(ctx.now.as_secs(), p);
+            self.generated.record(ctx.now.as_secs(), g);
+        }
+        let Ok(waiting) = s.fresh(SignalKind::Waiting, ctx.max_signal_age) else {
+            // Unknown is not "no backlog": keep what was known, learn nothing.
+            return;
+        };
+        self.backlog = match self.backlog {
+            _ if waiting <= 0.0 => None,
+            None => Some((ctx.now, waiting)),
+            Some((since, least)) => Some((since, least.min(waiting))),
+        };
+        // Saturated: requests waited through the whole rate window, and every replica asked
+        // for is serving, so the rates are what these replicas sustain.
+        if self.sustained_backlog(ctx.now).is_none() || s.ready == 0 || s.starting > 0 {
+            return;
+        }
+        let ready = f64::from(s.ready);
+        if let Ok(running) = s.fresh(SignalKind::Running, ctx.max_signal_age)
+            && running > 0.0
+        {
+            self.learned_slots = Some(ewma(self.learned_slots, running / ready));
+        }
+        if let (Ok(p), Ok(g)) = rates {
+            let per_replica = (p / self.config.prefill_decode_ratio + g) / ready;
+            if per_replica > 0.0 {
+                self.learned_decode = Some(ewma(self.learned_decode, per_replica));
+            }
+        }
+    }
+
+    fn recommend(&mut self, ctx: &Context, s: &Signals) -> Recommendation {
+        let Ok(load) = s.metric(Metric::Load, ctx.max_signal_age) else {
+            return Recommendation::new(s.current, Rule::SignalMissing(SignalKind::Waiting));
+        };
+        let rates = (
+            s.fresh(SignalKind::PromptTokensRate, ctx.max_signal_age),
+            s.fresh(SignalKind::GenerationTokensRate, ctx.max_signal_age),
+        );
+        let (want, rule) = match (self.capacities(), rates) {
+            (Some((cp, cd)), (Ok(_), Ok(_))) => {
+                let c = &self.config;
+                // The current readings were recorded by `observe`, so the averages include them.
+                let sec = ctx.now.as_secs();
+                let (p, g) = (self.prompt.average(sec), self.generated.average(sec));
+                let need = (p / cp + g / cd) / c.utilization;
+                let mut best =
+                    if s.current > 0 && need > 0.0 && within_band(need / f64::from(s.current), c.tolerance) {
+                        (s.current, Rule::TokensWithinTolerance)
+                    } else {
+                        (ceil_replicas(need), Rule::TokensCapacity)
+                    };
+                if let Ok(kv) = s.fresh(SignalKind::KvCacheUsage, ctx.max_signal_age) {
+                    let n = ceil_replicas(f64::from(s.ready) * kv / c.kv_target);
+                    if n > best.0 {
+                        best = (n, Rule::TokensKvCache);
+                    }
+                }
+                if let Some(waiting) = self.sustained_backlog(ctx.now) {
+                    let n = s
+                        .ready
+                        .max(s.current)
+                        .saturating_add(ceil_replicas(waiting / self.slots()));
+                    if n > best.0 {
+                        best = (n, Rule::TokensBacklog);
+                    }
+                }
+                if best.0 == 0 && load > 0.0 {
+                    // Rates trail the requests by their window; the requests are here now.
+                    best = (ceil_replicas(load / self.slots()), Rule::TokensCapacity);
+                }
+                best
+            }
+            _ => (
+                queue_replicas(&self.fallback(), s.current, load).0,
+                Rule::TokensFallbackQueue,
+            ),
+        };
+        let (n, rule) = self.window.apply(ctx.now, want, rule);
+        Recommendation::new(n, rule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Bounds;
+    use crate::signals::Reading;
+
+    fn ctx(t: u64) -> Context {
+        Context {
+            now: Duration::from_secs(t),
+            bounds: Bounds::default(),
+            max_signal_age: Duration::from_secs(30),
+        }
+    }
+
+    fn signals(current: u32, waiting: f64, running: f64, rates: Option<(f64, f64)>) -> Signals {
+        Signals {
+            current,
+            ready: current,
+            waiting: Some(Reading::fresh(waiting)),
+            running: Some(Reading::fresh(running)),
+            prompt_tokens_rate: rates.map(|r| Reading::fresh(r.0)),
+            generation_tokens_rate: rates.map(|r| Reading::fresh(r.1)),
+            ..Signals::default()
+        }
+    }
+
+    /// What the autoscaler does each decision: observe, then recommend.
+    fn step(t: &mut Tokens, sec: u64, s: &Signals) -> Recommendation {
+        t.observe(&ctx(sec), s);
+        t.recommend(&ctx(sec), s)
+    }
+
+    fn set(cp: f64, cd: f64) -> TokensConfig {
+        TokensConfig {
+            prefill_capacity: Some(cp),
+            decode_capacity: Some(cd),
+            slots: Some(80.0),
+            window: Duration::from_secs(1),
+            backlog_window: Duration::from_secs(10),
+            scale_down_window: Duration::ZERO,
+            ..TokensConfig::default()
+        }
+    }
+
+    #[test]
+    fn work_over_utilization() {
+        // 6,000 prompt tokens/s at 8,000/s and 1,200 output tokens/s at 1,200/s: 1.75 replicas
+        // busy, over 0.8 utilization 2.19, so 3.
+        let mut t = Tokens::new(set(8000.0, 1200.0));
+        let s = signals(1, 0.0, 50.0, Some((6000.0, 1200.0)));
+        let r = step(&mut t, 0, &s);
+        assert_eq!((r.replicas, r.rule), (3, Rule::TokensCapacity));
+        // Inside the band around 2 replicas' need (2.19 / 2 = 1.09): no change.
+        let r = step(
+            &mut t,
+            1,
+            &Signals {
+                current: 2,
+                ready: 2,
+                ..s
+            },
+        );
+        assert_eq!((r.replicas, r.rule), (2, Rule::TokensWithinTolerance));
+    }
+
+    #[test]
+    fn missing_rates_fall_back_to_the_queue_rule_not_to_zero() {
+        let mut t = Tokens::new(set(8000.0, 1200.0));
+        let r = step(&mut t, 0, &signals(3, 100.0, 140.0, None));
+        // 240 requests over 80 slots.
+        assert_eq!((r.replicas, r.rule), (3, Rule::TokensFallbackQueue));
+        let r = step(&mut t, 1, &signals(1, 100.0, 140.0, None));
+        assert_eq!((r.replicas, r.rule), (3, Rule::TokensFallbackQueue));
+        // A stale rate is no rate.
+        let mut s = signals(1, 100.0, 140.0, Some((0.0, 0.0)));
+        s.prompt_tokens_rate = Some(Reading::aged(0.0, Duration::from_secs(60)));
+        let r = step(&mut t, 2, &s);
+        assert_eq!((r.replicas, r.rule), (3, Rule::TokensFallbackQueue));
+    }
+
+    #[test]
+    fn backlog_adds_replicas_only_once_it_persists() {
+        let mut t = Tokens::new(set(8000.0, 1200.0));
+        // Rates say one replica suffices, but requests wait.
+        let s = signals(1, 100.0, 80.0, Some((1000.0, 300.0)));
+        for sec in 0..10 {
+            let r = step(&mut t, sec, &s);
+            assert_eq!(r.replicas, 1, "second {sec}: a backlog younger than the window");
+        }
+        let r = step(&mut t, 10, &s);
+        // ready 1 + ceil(100 / 80).
+        assert_eq!((r.replicas, r.rule), (3, Rule::TokensBacklog));
+        // One reading without waiting requests resets it.
+        let clear = signals(1, 0.0, 80.0, Some((1000.0, 300.0)));
+        t.observe(&ctx(11), &clear);
+        t.observe(&ctx(12), &s);
+        assert_eq!(step(&mut t, 12, &s).replicas, 1);
+    }
+
+    #[test]
+    fn learns_capacity_from_saturated_replicas() {
+        let mut t = Tokens::new(TokensConfig {
+            window: Duration::from_secs(1),
+            backlog_window: Duration::from_secs(10),
+            scale_down_window: Duration::ZERO,
+            ..TokensConfig::default()
+        });
+        assert_eq!(t.capacities(), None);
+        // Before anything is learned the queue rule decides, at 4 slots per replica.
+        let r = step(&mut t, 0, &signals(2, 0.0, 20.0, Some((3000.0, 500.0))));
+        assert_eq!((r.replicas, r.rule), (5, Rule::TokensFallbackQueue));
+        // Two replicas with requests waiting for 10 s serve 13,000 prompt and 2,000 output
+        // tokens/s: per replica 13,000 / 6.5 / 2 + 1,000 = 2,000 output tokens/s.
+        let sat = signals(2, 30.0, 120.0, Some((13_000.0, 2_000.0)));
+        for sec in 0..=10 {
+            t.observe(&ctx(sec), &sat);
+        }
+        let Some((cp, cd)) = t.capacities() else {
+            panic!("nothing learned from 11 saturated seconds")
+        };
+        assert!(
+            (cd - 2000.0).abs() < 1e-9 && (cp - 13_000.0).abs() < 1e-6,
+            "{cp} {cd}"
+        );
+        assert!((t.slots() - 60.0).abs() < 1e-9, "{}", t.slots());
+        // Now half that load needs one replica over 0.8: ceil(0.5 * 2 / 0.8) = 2.
+        let half = signals(2, 0.0, 60.0, Some((6_500.0, 1_000.0)));
+        let r = step(&mut t, 11, &half);
+        assert_eq!((r.replicas, r.rule), (2, Rule::TokensCapacity));
+        let tenth = signals(4, 0.0, 20.0, Some((1_300.0, 200.0)));
+        let r = step(&mut t, 12, &tenth);
+        assert_eq!((r.replicas, r.rule), (1, Rule::TokensCapacity));
+    }
+
+    #[test]
+    fn nothing_is_learned_while_replicas_start_or_data_is_stale() {
+        let mut t = Tokens::new(TokensConfig {
+            backlog_window: Duration::from_secs(10),
+            ..TokensConfig::default()
+        });
+        let mut starting = signals(2, 30.0, 120.0, Some((13_000.0, 2_000.0)));
+        starting.starting = 1;
+        for sec in 0..=20 {
+            t.observe(&ctx(sec), &starting);
+        }
+        assert_eq!(t.capacities(), None);
+        let mut stale = signals(2, 30.0, 120.0, Some((13_000.0, 2_000.0)));
+        stale.waiting = Some(Reading::aged(30.0, Duration::from_secs(31)));
+        for sec in 21..=40 {
+            t.observe(&ctx(sec), &stale);
+        }
+        assert_eq!(t.capacities(), None);
+    }
+
+    #[test]
+    fn a_burst_shorter_than_the_window_is_averaged_away() {
+        let mut t = Tokens::new(TokensConfig {
+            window: Duration::from_secs(60),
+            ..set(8000.0, 1200.0)
+        });
+        let quiet = signals(1, 0.0, 10.0, Some((4000.0, 200.0)));
+        for sec in 0..50 {
+            assert_eq!(step(&mut t, sec, &quiet).replicas, 1);
+        }
+        // Ten seconds at 4x (2.67 replicas busy): the 60 s average rises from 0.67 to 1.0, over
+        // 0.8 utilization 1.25, so 2, not the 4 the burst alone would ask for.
+        let burst = signals(1, 0.0, 40.0, Some((16_000.0, 800.0)));
+        let mut most = 0;
+        for sec in 50..60 {
+            most = most.max(step(&mut t, sec, &burst).replicas);
+        }
+        assert_eq!(most, 2);
+    }
+
+    #[test]
+    fn kv_cache_pressure_adds_replicas() {
+        let mut t = Tokens::new(set(8000.0, 1200.0));
+        let mut s = signals(2, 0.0, 50.0, Some((1000.0, 100.0)));
+        s.kv_cache_usage = Some(Reading::fresh(0.99));
+        let r = step(&mut t, 0, &s);
+        // ceil(2 * 0.99 / 0.9) = 3.
+        assert_eq!((r.replicas, r.rule), (3, Rule::TokensKvCache));
+    }
+}
