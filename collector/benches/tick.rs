@@ -51,6 +51,8 @@ fn main() {
             waiting: Some(3.0),
             running: Some(2.0),
             kv_cache: Some(0.25),
+            prompt_tokens_rate: Some(6000.0),
+            generation_tokens_rate: Some(1100.0),
             up: true,
             fault: None,
             measured_at: Some(1.7e9),

@@ -18,15 +18,12 @@ pub enum PageFormat {
     Openmetrics,
 }
 
-/// Counters of tokens processed, by server, that a capacity-aware policy can read.
-pub const TOKEN_COUNTERS: &[&str] = &[
-    "vllm:prompt_tokens_total",
-    "vllm:generation_tokens_total",
-    "sglang:prompt_tokens_total",
-    "sglang:generation_tokens_total",
-    "tgi_request_input_length_sum",
-    "tgi_request_generated_tokens_sum",
-];
+/// Every token counter name the collector reads ([`crate::scrape::TOKEN_COUNTERS`]).
+fn token_counter_names() -> impl Iterator<Item = &'static str> {
+    crate::scrape::TOKEN_COUNTERS
+        .iter()
+        .flat_map(|(_, a, b)| [*a, *b])
+}
 
 /// What a page holds and what gpuscale reads from it.
 #[derive(Debug)]
@@ -61,11 +58,11 @@ pub fn check(
         None => Some(crate::contract::Fault::NoQueueMetrics),
     };
     let mut tokens = Vec::new();
-    for name in TOKEN_COUNTERS {
+    for name in token_counter_names() {
         let vals: Vec<f64> = families
             .iter()
             .flat_map(|f| &f.samples)
-            .filter(|s| s.name == *name)
+            .filter(|s| s.name == name)
             .map(|s| s.value)
             .collect();
         if !vals.is_empty() {
@@ -138,7 +135,7 @@ impl Report {
             let _ = writeln!(
                 s,
                 "  tokens:    no token counters ({})",
-                TOKEN_COUNTERS.join(", ")
+                token_counter_names().collect::<Vec<_>>().join(", ")
             );
         } else {
             for (n, v) in &self.tokens {

@@ -13,6 +13,8 @@
 //! | `gpuscale_workload_requests_waiting` | `namespace`, `workload`, `pod`, `server`, `target`, `node` | requests | queued, not yet served |
 //! | `gpuscale_workload_requests_running` | same | requests | in service |
 //! | `gpuscale_workload_kv_cache_usage_ratio` | same | 0-1 | KV-cache usage |
+//! | `gpuscale_workload_prompt_tokens_per_second` | same | tokens/s | prompt tokens computed, over the last [`TOKEN_RATE_WINDOW_SECS`] |
+//! | `gpuscale_workload_generation_tokens_per_second` | same | tokens/s | output tokens generated, same window |
 //! | `gpuscale_gpu_info` | `gpu`, `uuid`, `model`, `node`, and `namespace`, `pod`, `container` when held | 1 | one per GPU and holder: capacity |
 //! | `gpuscale_gpu_utilization_ratio` | as `gpu_info` | 0-1 | SM utilization, attributed to the pod holding the GPU |
 //!
@@ -21,6 +23,9 @@
 //! - A target's queue is known only when `scrape_up` and `reading_valid` are 1 and at least one
 //!   of its waiting/running series is on the page; the reading's age is measured from
 //!   `scrape_timestamp_seconds`, never from when the scaler received the page.
+//! - Token rates come from the server's counters over consecutive reads; a target has none until
+//!   two reads span time, and none across a counter reset. A workload's rate is known only when
+//!   every target with a valid reading has one: a partial sum is not the workload's rate.
 //! - A target without a namespace belongs to [`DEFAULT_NAMESPACE`], as `kubectl` assumes; the
 //!   collector writes the namespace out, and the scaler applies the same rule to a series that
 //!   lacks the label.
@@ -43,6 +48,20 @@ pub const WAITING: &str = "gpuscale_workload_requests_waiting";
 pub const RUNNING: &str = "gpuscale_workload_requests_running";
 /// KV-cache usage of a model server, 0-1.
 pub const KV_CACHE: &str = "gpuscale_workload_kv_cache_usage_ratio";
+/// Prompt tokens a model server computed per second.
+pub const PROMPT_TOKENS_RATE: &str = "gpuscale_workload_prompt_tokens_per_second";
+/// Output tokens a model server generated per second.
+pub const GENERATION_TOKENS_RATE: &str = "gpuscale_workload_generation_tokens_per_second";
+/// Seconds of counter history behind a token rate.
+pub const TOKEN_RATE_WINDOW_SECS: f64 = 10.0;
+/// More tokens per second than this from one server is not a real rate.
+pub const MAX_TOKENS_PER_SECOND: f64 = 1e8;
+
+/// Whether a token rate can be real: finite, not negative, not beyond [`MAX_TOKENS_PER_SECOND`].
+pub fn plausible_tokens_rate(v: f64) -> bool {
+    v.is_finite() && (0.0..=MAX_TOKENS_PER_SECOND).contains(&v)
+}
+
 /// One per GPU and container holding it.
 pub const GPU_INFO: &str = "gpuscale_gpu_info";
 /// SM utilization, 0-1.

@@ -23,6 +23,10 @@ pub struct QueueReading {
     pub running: Option<f64>,
     /// KV-cache usage, 0-1.
     pub kv_cache: Option<f64>,
+    /// Prompt tokens/s over the last [`contract::TOKEN_RATE_WINDOW_SECS`] (`None`: unknown).
+    pub prompt_tokens_rate: Option<f64>,
+    /// Output tokens/s over the same window.
+    pub generation_tokens_rate: Option<f64>,
     /// Whether the last scrape answered a page that parsed.
     pub up: bool,
     /// Why there is no valid queue reading (`None`: the values above are real).
@@ -405,7 +409,7 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
     );
 
     type QueueField = (&'static str, &'static str, fn(&QueueReading) -> Option<f64>);
-    let queue_gauges: [QueueField; 3] = [
+    let queue_gauges: [QueueField; 5] = [
         (
             contract::WAITING,
             "Requests queued at the model server, not yet served.",
@@ -420,6 +424,16 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
             contract::KV_CACHE,
             "KV-cache usage of the model server, 0-1.",
             |q| q.kv_cache,
+        ),
+        (
+            contract::PROMPT_TOKENS_RATE,
+            "Prompt tokens the model server computed per second, over the last 10 s of its counter.",
+            |q| q.prompt_tokens_rate,
+        ),
+        (
+            contract::GENERATION_TOKENS_RATE,
+            "Output tokens the model server generated per second, over the last 10 s of its counter.",
+            |q| q.generation_tokens_rate,
         ),
     ];
     // Secrets in a target's URL never reach a label.
@@ -611,6 +625,8 @@ mod tests {
                 waiting: Some(3.0),
                 running: Some(8.0),
                 kv_cache: None,
+                prompt_tokens_rate: Some(1234.5),
+                generation_tokens_rate: None,
                 up: true,
                 fault: None,
                 measured_at: Some(1.7e9 - 1.0),
@@ -684,5 +700,13 @@ mod tests {
         }
         // kv_cache unknown: no invented series.
         assert!(!text.contains("gpuscale_workload_kv_cache_usage_ratio"));
+        // A known token rate is exported; an unknown one is absent, never 0.
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("gpuscale_workload_prompt_tokens_per_second{")
+                    && l.ends_with(" 1234.5")),
+            "{text}"
+        );
+        assert!(!text.contains("gpuscale_workload_generation_tokens_per_second{"));
     }
 }

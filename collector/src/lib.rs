@@ -18,6 +18,7 @@ pub mod discovery;
 pub mod exposition;
 pub mod gpu;
 pub mod podresources;
+pub mod rate;
 pub mod scrape;
 pub mod server;
 pub mod service;

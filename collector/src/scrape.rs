@@ -199,6 +199,10 @@ pub struct QueueDepth {
     pub running: Option<f64>,
     /// KV-cache usage (mean over engines), 0-1.
     pub kv_cache: Option<f64>,
+    /// Prompt tokens computed since the server started (a counter; sum over engines).
+    pub prompt_tokens: Option<f64>,
+    /// Output tokens generated since the server started (a counter).
+    pub generation_tokens: Option<f64>,
 }
 
 fn sum(fams: &[MetricFamily], name: &str, filter: Option<(&str, &str)>) -> Option<f64> {
@@ -263,6 +267,12 @@ pub fn queue_metric_names(preset: Preset, custom: &CustomNames) -> Vec<String> {
         .flat_map(|(_, n)| n.iter().map(|s| s.to_string()))
         .collect();
     names.extend(
+        TOKEN_COUNTERS
+            .iter()
+            .filter(|(p, ..)| preset == Preset::Auto || *p == preset)
+            .flat_map(|(_, a, b)| [a.to_string(), b.to_string()]),
+    );
+    names.extend(
         [&custom.waiting, &custom.running, &custom.kv_cache]
             .into_iter()
             .flatten()
@@ -270,6 +280,27 @@ pub fn queue_metric_names(preset: Preset, custom: &CustomNames) -> Vec<String> {
     );
     names
 }
+
+/// Each server's counters of tokens processed, (prompt, generation): vLLM and SGLang count
+/// per step; TGI's request histograms count each request's tokens when it completes, a coarser
+/// but still monotone counter.
+pub const TOKEN_COUNTERS: &[(Preset, &str, &str)] = &[
+    (
+        Preset::Vllm,
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+    ),
+    (
+        Preset::Sglang,
+        "sglang:prompt_tokens_total",
+        "sglang:generation_tokens_total",
+    ),
+    (
+        Preset::Tgi,
+        "tgi_request_input_length_sum",
+        "tgi_request_generated_tokens_sum",
+    ),
+];
 
 /// The endpoint picker's names, current first, then their deprecated twins (llm-d exports
 /// both while the old ones are phased out): waiting, running, KV-cache.
@@ -364,11 +395,17 @@ pub fn queue_depth(fams: &[MetricFamily], preset: Preset, custom: &CustomNames) 
         Some(n) => sum(fams, n, None),
         None => preset_value,
     };
+    let counters = TOKEN_COUNTERS.iter().find(|(p, ..)| *p == server);
+    let counter = |pick: fn(&(Preset, &'static str, &'static str)) -> &'static str| {
+        counters.and_then(|c| sum(fams, pick(c), None))
+    };
     Some(QueueDepth {
         server,
         waiting: pick(&custom.waiting, waiting, false),
         running: pick(&custom.running, running, false),
         kv_cache: pick(&custom.kv_cache, kv_cache, true),
+        prompt_tokens: counter(|c| c.1),
+        generation_tokens: counter(|c| c.2),
     })
 }
 
@@ -641,7 +678,9 @@ mod tests {
                 server: Preset::Vllm,
                 waiting: Some(7.0),
                 running: Some(8.0),
-                kv_cache: Some(0.6)
+                kv_cache: Some(0.6),
+                prompt_tokens: None,
+                generation_tokens: None,
             })
         );
         let custom = CustomNames {
@@ -654,5 +693,44 @@ mod tests {
         );
         let other = parse_prometheus("up 1\n", &Limits::default()).unwrap_or_default();
         assert_eq!(queue_depth(&other, Preset::Auto, &CustomNames::default()), None);
+    }
+
+    #[test]
+    fn token_counters_of_the_captured_pages() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/metrics");
+        let Ok(dir) = std::fs::read_dir(&root) else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{} is missing",
+                root.display()
+            );
+            println!("SKIPPED: {} not found", root.display());
+            return;
+        };
+        let mut seen = Vec::new();
+        for entry in dir.flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let Ok(f) = parse_prometheus(&text, &Limits::default()) else {
+                continue;
+            };
+            let Some(q) = queue_depth(&f, Preset::Auto, &CustomNames::default()) else {
+                continue;
+            };
+            if matches!(q.server, Preset::Vllm | Preset::Sglang | Preset::Tgi) {
+                let (p, g) = (q.prompt_tokens, q.generation_tokens);
+                assert!(
+                    p.is_some_and(|v| v >= 0.0) && g.is_some_and(|v| v >= 0.0),
+                    "{}: {:?} page without token counters: {p:?} {g:?}",
+                    entry.path().display(),
+                    q.server
+                );
+                seen.push(q.server);
+            }
+        }
+        for s in [Preset::Vllm, Preset::Sglang, Preset::Tgi] {
+            assert!(seen.contains(&s), "no captured {s:?} page read");
+        }
     }
 }

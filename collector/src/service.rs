@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use crate::contract::{self, Fault};
 use crate::exposition::{Format, QueueReading, Snapshot, render};
 use crate::gpu::GpuSource;
+use crate::rate::TokenRate;
 use crate::scrape::{CustomNames, Fetch, Preset, ScrapeError, Target, fetch_page, queue_depth};
 
 /// What the loop needs.
@@ -108,6 +109,7 @@ fn reading_of(
     custom: &CustomNames,
     seconds: f64,
     errors_total: u64,
+    rates: &mut TokenRate,
 ) -> QueueReading {
     let mut q = QueueReading {
         target: target.clone(),
@@ -115,6 +117,8 @@ fn reading_of(
         waiting: None,
         running: None,
         kv_cache: None,
+        prompt_tokens_rate: None,
+        generation_tokens_rate: None,
         up: false,
         fault: None,
         measured_at: Some(unix_now()),
@@ -133,8 +137,17 @@ fn reading_of(
                         q.running = d.running;
                         q.kv_cache = d.kv_cache;
                     }
+                    let counters = d
+                        .prompt_tokens
+                        .zip(d.generation_tokens)
+                        .filter(|_| q.fault.is_none());
+                    let at = q.measured_at.unwrap_or_default();
+                    (q.prompt_tokens_rate, q.generation_tokens_rate) = rates.record(at, counters).unzip();
                 }
-                None => q.fault = Some(Fault::NoQueueMetrics),
+                None => {
+                    q.fault = Some(Fault::NoQueueMetrics);
+                    rates.record(0.0, None);
+                }
             }
             if let Some(f) = q.fault {
                 tracing::warn!(target = %contract::redact_url(&target.url), reason = f.code(), "{}", f.explain());
@@ -142,6 +155,8 @@ fn reading_of(
         }
         Err(e) => {
             q.fault = Some(e.fault());
+            // A failed read breaks the counter's history: the next rate starts afresh.
+            rates.record(0.0, None);
             tracing::warn!(error = %e, "scrape failed");
         }
     }
@@ -152,6 +167,7 @@ fn reading_of(
 /// age (their timestamp says when they were measured) instead of holding back the others.
 async fn scrape_target(target: Target, shared: Arc<ScrapeShared>, readings: Readings) {
     let mut errors_total: u64 = 0;
+    let mut rates = TokenRate::default();
     let mut tick = tokio::time::interval(shared.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -175,6 +191,7 @@ async fn scrape_target(target: Target, shared: Arc<ScrapeShared>, readings: Read
             &shared.custom,
             t0.elapsed().as_secs_f64(),
             errors_total,
+            &mut rates,
         );
         if let Ok(mut r) = readings.write() {
             r.insert(target.clone(), q);
@@ -353,6 +370,8 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
                         waiting: None,
                         running: None,
                         kv_cache: None,
+                        prompt_tokens_rate: None,
+                        generation_tokens_rate: None,
                         up: false,
                         fault: Some(Fault::Pending),
                         measured_at: None,

@@ -93,6 +93,8 @@ pub struct Tokens {
     /// Learned output tokens/s per replica (prefill is `ratio` times it).
     learned_decode: Option<f64>,
     learned_slots: Option<f64>,
+    /// When both token rates were last fresh.
+    rates_seen: Option<Duration>,
     /// Prompt and output token rates over the window.
     prompt: BucketAverage,
     generated: BucketAverage,
@@ -110,6 +112,7 @@ impl Tokens {
             backlog: None,
             learned_decode: None,
             learned_slots: None,
+            rates_seen: None,
         }
     }
 
@@ -177,6 +180,7 @@ impl Policy for Tokens {
         if let (Ok(p), Ok(g)) = rates {
             self.prompt.record(ctx.now.as_secs(), p);
             self.generated.record(ctx.now.as_secs(), g);
+            self.rates_seen = Some(ctx.now);
         }
         let Ok(waiting) = s.fresh(SignalKind::Waiting, ctx.max_signal_age) else {
             // Unknown is not "no backlog": keep what was known, learn nothing.
@@ -248,10 +252,20 @@ impl Policy for Tokens {
                 }
                 best
             }
-            _ => (
-                queue_replicas(&self.fallback(), s.current, load).0,
-                Rule::TokensFallbackQueue,
-            ),
+            (_, (p, g)) => {
+                let n = queue_replicas(&self.fallback(), s.current, load).0;
+                // Rates that were known and are not now are unknown, not a reason to trust a
+                // cruder rule downwards: hold (the safety rule names the signal) until they
+                // have been gone for the scale-down window, then the queue rule decides.
+                let lost = p.err().or(g.err());
+                let recent = self.rates_seen.is_some_and(|t| {
+                    ctx.now.saturating_sub(t) < self.config.scale_down_window.max(ctx.max_signal_age)
+                });
+                if let Some(fault) = lost.filter(|_| recent && n < s.current) {
+                    return Recommendation::new(s.current, fault.into());
+                }
+                (n, Rule::TokensFallbackQueue)
+            }
         };
         let (n, rule) = self.window.apply(ctx.now, want, rule);
         Recommendation::new(n, rule)
@@ -336,6 +350,33 @@ mod tests {
         s.prompt_tokens_rate = Some(Reading::aged(0.0, Duration::from_secs(60)));
         let r = step(&mut t, 2, &s);
         assert_eq!((r.replicas, r.rule), (3, Rule::TokensFallbackQueue));
+    }
+
+    #[test]
+    fn rates_that_vanish_hold_the_count_until_the_window_passes() {
+        let mut t = Tokens::new(TokensConfig {
+            scale_down_window: Duration::from_secs(60),
+            ..set(1000.0, 100.0)
+        });
+        let r = step(&mut t, 0, &signals(1, 0.0, 5.0, Some((2000.0, 0.0))));
+        assert_eq!((r.replicas, r.rule), (3, Rule::TokensCapacity));
+        // The counters are gone (a pod restarted, a server upgraded): the queue rule alone would
+        // say 1; the count holds and the reason names the missing signal.
+        let gone = signals(3, 0.0, 5.0, None);
+        let r = step(&mut t, 1, &gone);
+        assert_eq!(
+            (r.replicas, r.rule),
+            (3, Rule::SignalMissing(SignalKind::PromptTokensRate))
+        );
+        assert!(r.rule.is_safety_hold());
+        // A scale-up on the queue rule is never held back.
+        let r = step(&mut t, 2, &signals(3, 300.0, 100.0, None));
+        assert_eq!((r.replicas, r.rule), (5, Rule::TokensFallbackQueue));
+        // Gone for the whole window: the queue rule decides.
+        let r = step(&mut t, 61, &gone);
+        assert_eq!((r.replicas, r.rule), (5, Rule::ScaleDownWindow));
+        let r = step(&mut t, 63, &gone);
+        assert_eq!((r.replicas, r.rule), (1, Rule::TokensFallbackQueue));
     }
 
     #[test]

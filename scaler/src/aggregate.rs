@@ -29,6 +29,11 @@ pub struct Observed {
     pub kv_cache_usage: Option<f64>,
     /// Mean GPU utilization over the GPUs its pods hold.
     pub gpu_utilization: Option<f64>,
+    /// Prompt tokens/s summed over its replicas; `None` unless every replica with a valid
+    /// reading reports one (a partial sum is not the workload's rate).
+    pub prompt_tokens_rate: Option<f64>,
+    /// Output tokens/s, on the same rule.
+    pub generation_tokens_rate: Option<f64>,
     /// Targets (replicas) with a valid reading.
     pub up: u32,
     /// Targets without one: the view of this workload is partial.
@@ -136,6 +141,8 @@ struct TargetRow {
     waiting: Option<f64>,
     running: Option<f64>,
     kv: Option<f64>,
+    prompt_rate: Option<f64>,
+    generation_rate: Option<f64>,
 }
 
 impl TargetRow {
@@ -194,6 +201,8 @@ impl Page {
                 n if n == contract::WAITING => 3,
                 n if n == contract::RUNNING => 4,
                 n if n == contract::KV_CACHE => 5,
+                n if n == contract::PROMPT_TOKENS_RATE => 6,
+                n if n == contract::GENERATION_TOKENS_RATE => 7,
                 _ => continue,
             };
             let Some(w) = workload_of(&s.labels) else { continue };
@@ -211,7 +220,9 @@ impl Page {
                 2 => r.measured_at = Some(s.value),
                 3 => r.waiting = Some(s.value),
                 4 => r.running = Some(s.value),
-                _ => r.kv = Some(s.value),
+                5 => r.kv = Some(s.value),
+                6 => r.prompt_rate = Some(s.value),
+                _ => r.generation_rate = Some(s.value),
             }
         }
 
@@ -219,6 +230,8 @@ impl Page {
         // (namespace, pod) -> workload, to attribute GPU series, which carry the pod only.
         let mut pods: HashMap<(String, String), WorkloadKey> = HashMap::new();
         let mut kv: BTreeMap<WorkloadKey, (f64, u32)> = BTreeMap::new();
+        // Token rates per workload: the sums, and whether every valid target had one.
+        let mut tokens: BTreeMap<WorkloadKey, (f64, f64, bool)> = BTreeMap::new();
         for ((w, target), r) in &rows {
             if !r.pod.is_empty() {
                 pods.insert((w.namespace.clone(), r.pod.clone()), w.clone());
@@ -241,6 +254,16 @@ impl Page {
             o.up += 1;
             o.waiting += r.waiting.unwrap_or(0.0);
             o.running += r.running.unwrap_or(0.0);
+            let t = tokens.entry(w.clone()).or_insert((0.0, 0.0, true));
+            match (r.prompt_rate, r.generation_rate) {
+                (Some(p), Some(g))
+                    if contract::plausible_tokens_rate(p) && contract::plausible_tokens_rate(g) =>
+                {
+                    t.0 += p;
+                    t.1 += g;
+                }
+                _ => t.2 = false,
+            }
             if let Some(v) = r.kv {
                 let e = kv.entry(w.clone()).or_default();
                 e.0 += v;
@@ -260,6 +283,11 @@ impl Page {
         for (w, (sum, n)) in kv {
             if let Some(o) = page.workloads.get_mut(&w) {
                 o.kv_cache_usage = mean(sum, n);
+            }
+        }
+        for (w, (p, g, all)) in tokens {
+            if let Some(o) = page.workloads.get_mut(&w).filter(|_| all) {
+                (o.prompt_tokens_rate, o.generation_tokens_rate) = (Some(p), Some(g));
             }
         }
         let mut gpu: BTreeMap<WorkloadKey, (f64, u32)> = BTreeMap::new();
@@ -379,6 +407,12 @@ impl View {
                 });
                 t.waiting += o.waiting;
                 t.running += o.running;
+                // Rates add across collectors only while every part is known: the first part
+                // with valid targets makes the sum, a later one without a rate makes it unknown.
+                let first = t.up == 0;
+                t.prompt_tokens_rate = sum_known(first, t.prompt_tokens_rate, o.prompt_tokens_rate, o.up);
+                t.generation_tokens_rate =
+                    sum_known(first, t.generation_tokens_rate, o.generation_tokens_rate, o.up);
                 t.up += o.up;
                 t.down += o.down;
                 for f in &o.faults {
@@ -461,6 +495,17 @@ impl View {
             .filter(|((_, m), _)| model.is_empty() || m == model)
             .map(|(_, c)| c.allocatable.saturating_sub(c.allocated))
             .sum()
+    }
+}
+
+/// A sum that is known only while every part is: `first` when `a` holds no part with valid
+/// targets yet; a part with no valid target (`up == 0`) has no rate to give and changes nothing.
+fn sum_known(first: bool, a: Option<f64>, b: Option<f64>, up: u32) -> Option<f64> {
+    match (up, first, a, b) {
+        (0, ..) => a,
+        (_, true, _, b) => b,
+        (_, false, Some(a), Some(b)) => Some(a + b),
+        _ => None,
     }
 }
 
@@ -556,6 +601,75 @@ gpuscale_scrape_timestamp_seconds{{namespace="llm",workload="phi",target="http:/
         assert_eq!(p.workloads[&key("default", "mistral")].waiting, 7.0);
         let c = &p.capacity[&("n1".to_string(), "NVIDIA H100".to_string())];
         assert_eq!((c.allocatable, c.allocated), (2, 1));
+    }
+
+    /// One valid target of `llm/qwen` at `url`, with the token rates given (`None`: absent).
+    fn qwen_target(url: &str, rates: Option<(f64, f64)>) -> String {
+        let l = format!(
+            r#"{{namespace="llm",workload="qwen",pod="qwen-{url}",target="http://{url}/metrics",node="n1"}}"#
+        );
+        let mut t = format!(
+            "gpuscale_scrape_up{l} 1\ngpuscale_scrape_reading_valid{l} 1\ngpuscale_scrape_timestamp_seconds{l} {NOW}\n\
+             gpuscale_workload_requests_waiting{l} 1\ngpuscale_workload_requests_running{l} 4\n"
+        );
+        if let Some((p, g)) = rates {
+            t.push_str(&format!(
+                "gpuscale_workload_prompt_tokens_per_second{l} {p}\ngpuscale_workload_generation_tokens_per_second{l} {g}\n"
+            ));
+        }
+        t
+    }
+
+    fn collector_page(targets: &[String]) -> Page {
+        let mut t = format!(
+            "gpuscale_collector_info{{node=\"n1\",version=\"0.1.0\",contract=\"1\"}} 1\n\
+             gpuscale_collector_last_tick_timestamp_seconds{{node=\"n1\"}} {NOW}\n"
+        );
+        for x in targets {
+            t.push_str(x);
+        }
+        read(&t, 10).unwrap()
+    }
+
+    #[test]
+    fn token_rates_are_summed_only_when_every_replica_has_one() {
+        let qwen = |p: &Page| p.workloads[&key("llm", "qwen")].clone();
+        let both = collector_page(&[
+            qwen_target("a", Some((1000.0, 200.0))),
+            qwen_target("b", Some((500.0, 50.0))),
+        ]);
+        let q = qwen(&both);
+        assert_eq!(
+            (q.prompt_tokens_rate, q.generation_tokens_rate),
+            (Some(1500.0), Some(250.0))
+        );
+        // One replica without a rate (just started, or its counter reset): the workload's rate
+        // is unknown, not the other replica's.
+        let partial = collector_page(&[qwen_target("a", Some((1000.0, 200.0))), qwen_target("b", None)]);
+        let q = qwen(&partial);
+        assert_eq!(
+            (q.prompt_tokens_rate, q.generation_tokens_rate, q.up),
+            (None, None, 2)
+        );
+        // An implausible rate is no rate.
+        let wild = collector_page(&[qwen_target("a", Some((1e12, 200.0)))]);
+        assert_eq!(qwen(&wild).prompt_tokens_rate, None);
+        // Across collectors, by the same rule.
+        let src = |p: Page| Source {
+            last_ok: Some((Duration::from_secs(10), p)),
+            error: None,
+        };
+        let (x, y) = (
+            src(collector_page(&[qwen_target("a", Some((1000.0, 200.0)))])),
+            src(collector_page(&[qwen_target("b", Some((10.0, 2.0)))])),
+        );
+        let z = src(collector_page(&[qwen_target("c", None)]));
+        let v = View::combine([("x:9400", &x), ("y:9400", &y)]);
+        assert_eq!(v.workloads[&key("llm", "qwen")].prompt_tokens_rate, Some(1010.0));
+        let v = View::combine([("x:9400", &x), ("z:9400", &z), ("y:9400", &y)]);
+        assert_eq!(v.workloads[&key("llm", "qwen")].prompt_tokens_rate, None);
+        let v = View::combine([("z:9400", &z), ("x:9400", &x)]);
+        assert_eq!(v.workloads[&key("llm", "qwen")].generation_tokens_rate, None);
     }
 
     #[test]

@@ -210,8 +210,12 @@ impl Workload {
                 .and_then(|o| o.gpu_utilization.and_then(reading)),
             arrival_rate: None,
             service_time: None,
-            prompt_tokens_rate: None,
-            generation_tokens_rate: None,
+            prompt_tokens_rate: observed
+                .as_ref()
+                .and_then(|o| o.prompt_tokens_rate.and_then(reading)),
+            generation_tokens_rate: observed
+                .as_ref()
+                .and_then(|o| o.generation_tokens_rate.and_then(reading)),
             pods: Vec::new(),
         };
         let d = self.autoscaler.decide(now, &signals);
