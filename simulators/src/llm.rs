@@ -86,33 +86,62 @@ impl StepCost {
         }
     }
 
-    /// Seconds of replica time a token costs at best, for the oracle: the least `c_p` per
-    /// prefill token and `c_d` per decode token such that every step the limits allow costs at
-    /// least `p * c_p + d * c_d`.
-    pub fn least_token_costs(&self) -> (f64, f64) {
+    /// Seconds of replica time a prompt token costs at best, for the oracle: the least `c_p`
+    /// such that every prefill step the limits allow costs at least `p * c_p` (checked at every
+    /// `p`, single prompt or batch).
+    pub fn least_prefill_cost(&self) -> f64 {
         let budget = self.prefill_us.len() - 1;
-        let seqs = self.decode_us.len() - 1;
         let c_p = (1..=budget)
             .map(|p| self.prefill_us[p].min(self.batched_us[p]) as f64 / p as f64)
             .fold(f64::INFINITY, f64::min);
-        let mut c_d = f64::INFINITY;
+        c_p / US
+    }
+
+    /// The least a decode token can be charged in a step no longer than `tau` seconds, as the
+    /// lower convex envelope `H(tau)` of every step the limits allow: each step `(p, n, d)` of
+    /// duration `t` charges its `d` decoding sequences `(t - p * c_p) / d` each (the prefill
+    /// tokens pay `c_p`). `H` is convex and non-increasing, so a request whose `k` decode steps
+    /// last at most `L` in all is charged at least `k * H(L / k)` (Jensen). Returned as hull
+    /// vertices `(tau_s, charge_s)`, `tau` ascending, charge descending; `c_p` in seconds.
+    pub fn decode_envelope(&self, c_p: f64) -> Vec<(f64, f64)> {
+        let budget = self.prefill_us.len() - 1;
+        let seqs = self.decode_us.len() - 1;
+        let c_p_us = c_p * US;
+        // Every (p, d) step: the curves are piecewise linear, so a coarser grid could miss a
+        // vertex of the envelope and overstate the bound.
+        let mut points: Vec<(f64, f64)> = Vec::with_capacity(seqs.min(budget) * (budget + 1) / 4);
         for d in 1..=seqs.min(budget) {
-            // The step with d decode tokens and the most prefill beside them is the cheapest
-            // per decode token once prefill is charged at c_p; checking p on a coarse grid and
-            // both ends is exact for the piecewise-linear curves up to rounding.
-            let room = budget - d;
-            let step = (room / 64).max(1);
-            let mut p = 0;
-            loop {
-                let t = self.step_us(p as u32, 2, d as u32) as f64 - p as f64 * c_p;
-                c_d = c_d.min(t / d as f64);
-                if p == room {
+            let mut best_at: Vec<(f64, f64)> = Vec::new();
+            for p in 0..=(budget - d) {
+                let t = self.step_us(p as u32, 2, d as u32) as f64;
+                let charge = (t - p as f64 * c_p_us) / d as f64;
+                // Per d, only points that lower the charge as t grows can be on the envelope.
+                if best_at.last().is_none_or(|&(_, c)| charge < c) {
+                    best_at.push((t, charge));
+                }
+            }
+            points.extend(best_at);
+        }
+        points.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        // Andrew's monotone chain, lower hull, stopping at the least charge (beyond it the
+        // envelope is flat: a longer step need not cost more per token).
+        let mut hull: Vec<(f64, f64)> = Vec::new();
+        for &(t, c) in &points {
+            if hull.last().is_some_and(|&(_, lc)| c >= lc) {
+                continue;
+            }
+            while hull.len() >= 2 {
+                let (a, b) = (hull[hull.len() - 2], hull[hull.len() - 1]);
+                let cross = (b.0 - a.0) * (c - a.1) - (b.1 - a.1) * (t - a.0);
+                if cross <= 0.0 {
+                    hull.pop();
+                } else {
                     break;
                 }
-                p = (p + step).min(room);
             }
+            hull.push((t, c));
         }
-        (c_p / US, c_d / US)
+        hull.into_iter().map(|(t, c)| (t / US, c / US)).collect()
     }
 
     /// Seconds a request needs at least on an otherwise idle replica: its prompt in chunks of
@@ -483,5 +512,59 @@ impl LlmReplica {
             self.waiting.push_front(req);
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StepCost;
+    use crate::perf::PerfTable;
+    use crate::rng::Rng;
+
+    fn h(hull: &[(f64, f64)], x: f64) -> f64 {
+        if x >= hull[hull.len() - 1].0 {
+            return hull[hull.len() - 1].1;
+        }
+        let i = hull.partition_point(|&(t, _)| t <= x);
+        let ((t0, c0), (t1, c1)) = (hull[i - 1], hull[i]);
+        c0 + (c1 - c0) * (x - t0) / (t1 - t0)
+    }
+
+    #[test]
+    fn the_decode_envelope_is_convex_non_increasing_and_below_every_step() {
+        let table = PerfTable::bundled("llama2-70b", "h100-80gb", 4).unwrap_or_else(|e| panic!("{e}"));
+        let cost = StepCost::new(&table, 8192, 1024);
+        let c_p = cost.least_prefill_cost();
+        let hull = cost.decode_envelope(c_p);
+        assert!(hull.len() >= 2, "{hull:?}");
+        for w in hull.windows(2) {
+            assert!(w[1].0 > w[0].0 && w[1].1 < w[0].1, "not decreasing: {w:?}");
+        }
+        for w in hull.windows(3) {
+            let s1 = (w[1].1 - w[0].1) / (w[1].0 - w[0].0);
+            let s2 = (w[2].1 - w[1].1) / (w[2].0 - w[1].0);
+            assert!(s2 >= s1 - 1e-12, "not convex: {w:?}");
+        }
+        // Every step the limits allow charges its decode tokens at least the envelope at its
+        // own length: sampled, with the extremes.
+        let mut rng = Rng::new(7);
+        let mut steps = vec![(0u32, 1u32), (0, 1024), (8191, 1), (7168, 1024)];
+        for _ in 0..20_000 {
+            let d = 1 + (rng.uniform() * 1023.0) as u32;
+            let p = (rng.uniform() * f64::from(8192 - d)) as u32;
+            steps.push((p, d));
+        }
+        for (p, d) in steps {
+            let t = cost.step_us(p, 2, d) as f64 / 1e6;
+            let charge = (t - f64::from(p) * c_p) / f64::from(d);
+            assert!(
+                charge >= h(&hull, t) - 1e-12,
+                "step p={p} d={d}: {t} s charges {charge}, below the envelope {}",
+                h(&hull, t)
+            );
+        }
+        // The cheapest decode token rides in a step at the cheapest prefill rate.
+        let least = hull[hull.len() - 1].1;
+        assert!((least - c_p).abs() < 1e-9, "{least} vs c_p {c_p}");
     }
 }

@@ -30,7 +30,7 @@ enum Command {
     /// Replay a trace under one or more policies and compare them.
     ///
     /// Example: gpuscale-sim replay --trace data/traces/AzureLLMInferenceTrace_conv.csv
-    /// --policy hpa,kpa,queue,slo --json out.json --report out.html
+    /// --policy hpa,kpa,default,queue,slo --json out.json --report out.html
     Replay(ReplayArgs),
     /// Replay a trace over a grid of policy parameters and mark the cost / p99 Pareto frontier.
     ///
@@ -41,9 +41,9 @@ enum Command {
     /// with its GPU-hours as a multiple of the lower bound, written as a ready KEDA ScaledObject
     /// and as direct-mode annotations.
     ///
-    /// The candidates are hpa, kpa, queue and slo set up from the serving model, queue at half,
-    /// one and twice the replica's slots, each with keepAlive 60s, 5m and 15m (or the --policy
-    /// specs, if given).
+    /// The candidates are hpa, kpa, default, queue and slo set up from the serving model, queue
+    /// at half, one and twice the replica's slots, each with keepAlive 60s, 5m and 15m (or the
+    /// --policy specs, if given).
     ///
     /// Example: gpuscale-sim recommend --trace data/traces/AzureLLMInferenceTrace_conv.csv
     /// --objective-p99 90s --deployment qwen --namespace llm --write-scaledobject so.yaml
@@ -290,7 +290,7 @@ fn drain_secs(v: &str) -> Result<Drain, String> {
 }
 
 /// The policies `replay` compares unless told otherwise (and `recommend`'s baselines).
-const DEFAULT_POLICIES: &str = "hpa,kpa,queue,slo";
+const DEFAULT_POLICIES: &str = "hpa,kpa,default,queue,slo";
 
 /// Largest step token budget: the step-time table holds one entry per token.
 const MAX_BATCH_TOKENS: u32 = 1 << 20;
@@ -899,7 +899,7 @@ fn run_sweep(args: &ReplayArgs) -> anyhow::Result<()> {
     )
 }
 
-/// The built-in candidates: the four baselines set up alike, and queue at three targets in
+/// The built-in candidates: the replay defaults set up alike, and queue at three targets in
 /// slots, each at three keep-alives.
 fn candidates(slots: u32) -> Vec<(String, Vec<(String, String)>)> {
     let mut out: Vec<(String, Vec<(String, String)>)> = DEFAULT_POLICIES

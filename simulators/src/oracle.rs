@@ -2,10 +2,13 @@
 //! while meeting a p99 latency target, to read every policy's cost against.
 //!
 //! Two bounds, each computed from the requests alone, and the larger is reported:
-//! - **Work.** Every request costs a replica at least `W = input * c_p + (output - 1) * c_d`
-//!   replica-seconds, where `c_p` and `c_d` are the least a prefill and a decode token can cost
-//!   in any step the serving model allows ([`StepCost::least_token_costs`]); for the
-//!   concurrency model `W = service / slots`. A policy meeting p99 may fail or abandon 1 % of
+//! - **Work.** Every request costs a replica at least `W = input * c_p + (output - 1) * H(L /
+//!   (output - 1))` replica-seconds, where `c_p` is the least a prefill token can cost in any
+//!   step the serving model allows ([`crate::llm::StepCost::least_prefill_cost`]) and `H` the
+//!   convex envelope of what a decode token is charged in a step of a given length
+//!   ([`crate::llm::StepCost::decode_envelope`]): to meet `L`, a request's decode steps last at
+//!   most `L / (output - 1)` on average, and the cheap decode tokens ride in long prefill steps
+//!   that a long output cannot afford. For the concurrency model `W = service / slots`. A policy meeting p99 may fail or abandon 1 % of
 //!   requests, so only the 99 % with the least work are summed. Preemption, idle time and
 //!   imbalance only add to it.
 //! - **Presence.** A request that meets the target `L` is served within `[a, a + L]` by a
@@ -54,17 +57,39 @@ fn round(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
 }
 
-/// Per-request least work (replica-seconds) and least time alone (seconds).
-fn demands(trace: &Trace, serving: &ServingConfig, services: &[f32]) -> Vec<(f64, f64)> {
+/// `H(x)` of a decode envelope ([`crate::llm::StepCost::decode_envelope`]); a step budget
+/// shorter than any step means the request cannot meet the target, so it is charged the least
+/// any decode token costs (it is among those allowed to miss).
+fn envelope_at(hull: &[(f64, f64)], x: f64) -> f64 {
+    let (Some(first), Some(last)) = (hull.first(), hull.last()) else {
+        return 0.0;
+    };
+    if x < first.0 || x >= last.0 {
+        return last.1;
+    }
+    let i = hull.partition_point(|&(t, _)| t <= x);
+    let ((t0, c0), (t1, c1)) = (hull[i - 1], hull[i]);
+    c0 + (c1 - c0) * (x - t0) / (t1 - t0)
+}
+
+/// Per-request least work (replica-seconds) and least time alone (seconds), for a request
+/// that meets `target` seconds.
+fn demands(trace: &Trace, serving: &ServingConfig, services: &[f32], target: f64) -> Vec<(f64, f64)> {
     match &serving.serving {
         Serving::Llm(c) => {
-            let (c_p, c_d) = c.cost.least_token_costs();
+            let c_p = c.cost.least_prefill_cost();
+            let hull = c.cost.decode_envelope(c_p);
             trace
                 .requests
                 .iter()
                 .map(|r| {
                     let (i, o) = (r.input_tokens.max(1), r.output_tokens.max(1));
-                    (f64::from(i) * c_p + f64::from(o - 1) * c_d, c.cost.alone_s(i, o))
+                    // Its o - 1 decode steps fit in the target: on average at most L / (o - 1).
+                    let decode = match o - 1 {
+                        0 => 0.0,
+                        k => f64::from(k) * envelope_at(&hull, target / f64::from(k)),
+                    };
+                    (f64::from(i) * c_p + decode, c.cost.alone_s(i, o))
                 })
                 .collect()
         }
@@ -172,7 +197,7 @@ pub fn bound(
     target: f64,
     target_from: &str,
 ) -> Oracle {
-    let d = demands(trace, serving, services);
+    let d = demands(trace, serving, services, target);
     let n = d.len();
     let mut work: Vec<f64> = d.iter().map(|&(w, _)| w).collect();
     work.sort_by(f64::total_cmp);
@@ -206,13 +231,24 @@ pub fn bound(
         work_gpu_hours: round(work_s * g),
         presence_gpu_hours: round(presence_s * g),
         infeasible_requests: infeasible,
-        method: "max(work: least replica-seconds of the 99% least-work requests; presence: least up-time covering each request's own time within [arrival, arrival + target], gaps idled or restarted at the least cold start) x GPUs per replica".to_string(),
+        method: "max(work: least replica-seconds of the 99% least-work requests, decode steps short enough to meet the target; presence: least up-time covering each request's own time within [arrival, arrival + target], gaps idled or restarted at the least cold start) x GPUs per replica".to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::presence;
+    use super::{envelope_at, presence};
+
+    #[test]
+    fn the_envelope_is_read_between_its_vertices() {
+        let hull = [(0.1, 5.0), (0.2, 2.0), (1.0, 1.0)];
+        assert_eq!(envelope_at(&hull, 0.2), 2.0);
+        assert!((envelope_at(&hull, 0.15) - 3.5).abs() < 1e-12);
+        assert!((envelope_at(&hull, 0.6) - 1.5).abs() < 1e-12);
+        assert_eq!(envelope_at(&hull, 5.0), 1.0);
+        // Shorter than any step: the request cannot meet the target and pays the least.
+        assert_eq!(envelope_at(&hull, 0.01), 1.0);
+    }
 
     #[test]
     fn presence_shares_overlapping_windows_and_charges_gaps() {

@@ -83,7 +83,7 @@ fn every_reason_code_is_documented() {
 fn readme_shows_the_commands_ci_runs() {
     let readme = read("README.md");
     let ci = read(".ci/run");
-    let main = "cargo run --release -p gpuscale-sim -- replay --trace data/traces/AzureLLMInferenceTrace_conv.csv --policy hpa,kpa,queue,slo --oracle";
+    let main = "cargo run --release -p gpuscale-sim -- replay --trace data/traces/AzureLLMInferenceTrace_conv.csv --policy hpa,kpa,default,queue,slo --oracle";
     assert!(
         readme.lines().any(|l| l.trim() == main),
         "README must show the main command `{main}` on its own line"
