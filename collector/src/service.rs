@@ -49,19 +49,63 @@ pub struct Config {
     pub discovered: Option<crate::discovery::SharedTargets>,
 }
 
-/// The last rendered pages, swapped whole each tick.
+/// The last rendered pages, replaced at each render.
 #[derive(Default)]
 pub struct Pages {
     prometheus: String,
     openmetrics: String,
     ready: bool,
+    /// When the page was rendered (its `gpuscale_collector_last_tick_timestamp_seconds`).
+    rendered: f64,
+    /// Told at every render, for requests waiting for a newer page.
+    changed: Arc<tokio::sync::Notify>,
+    /// Requests waiting now.
+    waiters: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Longest `wait` a `/metrics` request may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Requests waiting for a newer page at once; beyond it a request is answered at once (it
+/// falls back to polling), so waiters can never hold the server.
+pub const MAX_WAITERS: usize = 1024;
+
+/// `wait=SECONDS&after=TIMESTAMP` of a `/metrics` request: answer once a page rendered after
+/// `after` exists, or at `wait` with the current page (a heartbeat: silence is never "no
+/// change"). Either alone, or neither, answers at once.
+fn long_poll(query: Option<&str>) -> Result<Option<(Duration, f64)>, String> {
+    let (mut wait, mut after) = (None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = |what: &str| format!("`{k}={}`: expected {what}", crate::contract::quote(v, 40));
+        match k {
+            "wait" => match v.parse::<f64>() {
+                Ok(x) if x.is_finite() && x >= 0.0 => wait = Some(Duration::from_secs_f64(x).min(MAX_WAIT)),
+                _ => return Err(bad("seconds >= 0 (at most 30 are waited)")),
+            },
+            "after" => match v.parse::<f64>() {
+                Ok(x) if x.is_finite() => after = Some(x),
+                _ => return Err(bad("the Unix time of the page already seen")),
+            },
+            _ => {}
+        }
+    }
+    Ok(wait.zip(after))
 }
 
 /// Shared between the loop and the server.
 pub type SharedPages = Arc<RwLock<Pages>>;
 
-async fn metrics(State(pages): State<SharedPages>, headers: HeaderMap) -> Response {
+async fn metrics(
+    State(pages): State<SharedPages>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
     let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    match long_poll(query.as_deref()) {
+        Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
+        Ok(Some((wait, after))) => wait_for_page(&pages, wait, after).await,
+        Ok(None) => {}
+    }
     let body = match pages.read() {
         Ok(p) if p.ready => match format {
             Format::Prometheus => p.prometheus.clone(),
@@ -70,6 +114,33 @@ async fn metrics(State(pages): State<SharedPages>, headers: HeaderMap) -> Respon
         _ => return (StatusCode::SERVICE_UNAVAILABLE, "no complete tick yet\n").into_response(),
     };
     ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+}
+
+/// Wait up to `wait` for a page rendered after `after` (the scaler's push path).
+async fn wait_for_page(pages: &SharedPages, wait: Duration, after: f64) {
+    use std::sync::atomic::Ordering;
+    let (changed, waiters) = match pages.read() {
+        Ok(p) => (p.changed.clone(), p.waiters.clone()),
+        Err(_) => return,
+    };
+    if waiters.fetch_add(1, Ordering::Relaxed) >= MAX_WAITERS {
+        waiters.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let notified = changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let newer = pages
+            .read()
+            .map(|p| p.ready && p.rendered > after)
+            .unwrap_or(true);
+        if newer || tokio::time::timeout_at(deadline, notified).await.is_err() {
+            break;
+        }
+    }
+    waiters.fetch_sub(1, Ordering::Relaxed);
 }
 
 async fn readyz(State(pages): State<SharedPages>) -> Response {
@@ -399,11 +470,11 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
         let prometheus = render(&snapshot, Format::Prometheus, config.dcgm_compat);
         let openmetrics = render(&snapshot, Format::OpenMetrics, config.dcgm_compat);
         if let Ok(mut p) = pages.write() {
-            *p = Pages {
-                prometheus,
-                openmetrics,
-                ready: true,
-            };
+            p.prometheus = prometheus;
+            p.openmetrics = openmetrics;
+            p.ready = true;
+            p.rendered = snapshot.timestamp_seconds;
+            p.changed.notify_waiters();
         }
     }
 }

@@ -1,11 +1,12 @@
 //! Freshness, measured from outside: a model server's queue changes, and a KEDA client polling
 //! GetMetrics every 10 ms times how long until the scaler's answer shows it. A real collector
 //! (the library's tick loop and router on a real socket, as the binary runs them) scrapes the
-//! model server; the scaler binary polls the collector. Each configuration runs `FRESHNESS_TRIALS` changes (default 20), alternating the
-//! queue between 0 and 20 at random phases, and prints p50, p99 and max.
+//! model server; the scaler binary reads the collector (push: a read held until a newer page,
+//! or polling with `/poll`). Each configuration runs `FRESHNESS_TRIALS` changes (default 20),
+//! alternating the queue between 0 and 20 at random phases, and prints p50, p99 and max.
 //!
 //! `cargo bench -p gpuscale-scaler --bench freshness`
-//! (env: FRESHNESS_TRIALS; FRESHNESS_CONFIGS="default,1s/500ms,1s/250ms,250ms/250ms").
+//! (env: FRESHNESS_TRIALS; FRESHNESS_CONFIGS="default,default/poll,250ms/500ms,250ms/500ms/poll").
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
@@ -193,24 +194,41 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let configs =
-        std::env::var("FRESHNESS_CONFIGS").unwrap_or_else(|_| "default,5s/1s,1s/250ms,250ms/250ms".into());
+    // `COLLECTOR_INTERVAL/POLL_INTERVAL[/poll]`; `/poll` turns the push path off
+    // (`--collector-wait 0`), the baseline each push figure is read against.
+    let configs = std::env::var("FRESHNESS_CONFIGS")
+        .unwrap_or_else(|_| "default,default/poll,250ms/500ms,250ms/500ms/poll,5s/1s/poll".into());
     println!(
         "queue change at the model server -> the value KEDA reads from GetMetrics (polled every 10 ms):"
     );
     for c in configs.split(',') {
-        match c.trim() {
+        let (spec, poll) = match c.trim().strip_suffix("/poll") {
+            Some(s) => (s, true),
+            None => (c.trim(), false),
+        };
+        let mut args: Vec<&str> = if poll {
+            vec!["--collector-wait", "0"]
+        } else {
+            Vec::new()
+        };
+        let how = if poll {
+            "polling only (--collector-wait 0)"
+        } else {
+            "push"
+        };
+        match spec {
             "default" => {
                 let interval = Duration::from_secs_f64(gpuscale_collector::cli::DEFAULT_INTERVAL_SECS);
-                run("defaults", interval, &[], trials).await
+                run(&format!("defaults, {how}"), interval, &args, trials).await
             }
             spec => {
                 let (ci, sp) = spec.split_once('/').unwrap_or((spec, "1s"));
                 let interval = Duration::from_secs_f64(gpuscale_collector::cli::duration_secs(ci).unwrap());
+                args.extend(["--poll-interval", sp]);
                 run(
-                    &format!("collector --interval {ci}, scaler --poll-interval {sp}"),
+                    &format!("collector --interval {ci}, scaler --poll-interval {sp}, {how}"),
                     interval,
-                    &["--poll-interval", sp],
+                    &args,
                     trials,
                 )
                 .await

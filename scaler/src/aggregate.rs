@@ -105,6 +105,9 @@ pub struct Page {
     pub workloads: BTreeMap<WorkloadKey, Observed>,
     /// Per (node, GPU model).
     pub capacity: BTreeMap<(String, String), Capacity>,
+    /// When the collector rendered it, Unix seconds on its clock: what a reader asks for a
+    /// newer page than (`?after=`).
+    pub rendered: f64,
 }
 
 fn label<'a>(labels: &'a [(String, String)], name: &str) -> &'a str {
@@ -226,7 +229,10 @@ impl Page {
             }
         }
 
-        let mut page = Page::default();
+        let mut page = Page {
+            rendered,
+            ..Page::default()
+        };
         // (namespace, pod) -> workload, to attribute GPU series, which carry the pod only.
         let mut pods: HashMap<(String, String), WorkloadKey> = HashMap::new();
         let mut kv: BTreeMap<WorkloadKey, (f64, u32)> = BTreeMap::new();

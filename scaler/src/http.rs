@@ -300,7 +300,7 @@ pub fn render(s: &AppState, format: Format) -> String {
         w.family(name, "gauge", help);
         w.sample(name, &[], v);
     }
-    let counters: [(&str, &str, u64); 4] = [
+    let counters: [(&str, &str, u64); 5] = [
         (
             "gpuscale_scaler_stream_pushes",
             "`true` messages pushed on StreamIsActive.",
@@ -308,8 +308,13 @@ pub fn render(s: &AppState, format: Format) -> String {
         ),
         (
             "gpuscale_scaler_polls",
-            "Poll rounds completed.",
+            "Periodic decisions over every workload (every --poll-interval).",
             t.polls.load(Ordering::Relaxed),
+        ),
+        (
+            "gpuscale_scaler_pushed_decisions",
+            "Decisions made at once on a newer collector page, between periodic ones.",
+            t.pushed_decisions.load(Ordering::Relaxed),
         ),
         (
             "gpuscale_scaler_poll_errors",
@@ -329,7 +334,7 @@ pub fn render(s: &AppState, format: Format) -> String {
     w.family(
         "gpuscale_scaler_poll_duration_seconds",
         "histogram",
-        "Time of one poll round: read every collector, combine, decide.",
+        "Time of one decision over every workload: combine the collectors' pages, decide.",
     );
     t.poll_duration
         .write(&mut w, "gpuscale_scaler_poll_duration_seconds", &[]);

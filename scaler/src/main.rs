@@ -54,9 +54,17 @@ struct Args {
     #[arg(long, env = "GPUSCALE_SCALER_HELD_TOKEN_FILE")]
     held_token_file: Option<PathBuf>,
 
-    /// Time between polls of the collectors; every workload is decided after each poll.
+    /// Time between decisions over every workload when no collector has a newer page, and
+    /// between reads of a collector that does not hold reads (--collector-wait 0, or an older
+    /// collector).
     #[arg(long, env = "GPUSCALE_SCALER_POLL_INTERVAL", default_value = "500ms", value_parser = duration)]
     poll_interval: Duration,
+
+    /// How long a collector may hold a read until it has rendered a newer page (a model
+    /// server's reading changed): the push path, which decides the workloads at once. The
+    /// collector answers at the latest after this (a heartbeat). 0 turns it off (plain polling).
+    #[arg(long, env = "GPUSCALE_SCALER_COLLECTOR_WAIT", default_value = "5s", value_parser = duration)]
+    collector_wait: Duration,
 
     /// Time allowed for one collector read.
     #[arg(long, env = "GPUSCALE_SCALER_POLL_TIMEOUT", default_value = "2s", value_parser = duration)]
@@ -66,7 +74,8 @@ struct Args {
     #[arg(long, env = "GPUSCALE_SCALER_MAX_PAGE_BYTES", default_value_t = 8 << 20)]
     max_page_bytes: usize,
 
-    /// Collector reads in flight at once.
+    /// Collector reads in flight at once, reads a collector holds until it has a newer page
+    /// excepted (each collector holds at most one).
     #[arg(long, env = "GPUSCALE_SCALER_MAX_CONCURRENT_POLLS", default_value_t = 32)]
     max_concurrent_polls: usize,
 
@@ -210,6 +219,7 @@ async fn run() -> anyhow::Result<()> {
     tokio::spawn(poll::run(
         PollConfig {
             interval: args.poll_interval,
+            wait: args.collector_wait.min(Duration::from_secs(30)),
             timeout: args.poll_timeout,
             max_page_bytes: args.max_page_bytes,
             max_concurrent: args.max_concurrent_polls,

@@ -1,16 +1,22 @@
-//! Reading the collectors: every `interval`, fetch each collector's `/metrics` (concurrently,
-//! at most `max_concurrent` at once, each within `timeout` and `max_page_bytes`), combine the
-//! pages into a [`View`], and decide every workload from it.
+//! Reading the collectors and deciding from what they say.
+//!
+//! One reader per collector asks for its `/metrics` (OpenMetrics, within `timeout` and
+//! `max_page_bytes`) with `?wait=W&after=T`: the collector answers as soon as it has rendered a
+//! page newer than the one seen (a model server's reading changed), or after `W` with the same
+//! page (a heartbeat, so silence is never read as "no change"). Each newer page makes the
+//! decider combine the pages into a [`View`] and decide every workload at once (coalesced over
+//! a few milliseconds), so a queue change reaches KEDA without waiting for a poll. The decider
+//! also runs every `interval` whatever arrives: readings age, keep-alives expire. A collector
+//! that does not wait (an older one, or `wait` 0) is read every `interval`, as plain polling.
 //!
 //! The collector list is a `watch` channel so that a static `--collector` list and `--kube`
 //! discovery (EndpointSlices) feed the same loop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
 use tokio::sync::watch;
 
 use gpuscale_collector::contract::redact_url;
@@ -38,8 +44,11 @@ impl Clock {
 /// How to poll.
 #[derive(Clone, Debug)]
 pub struct PollConfig {
-    /// Between rounds.
+    /// Between decisions when nothing arrives, and between reads of a collector that does not
+    /// wait.
     pub interval: Duration,
+    /// How long a collector may hold a read until it has a newer page (0: plain polling).
+    pub wait: Duration,
     /// Per collector read.
     pub timeout: Duration,
     /// Largest page read.
@@ -80,11 +89,22 @@ async fn read_collector(
     config: &PollConfig,
     addr: &str,
     clock: Clock,
+    wait: Option<(Duration, f64)>,
 ) -> Result<Page, String> {
     let url = metrics_url(addr)?;
+    let (url, timeout) = match wait {
+        None => (url, config.timeout),
+        Some((w, after)) => {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            (
+                format!("{url}{sep}wait={}&after={after}", w.as_secs_f64()),
+                config.timeout + w,
+            )
+        }
+    };
     let how = gpuscale_collector::scrape::Fetch {
         openmetrics: true,
-        timeout: config.timeout,
+        timeout,
         max_bytes: config.max_page_bytes,
         bearer: config.bearer.as_deref(),
         keep: None,
@@ -109,53 +129,93 @@ async fn read_collector(
     Page::read(&families, &redact_url(&url), received).map_err(|e| e.to_string())
 }
 
-/// One round: fetch every collector, combine, decide.
-pub async fn round(
-    client: &reqwest::Client,
-    config: &PollConfig,
-    collectors: &[String],
-    polled: &Polled,
-    workloads: &Workloads,
-    telemetry: &Telemetry,
-    clock: Clock,
-) {
-    let started = Instant::now();
-    let results: Vec<(String, Duration, Result<Page, String>)> =
-        futures_util::stream::iter(collectors.iter().cloned())
-            .map(|addr| async move {
-                let r = read_collector(client, config, &addr, clock).await;
-                (addr, clock.now(), r)
-            })
-            .buffer_unordered(config.max_concurrent.max(1))
-            .collect()
-            .await;
-    let view = {
+/// How long the decider waits after a newer page, for the other collectors' pages of the same
+/// moment (their renders follow the same model-server reads).
+const PUSH_COALESCE: Duration = Duration::from_millis(5);
+/// Pushed decisions are at least this far apart...
+const PUSH_MIN_GAP: Duration = Duration::from_millis(20);
+/// ...and keep deciding under this share of one core: after a decision that took `d`, the
+/// next pushed one waits `d * (1 / share - 1)`. A fleet so large that deciding every workload
+/// takes 100 ms is then decided about once a second on pushes, not continuously.
+const PUSH_CPU_SHARE: f64 = 0.1;
+
+/// Combine the collectors' latest pages and decide every workload.
+fn decide(collectors: &[String], polled: &Polled, workloads: &Workloads, clock: Clock) -> bool {
+    let (view, complete) = {
         let mut sources = polled.sources.write().unwrap_or_else(|e| e.into_inner());
         sources.retain(|k, _| collectors.contains(k));
-        for (addr, at, r) in results {
-            let s = sources.entry(addr.clone()).or_default();
-            match r {
-                Ok(page) => {
-                    s.last_ok = Some((at, page));
-                    s.error = None;
-                }
-                Err(e) => {
-                    telemetry.poll_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(collector = %redact_url(&addr), error = %e, "collector read failed");
-                    s.error = Some(e);
-                }
-            }
-        }
-        View::combine(sources.iter().map(|(k, v)| (k.as_str(), v)))
+        let complete = collectors.iter().all(|c| sources.contains_key(c));
+        (
+            View::combine(sources.iter().map(|(k, v)| (k.as_str(), v))),
+            complete,
+        )
     };
     workloads.tick(&view, clock.now());
     *polled.view.write().unwrap_or_else(|e| e.into_inner()) = view;
-    polled.ready.store(true, Ordering::Relaxed);
-    telemetry.polls.fetch_add(1, Ordering::Relaxed);
-    telemetry.poll_duration.observe(started.elapsed());
+    complete
 }
 
-/// Poll forever.
+/// What one reader shares with the decider.
+struct Reader {
+    client: reqwest::Client,
+    config: PollConfig,
+    polled: Arc<Polled>,
+    telemetry: Arc<Telemetry>,
+    /// Told when a reader has stored a newer page (or a new failure).
+    changed: Arc<tokio::sync::Notify>,
+    /// Bounds the reads that are answered at once (a held read waits on the collector, not on
+    /// this process, so it takes no permit).
+    limit: tokio::sync::Semaphore,
+    clock: Clock,
+}
+
+/// Read one collector forever: waiting reads while it renders newer pages, a read every
+/// `interval` otherwise (an error, a heartbeat, a collector that does not wait).
+async fn read_loop(addr: String, r: Arc<Reader>) {
+    let mut seen: Option<f64> = None;
+    loop {
+        let started = Instant::now();
+        let wait = seen
+            .filter(|_| !r.config.wait.is_zero())
+            .map(|after| (r.config.wait, after));
+        let permit = match wait {
+            None => r.limit.acquire().await.ok(),
+            Some(_) => None,
+        };
+        let result = read_collector(&r.client, &r.config, &addr, r.clock, wait).await;
+        drop(permit);
+        let newer = match &result {
+            Ok(page) => seen.is_none_or(|s| page.rendered > s),
+            Err(_) => true,
+        };
+        let failed = result.is_err();
+        {
+            let mut sources = r.polled.sources.write().unwrap_or_else(|e| e.into_inner());
+            let s = sources.entry(addr.clone()).or_default();
+            match result {
+                Ok(page) => {
+                    seen = Some(page.rendered);
+                    s.last_ok = Some((r.clock.now(), page));
+                    s.error = None;
+                }
+                Err(e) => {
+                    r.telemetry.poll_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(collector = %redact_url(&addr), error = %e, "collector read failed");
+                    s.error = Some(e);
+                    seen = None;
+                }
+            }
+        }
+        if newer {
+            r.changed.notify_one();
+        }
+        if failed || !newer {
+            tokio::time::sleep(r.config.interval.saturating_sub(started.elapsed())).await;
+        }
+    }
+}
+
+/// Read and decide forever.
 pub async fn run(
     config: PollConfig,
     mut collectors: watch::Receiver<Vec<String>>,
@@ -171,11 +231,56 @@ pub async fn run(
             return;
         }
     };
+    let reader = Arc::new(Reader {
+        client,
+        config: config.clone(),
+        polled: polled.clone(),
+        telemetry: telemetry.clone(),
+        changed: Arc::new(tokio::sync::Notify::new()),
+        limit: tokio::sync::Semaphore::new(config.max_concurrent.max(1)),
+        clock,
+    });
+    let mut readers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the last decision ended, and the least gap before a pushed one.
+    let mut last = (Instant::now(), Duration::ZERO);
     loop {
-        tick.tick().await;
+        let periodic = tokio::select! {
+            _ = tick.tick() => true,
+            _ = reader.changed.notified() => {
+                let gap = last.1.max(PUSH_MIN_GAP);
+                let at = (last.0 + gap).max(Instant::now() + PUSH_COALESCE);
+                tokio::time::sleep_until(at.into()).await;
+                false
+            }
+            _ = collectors.changed() => false,
+        };
         let list = collectors.borrow_and_update().clone();
-        round(&client, &config, &list, &polled, &workloads, &telemetry, clock).await;
+        readers.retain(|addr, handle| {
+            let keep = list.contains(addr);
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        for addr in &list {
+            readers
+                .entry(addr.clone())
+                .or_insert_with(|| tokio::spawn(read_loop(addr.clone(), reader.clone())));
+        }
+        let started = Instant::now();
+        let complete = decide(&list, &polled, &workloads, clock);
+        if complete {
+            polled.ready.store(true, Ordering::Relaxed);
+        }
+        if periodic {
+            telemetry.polls.fetch_add(1, Ordering::Relaxed);
+        } else {
+            telemetry.pushed_decisions.fetch_add(1, Ordering::Relaxed);
+        }
+        let took = started.elapsed();
+        telemetry.poll_duration.observe(took);
+        last = (Instant::now(), took.mul_f64(1.0 / PUSH_CPU_SHARE - 1.0));
     }
 }

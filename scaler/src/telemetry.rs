@@ -64,11 +64,13 @@ pub struct Telemetry {
     pub streams_open: AtomicU64,
     /// `true` messages pushed on streams.
     pub stream_pushes: AtomicU64,
-    /// Poll rounds completed.
+    /// Periodic decisions (every `--poll-interval`).
     pub polls: AtomicU64,
+    /// Decisions made at once on a newer collector page, between periodic ones.
+    pub pushed_decisions: AtomicU64,
     /// Failed collector reads.
     pub poll_errors: AtomicU64,
-    /// Duration of poll rounds (fetch, combine, decide).
+    /// Duration of one decision over every workload (combine the pages, decide).
     pub poll_duration: Histogram,
     /// Activator reports received.
     pub held_reports: AtomicU64,

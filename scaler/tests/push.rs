@@ -1,0 +1,148 @@
+//! The push path through the scaler binary: a queue change at a model server reaches KEDA's
+//! GetMetrics through a real collector holding the scaler's read until it has a newer page,
+//! long before the next periodic decision; a collector that does not hold reads (an older one)
+//! is read at the poll interval, not in a loop.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
+use gpuscale_scaler::pb::{GetMetricsRequest, ScaledObjectRef};
+
+fn so() -> ScaledObjectRef {
+    let md: HashMap<String, String> = [
+        ("scalerAddress", "gpuscale-scaler:9090"),
+        ("deployment", "qwen"),
+        ("policy", "queue"),
+        ("queue.target", "10"),
+        ("keepAlive", "0s"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    ScaledObjectRef {
+        name: "qwen".into(),
+        namespace: "llm".into(),
+        scaler_metadata: md,
+    }
+}
+
+async fn value(c: &mut ExternalScalerClient<tonic::transport::Channel>) -> Option<f64> {
+    let r = so();
+    let name = c.get_metric_spec(r.clone()).await.ok()?.into_inner().metric_specs[0]
+        .metric_name
+        .clone();
+    c.get_metrics(GetMetricsRequest {
+        scaled_object_ref: Some(r),
+        metric_name: name,
+    })
+    .await
+    .ok()
+    .map(|m| m.into_inner().metric_values[0].metric_value_float)
+}
+
+async fn counter(scaler: &common::Scaler, name: &str) -> f64 {
+    let page = reqwest::get(format!("{}/metrics", scaler.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    page.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} on the scaler's /metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_change_arrives_between_periodic_decisions() {
+    let model = common::ModelServer::start().await;
+    model.set(5.0, 0.0);
+    let collector = common::collector(&[("llm/qwen", model.addr)]).await;
+    // The collector is up before the scaler's first read, so no read fails into the slow path.
+    let start = Instant::now();
+    while !reqwest::get(format!("http://{collector}/readyz"))
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "collector never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Periodic decisions every 30 s: only the push path can carry a change sooner.
+    let scaler = common::scaler(&["--collector", &collector.to_string(), "--poll-interval", "30s"]).await;
+    let mut c = ExternalScalerClient::connect(scaler.grpc.clone()).await.unwrap();
+    let start = Instant::now();
+    while value(&mut c).await != Some(1.0) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "first answer: {:?}",
+            value(&mut c).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let polls = counter(&scaler, "gpuscale_scaler_polls_total").await;
+    // 5 -> 45 waiting: ceil(45 / 10) = 5 replicas.
+    model.set(45.0, 0.0);
+    let changed = Instant::now();
+    while value(&mut c).await != Some(5.0) {
+        assert!(
+            changed.elapsed() < Duration::from_secs(10),
+            "the change did not arrive before the next periodic decision"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = changed.elapsed();
+    assert_eq!(
+        counter(&scaler, "gpuscale_scaler_polls_total").await,
+        polls,
+        "a periodic decision carried it ({took:?})"
+    );
+    assert!(counter(&scaler, "gpuscale_scaler_pushed_decisions_total").await >= 1.0);
+    eprintln!("queue change to GetMetrics through the push path: {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_does_not_hold_reads_is_polled_at_the_interval() {
+    // A collector page served as is, whatever the query: an older collector.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let page = format!(
+        "# TYPE gpuscale_collector_info gauge\ngpuscale_collector_info{{node=\"n1\",version=\"0.0.9\",contract=\"1\"}} 1\n\
+         # TYPE gpuscale_collector_last_tick_timestamp_seconds gauge\ngpuscale_collector_last_tick_timestamp_seconds{{node=\"n1\"}} {now}\n# EOF\n"
+    );
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            h.fetch_add(1, Ordering::Relaxed);
+            let page = page.clone();
+            async move {
+                (
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    page,
+                )
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let scaler = common::scaler(&["--collector", &addr.to_string(), "--poll-interval", "300ms"]).await;
+    let start = hits.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let n = hits.load(Ordering::Relaxed) - start;
+    // About 10 reads in 3 s at 300 ms; a loop that ignored the interval would make thousands.
+    assert!((3..=25).contains(&n), "{n} reads in 3 s");
+    drop(scaler);
+}
