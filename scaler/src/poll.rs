@@ -245,6 +245,8 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // When the last decision ended, and the least gap before a pushed one.
     let mut last = (Instant::now(), Duration::ZERO);
+    // A static list's sender is gone once sent: `changed` would then return at once, forever.
+    let mut watching = true;
     loop {
         let periodic = tokio::select! {
             _ = tick.tick() => true,
@@ -254,7 +256,10 @@ pub async fn run(
                 tokio::time::sleep_until(at.into()).await;
                 false
             }
-            _ = collectors.changed() => false,
+            changed = collectors.changed(), if watching => {
+                watching = changed.is_ok();
+                false
+            }
         };
         let list = collectors.borrow_and_update().clone();
         readers.retain(|addr, handle| {

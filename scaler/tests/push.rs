@@ -140,9 +140,17 @@ async fn a_collector_that_does_not_hold_reads_is_polled_at_the_interval() {
     tokio::spawn(async move { axum::serve(l, app).await });
     let scaler = common::scaler(&["--collector", &addr.to_string(), "--poll-interval", "300ms"]).await;
     let start = hits.load(Ordering::Relaxed);
+    let pushed = counter(&scaler, "gpuscale_scaler_pushed_decisions_total").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let n = hits.load(Ordering::Relaxed) - start;
     // About 10 reads in 3 s at 300 ms; a loop that ignored the interval would make thousands.
     assert!((3..=25).contains(&n), "{n} reads in 3 s");
+    // The page never gets newer, so nothing is pushed: decisions come from the interval alone
+    // (a decider that spun on a closed channel once made hundreds a second here).
+    let extra = counter(&scaler, "gpuscale_scaler_pushed_decisions_total").await - pushed;
+    assert!(
+        extra <= 2.0,
+        "{extra} pushed decisions in 3 s without a newer page"
+    );
     drop(scaler);
 }

@@ -1,0 +1,385 @@
+//! A simulated fleet against the scaler binary: N synthetic GPU nodes on loopback, each serving
+//! a real collector page (rendered by the collector's own exposition code: 8 GPUs, 8 vLLM
+//! targets, one workload per target) that is rendered anew every second and that holds the
+//! scaler's read until then (`?wait=&after=`, as a collector does), with every workload
+//! registered (`--workloads-file`). Reported per fleet size: the scaler's CPU (share of one
+//! core) and RSS while it keeps up, the synthetic fleet's own CPU (the bench process, the
+//! baseline the scaler's figure sits beside on this 2-core machine), and freshness: a queue
+//! change on one node to the value KEDA reads from GetMetrics.
+//!
+//! `cargo bench -p gpuscale-scaler --bench fleet` (env: FLEET_NODES="100,1000,5000",
+//! FLEET_SECONDS=15 for the CPU window, FLEET_CHANGES=10).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use gpuscale_collector::exposition::{Format, QueueReading, Snapshot, render};
+use gpuscale_collector::gpu::{FakeGpus, GpuSource};
+use gpuscale_collector::scrape::{Preset, Target};
+use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
+use gpuscale_scaler::pb::{GetMetricsRequest, ScaledObjectRef};
+
+const GPUS: u32 = 8;
+const TARGETS: usize = 8;
+/// Written where every timestamp goes, then replaced by the render time at each answer.
+const PLACEHOLDER: f64 = 1_234_567_890.5;
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Node `i`'s page, its first target's waiting count set to `waiting`.
+fn page(i: usize, waiting: f64) -> String {
+    let (mut fake, _h) = FakeGpus::new(GPUS);
+    let queues = (0..TARGETS)
+        .map(|t| QueueReading {
+            target: Target::parse(&format!(
+                "fleet/w{i}-{t}=http://10.{}.{}.{t}:8000/metrics",
+                i / 250,
+                i % 250
+            ))
+            .unwrap(),
+            server: Some(Preset::Vllm),
+            waiting: Some(if t == 0 { waiting } else { 1.0 }),
+            running: Some(4.0),
+            kv_cache: Some(0.3),
+            prompt_tokens_rate: Some(3000.0),
+            generation_tokens_rate: Some(500.0),
+            up: true,
+            fault: None,
+            measured_at: Some(PLACEHOLDER),
+            duration_seconds: 0.002,
+            errors_total: 0,
+        })
+        .collect();
+    let s = Snapshot {
+        node: format!("gpu-node-{i}"),
+        gpu_source: "nvml".into(),
+        gpus: fake.read().unwrap(),
+        queues,
+        timestamp_seconds: PLACEHOLDER,
+        ..Snapshot::default()
+    };
+    render(&s, Format::OpenMetrics, false)
+}
+
+/// The fleet's state: one template per node and when it was last rendered.
+struct Fleet {
+    templates: Vec<RwLock<String>>,
+    rendered: Vec<AtomicU64>,
+    changed: tokio::sync::Notify,
+    /// Requests answered.
+    answers: AtomicU64,
+}
+
+impl Fleet {
+    fn rendered(&self, i: usize) -> f64 {
+        f64::from_bits(self.rendered[i].load(Ordering::Relaxed))
+    }
+
+    fn render(&self, i: usize, at: f64) {
+        self.rendered[i].store(at.to_bits(), Ordering::Relaxed);
+    }
+}
+
+async fn serve_fleet(n: usize) -> (Arc<Fleet>, u16) {
+    let now = unix_now();
+    let fleet = Arc::new(Fleet {
+        templates: (0..n).map(|i| RwLock::new(page(i, 0.0))).collect(),
+        rendered: (0..n).map(|_| AtomicU64::new(now.to_bits())).collect(),
+        changed: tokio::sync::Notify::new(),
+        answers: AtomicU64::new(0),
+    });
+    // Every node renders once a second, at its own phase.
+    let f = fleet.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut k = 0usize;
+        loop {
+            tick.tick().await;
+            let now = unix_now();
+            for i in (k % 10..n).step_by(10) {
+                f.render(i, now);
+            }
+            k += 1;
+            f.changed.notify_waiters();
+        }
+    });
+    let f = fleet.clone();
+    let app = axum::Router::new().route(
+        "/n/{i}/metrics",
+        axum::routing::get(
+            move |axum::extract::Path(i): axum::extract::Path<usize>,
+                  axum::extract::RawQuery(q): axum::extract::RawQuery| {
+                let f = f.clone();
+                async move {
+                    let after = q.as_deref().and_then(|q| {
+                        q.split('&')
+                            .find_map(|p| p.strip_prefix("after="))
+                            .and_then(|v| v.parse::<f64>().ok())
+                    });
+                    if let Some(after) = after {
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                        loop {
+                            let n = f.changed.notified();
+                            tokio::pin!(n);
+                            n.as_mut().enable();
+                            if f.rendered(i) > after || tokio::time::timeout_at(deadline, n).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    f.answers.fetch_add(1, Ordering::Relaxed);
+                    let ts = format!("{}", f.rendered(i));
+                    let body = f.templates[i]
+                        .read()
+                        .unwrap()
+                        .replace(&format!("{PLACEHOLDER}"), &ts);
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                }
+            },
+        ),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (fleet, port)
+}
+
+/// utime + stime of a process, seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of stat; `after` starts at field 3.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[rank]
+}
+
+/// A counter or a histogram's sum/count from the scaler's own /metrics.
+async fn scaler_metric(http: u16, name: &str) -> f64 {
+    let page = reqwest::get(format!("http://127.0.0.1:{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    page.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+async fn run(n: usize, seconds: u64, changes: usize) {
+    let (fleet, port) = serve_fleet(n).await;
+    let dir = std::env::temp_dir().join(format!("gpuscale-fleet-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("workloads.txt");
+    let mut lines = String::new();
+    for i in 0..n {
+        for t in 0..TARGETS {
+            lines.push_str(&format!(
+                "fleet/w{i}-{t}:policy=queue,queue.target=10,queue.scaleDownWindow=0s\n"
+            ));
+        }
+    }
+    std::fs::write(&file, lines).unwrap();
+    let (gport, hport) = (free_port(), free_port());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpuscale-scaler"));
+    cmd.args(["--grpc-listen", &format!("127.0.0.1:{gport}")])
+        .args(["--http-listen", &format!("127.0.0.1:{hport}")])
+        .args(["--workloads-file", file.to_str().unwrap()])
+        .args(["--max-workloads", &(n * TARGETS + 1000).to_string()])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for i in 0..n {
+        cmd.args(["--collector", &format!("http://127.0.0.1:{port}/n/{i}/metrics")]);
+    }
+    let scaler = Kill(cmd.spawn().unwrap());
+    let pid = scaler.0.id();
+    let mut client = loop {
+        if let Ok(c) = ExternalScalerClient::connect(format!("http://127.0.0.1:{gport}")).await {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let so = ScaledObjectRef {
+        name: "w0-0".into(),
+        namespace: "fleet".into(),
+        scaler_metadata: [
+            ("deployment", "w0-0"),
+            ("policy", "queue"),
+            ("queue.target", "10"),
+            ("queue.scaleDownWindow", "0s"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect::<HashMap<_, _>>(),
+    };
+    let metric = client
+        .get_metric_spec(so.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .metric_specs[0]
+        .metric_name
+        .clone();
+    let mut read = async || -> Option<f64> {
+        client
+            .get_metrics(GetMetricsRequest {
+                scaled_object_ref: Some(so.clone()),
+                metric_name: metric.clone(),
+            })
+            .await
+            .ok()
+            .map(|m| m.into_inner().metric_values[0].metric_value_float)
+    };
+    // Until the whole fleet is read: the first answer for node 0's workload.
+    let start = Instant::now();
+    while read().await.is_none() {
+        assert!(start.elapsed() < Duration::from_secs(120), "{n} nodes: no answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready_s = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let me = std::process::id();
+    let decisions = async || {
+        (
+            scaler_metric(hport, "gpuscale_scaler_polls_total").await
+                + scaler_metric(hport, "gpuscale_scaler_pushed_decisions_total").await,
+            scaler_metric(hport, "gpuscale_scaler_poll_duration_seconds_sum").await,
+        )
+    };
+    let d0 = decisions().await;
+    let (c0, b0, a0, t0) = (
+        cpu_seconds(pid),
+        cpu_seconds(me),
+        fleet.answers.load(Ordering::Relaxed),
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let wall = t0.elapsed().as_secs_f64();
+    let d1 = decisions().await;
+    let per_s = (d1.0 - d0.0) / wall;
+    let decide_ms = (d1.1 - d0.1) / (d1.0 - d0.0).max(1.0) * 1e3;
+    let scaler_cpu = (cpu_seconds(pid) - c0) / wall;
+    let fleet_cpu = (cpu_seconds(me) - b0) / wall;
+    let pages = (fleet.answers.load(Ordering::Relaxed) - a0) as f64 / wall;
+    let rss = rss_mib(pid);
+
+    // Freshness: node 0's first workload goes from 0 to 100 waiting beside its 4 running (the
+    // queue rule on load: ceil(104 / 10) = 11 replicas) and back (ceil(4 / 10) = 1).
+    let mut lat = Vec::new();
+    for k in 0..changes {
+        tokio::time::sleep(Duration::from_millis(700 + (k as u64 * 379) % 900)).await;
+        let (waiting, want) = if k % 2 == 0 { (100.0, 11.0) } else { (0.0, 1.0) };
+        *fleet.templates[0].write().unwrap() = page(0, waiting);
+        // The node renders the change at once, as a collector does when a reading comes in.
+        fleet.render(0, unix_now());
+        fleet.changed.notify_waiters();
+        let t = Instant::now();
+        let mut seen = false;
+        while t.elapsed() < Duration::from_secs(30) {
+            if read().await == Some(want) {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A change not seen within 30 s: the scaler did not keep up (shown as such).
+        lat.push(if seen {
+            t.elapsed().as_secs_f64()
+        } else {
+            f64::INFINITY
+        });
+        if !seen {
+            break;
+        }
+    }
+    let p50 = percentile(&mut lat, 0.5);
+    let p99 = percentile(&mut lat, 0.99);
+    let ms = |v: f64| {
+        if v.is_finite() {
+            format!("{:>5.0} ms", v * 1e3)
+        } else {
+            "> 30 s (did not keep up)".to_string()
+        }
+    };
+    println!(
+        "  {n:>5} nodes ({:>6} workloads): scaler {:>5.1} % of a core, RSS {:>6.1} MiB; fleet server {:>5.1} % ({:>6.0} pages/s); \
+         {per_s:.1} decisions/s of {decide_ms:.2} ms; change -> GetMetrics p50 {}, p99 {}; first answer after {ready_s:.1} s",
+        n * TARGETS,
+        scaler_cpu * 100.0,
+        rss,
+        fleet_cpu * 100.0,
+        pages,
+        ms(p50),
+        ms(p99),
+    );
+    drop(scaler);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::main]
+async fn main() {
+    let nodes = std::env::var("FLEET_NODES").unwrap_or_else(|_| "100,1000,5000".into());
+    let seconds = std::env::var("FLEET_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let changes = std::env::var("FLEET_CHANGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    println!(
+        "a fleet of synthetic collectors ({GPUS} GPUs, {TARGETS} vLLM targets each, every page rendered once a second), the scaler binary at its defaults:"
+    );
+    for n in nodes.split(',').filter_map(|v| v.trim().parse::<usize>().ok()) {
+        run(n, seconds, changes).await;
+    }
+}
