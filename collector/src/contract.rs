@@ -19,7 +19,9 @@
 //! | `gpuscale_gpu_utilization_ratio` | as `gpu_info` | 0-1 | SM utilization, attributed to the pod holding the GPU |
 //!
 //! Rules:
-//! - The scaler asks for OpenMetrics and refuses a page without `# EOF` (truncated).
+//! - The scaler asks for OpenMetrics and refuses a page without `# EOF` (truncated). It asks
+//!   for `series=contract`, the families of [`SCALER_FAMILIES`] only; a collector that does
+//!   not know the parameter serves the whole page, which reads the same.
 //! - A target's queue is known only when `scrape_up` and `reading_valid` are 1 and at least one
 //!   of its waiting/running series is on the page; the reading's age is measured from
 //!   `scrape_timestamp_seconds`, never from when the scaler received the page.
@@ -56,6 +58,24 @@ pub const GENERATION_TOKENS_RATE: &str = "gpuscale_workload_generation_tokens_pe
 pub const TOKEN_RATE_WINDOW_SECS: f64 = 10.0;
 /// More tokens per second than this from one server is not a real rate.
 pub const MAX_TOKENS_PER_SECOND: f64 = 1e8;
+
+/// The families the scaler reads: what a collector serves for `/metrics?series=contract`, a
+/// page a third the size of the whole one (GPU memory, power, clocks, errors and the
+/// collector's own timings left out), so a scaler holding thousands of nodes parses a third.
+pub const SCALER_FAMILIES: [&str; 12] = [
+    COLLECTOR_INFO,
+    LAST_TICK,
+    SCRAPE_UP,
+    READING_VALID,
+    SCRAPE_TIMESTAMP,
+    WAITING,
+    RUNNING,
+    KV_CACHE,
+    PROMPT_TOKENS_RATE,
+    GENERATION_TOKENS_RATE,
+    GPU_INFO,
+    GPU_UTILIZATION,
+];
 
 /// Whether a token rate can be real: finite, not negative, not beyond [`MAX_TOKENS_PER_SECOND`].
 pub fn plausible_tokens_rate(v: f64) -> bool {

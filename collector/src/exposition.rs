@@ -273,6 +273,27 @@ fn with_owner<'a>(base: &[(&'a str, &'a str)], o: Option<&'a Owner>) -> Vec<(&'a
     v
 }
 
+/// `page` (either format, as [`render`] writes it) with only the families named in `keep`:
+/// each family's metadata and samples whole, and `# EOF`.
+pub fn only_families(page: &str, keep: &[&str]) -> String {
+    let mut out = String::with_capacity(page.len() / 2);
+    let mut on = false;
+    for line in page.lines() {
+        if let Some(meta) = line.strip_prefix("# ")
+            && line != "# EOF"
+        {
+            let mut words = meta.split(' ');
+            let _kind = words.next();
+            on = words.next().is_some_and(|name| keep.contains(&name));
+        }
+        if on || line == "# EOF" {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// Render a snapshot.
 pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
     let mut w = Writer {

@@ -54,6 +54,8 @@ pub struct Config {
 pub struct Pages {
     prometheus: String,
     openmetrics: String,
+    /// The OpenMetrics page with only the families the scaler reads (`?series=contract`).
+    contract: String,
     ready: bool,
     /// When the page was rendered (its `gpuscale_collector_last_tick_timestamp_seconds`).
     rendered: f64,
@@ -74,6 +76,7 @@ pub const MAX_WAITERS: usize = 1024;
 /// change"). Either alone, or neither, answers at once.
 fn long_poll(query: Option<&str>) -> Result<Option<(Duration, f64)>, String> {
     let (mut wait, mut after) = (None, None);
+    // `series=contract` is read by `contract_only`; every other parameter is ignored.
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let bad = |what: &str| format!("`{k}={}`: expected {what}", crate::contract::quote(v, 40));
@@ -106,10 +109,17 @@ async fn metrics(
         Ok(Some((wait, after))) => wait_for_page(&pages, wait, after).await,
         Ok(None) => {}
     }
+    let contract = query
+        .as_deref()
+        .is_some_and(|q| q.split('&').any(|p| p == "series=contract"));
     let body = match pages.read() {
-        Ok(p) if p.ready => match format {
-            Format::Prometheus => p.prometheus.clone(),
-            Format::OpenMetrics => p.openmetrics.clone(),
+        Ok(p) if p.ready => match (format, contract) {
+            (Format::OpenMetrics, true) => p.contract.clone(),
+            (Format::OpenMetrics, false) => p.openmetrics.clone(),
+            (Format::Prometheus, true) => {
+                crate::exposition::only_families(&p.prometheus, &contract::SCALER_FAMILIES)
+            }
+            (Format::Prometheus, false) => p.prometheus.clone(),
         },
         _ => return (StatusCode::SERVICE_UNAVAILABLE, "no complete tick yet\n").into_response(),
     };
@@ -469,9 +479,11 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
         };
         let prometheus = render(&snapshot, Format::Prometheus, config.dcgm_compat);
         let openmetrics = render(&snapshot, Format::OpenMetrics, config.dcgm_compat);
+        let contract_page = crate::exposition::only_families(&openmetrics, &contract::SCALER_FAMILIES);
         if let Ok(mut p) = pages.write() {
             p.prometheus = prometheus;
             p.openmetrics = openmetrics;
+            p.contract = contract_page;
             p.ready = true;
             p.rendered = snapshot.timestamp_seconds;
             p.changed.notify_waiters();

@@ -162,3 +162,51 @@ async fn bad_wait_parameters_are_refused_with_the_fix() {
     assert_eq!(get(&format!("{base}?wait=5")).await.0, 200);
     assert!(t0.elapsed() < Duration::from_secs(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contract_page_holds_the_scalers_families_only() {
+    let server = model_server(Arc::new(RwLock::new(3.0))).await;
+    let c = collector(server, Duration::from_millis(200)).await;
+    let client = reqwest::Client::new();
+    let om = "application/openmetrics-text;version=1.0.0";
+    let get_om = async |q: &str| {
+        client
+            .get(format!("http://{c}/metrics{q}"))
+            .header("accept", om)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let start = Instant::now();
+    let full = loop {
+        let p = get_om("").await;
+        if waiting(&p).is_some() {
+            break p;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let slim = get_om("?series=contract").await;
+    let limits = gpuscale_collector::text::Limits::default();
+    let fams =
+        gpuscale_collector::text::parse_openmetrics(&slim, &limits).unwrap_or_else(|e| panic!("{e}\n{slim}"));
+    let names: Vec<&str> = fams.iter().map(|f| f.name.as_str()).collect();
+    for want in gpuscale_collector::contract::SCALER_FAMILIES {
+        if want.contains("tokens") || want.contains("kv_cache") {
+            continue; // this model server exports neither
+        }
+        assert!(names.contains(&want), "{want} missing: {names:?}");
+    }
+    assert!(!slim.contains("gpuscale_gpu_power_watts") && full.contains("gpuscale_gpu_power_watts"));
+    assert!(slim.ends_with("# EOF\n"));
+    assert!(
+        slim.len() * 2 < full.len(),
+        "{} of {} bytes",
+        slim.len(),
+        full.len()
+    );
+    assert_eq!(waiting(&slim), Some(3.0));
+}

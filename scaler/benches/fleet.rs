@@ -1,6 +1,7 @@
 //! A simulated fleet against the scaler binary: N synthetic GPU nodes on loopback, each serving
 //! a real collector page (rendered by the collector's own exposition code: 8 GPUs, 8 vLLM
-//! targets, one workload per target) that is rendered anew every second and that holds the
+//! targets, one workload per target; the `series=contract` page the scaler asks for) that is
+//! rendered anew every second and that holds the
 //! scaler's read until then (`?wait=&after=`, as a collector does), with every workload
 //! registered (`--workloads-file`). Reported per fleet size: the scaler's CPU (share of one
 //! core) and RSS while it keeps up, the synthetic fleet's own CPU (the bench process, the
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use gpuscale_collector::exposition::{Format, QueueReading, Snapshot, render};
+use gpuscale_collector::exposition::{Format, QueueReading, Snapshot, only_families, render};
 use gpuscale_collector::gpu::{FakeGpus, GpuSource};
 use gpuscale_collector::scrape::{Preset, Target};
 use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
@@ -83,7 +84,11 @@ fn page(i: usize, waiting: f64) -> String {
         timestamp_seconds: PLACEHOLDER,
         ..Snapshot::default()
     };
-    render(&s, Format::OpenMetrics, false)
+    // What a collector serves the scaler (`?series=contract`, which the scaler always asks for).
+    only_families(
+        &render(&s, Format::OpenMetrics, false),
+        &gpuscale_collector::contract::SCALER_FAMILIES,
+    )
 }
 
 /// The fleet's state: one template per node and when it was last rendered.
