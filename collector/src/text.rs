@@ -704,10 +704,12 @@ struct OmFamily {
     has_help: bool,
     has_unit: bool,
     allowed: Vec<String>,
-    group: Option<Vec<(String, String)>>,
+    /// The label-set groups as hashes ([`group_of`]): a page of thousands of samples would
+    /// otherwise clone every label set three times over.
+    group: Option<u64>,
     group_ts: Option<f64>,
-    seen_groups: Vec<Vec<(String, String)>>,
-    group_series: HashSet<(String, Vec<(String, String)>)>,
+    seen_groups: HashSet<u64>,
+    group_series: HashSet<u64>,
 }
 
 struct OmParser<'a> {
@@ -736,7 +738,7 @@ impl OmParser<'_> {
             allowed: vec![name.to_string()],
             group: None,
             group_ts: None,
-            seen_groups: Vec::new(),
+            seen_groups: HashSet::new(),
             group_series: HashSet::new(),
         });
         Ok(())
@@ -895,14 +897,10 @@ impl OmParser<'_> {
         } else {
             f.group_series.clear();
         }
-        let mut sorted = sample.labels.clone();
-        sorted.sort();
-        let series = (sample.name.clone(), sorted);
+        let series = labels_hash(Some(&sample.name), sample.labels.iter());
         let duplicate = sample.timestamp == f.group_ts && f.group_series.contains(&series);
         f.group_series.insert(series);
-        if !f.seen_groups.contains(&g) {
-            f.seen_groups.push(g.clone());
-        }
+        f.seen_groups.insert(g);
         f.group = Some(g);
         f.group_ts = sample.timestamp;
         if kind == Kind::StateSet && sample.value != 0.0 && sample.value != 1.0 {
@@ -945,22 +943,32 @@ fn canonical(s: &str) -> bool {
     parse_number(s) != Some(f64::INFINITY) || s == "+Inf"
 }
 
-fn group_of(s: &Sample, name: &str, kind: Kind) -> Vec<(String, String)> {
+/// A label set (and a sample name, for series) as a hash, order-free. Two different sets
+/// collide with probability 2^-64: a false "not contiguous" or "repeated series" on a valid
+/// page is that unlikely, and a real one is never missed.
+fn labels_hash<'a>(name: Option<&str>, labels: impl Iterator<Item = &'a (String, String)>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut sorted: Vec<&(String, String)> = labels.collect();
+    sorted.sort();
+    // Fixed keys: the same page hashes the same in every run.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    for (k, v) in sorted {
+        k.hash(&mut h);
+        v.hash(&mut h);
+    }
+    h.finish()
+}
+
+fn group_of(s: &Sample, name: &str, kind: Kind) -> u64 {
     let drop = match kind {
-        Kind::Info => return Vec::new(),
+        Kind::Info => return 0,
         Kind::Summary if s.name == name => Some("quantile"),
         Kind::StateSet => Some(name),
-        Kind::Histogram | Kind::GaugeHistogram if s.name == format!("{name}_bucket") => Some("le"),
+        Kind::Histogram | Kind::GaugeHistogram if s.name.strip_prefix(name) == Some("_bucket") => Some("le"),
         _ => None,
     };
-    let mut g: Vec<(String, String)> = s
-        .labels
-        .iter()
-        .filter(|(k, _)| Some(k.as_str()) != drop)
-        .cloned()
-        .collect();
-    g.sort();
-    g
+    labels_hash(None, s.labels.iter().filter(|(k, _)| Some(k.as_str()) != drop))
 }
 
 fn check_histogram(f: &MetricFamily) -> Result<(), String> {
@@ -998,7 +1006,7 @@ fn check_histogram(f: &MetricFamily) -> Result<(), String> {
         }
         Ok(())
     };
-    let mut group: Option<Vec<(String, String)>> = None;
+    let mut group: Option<u64> = None;
     let mut ts: Option<Option<f64>> = None;
     let fresh = || State {
         count: None,
