@@ -172,6 +172,73 @@ async fn load(addr: SocketAddr, workloads: usize, clients: usize, secs: u64, nam
     }
 }
 
+/// Open loop: `rate` GetMetrics a second over `clients` clients on a fixed schedule, each
+/// latency measured from when the call was due (so a stall counts for every call it delayed,
+/// not once).
+async fn load_paced(
+    addr: SocketAddr,
+    workloads: usize,
+    clients: usize,
+    rate: f64,
+    secs: u64,
+    names: Arc<Vec<String>>,
+) -> Run {
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(
+            Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    let reqs: Arc<Vec<GetMetricsRequest>> = Arc::new(
+        (0..workloads)
+            .map(|i| GetMetricsRequest {
+                scaled_object_ref: Some(so(i)),
+                metric_name: names[i].clone(),
+            })
+            .collect(),
+    );
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let total = (rate * secs as f64) as u64;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut client = ExternalScalerClient::new(channels[c % channels.len()].clone());
+        let reqs = reqs.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut k = c as u64;
+            let mut i = c * 7919;
+            while k < total {
+                let due = start + Duration::from_secs_f64(k as f64 / rate);
+                tokio::time::sleep_until(due).await;
+                i = (i + 104_729) % reqs.len();
+                let r = client.get_metrics(reqs[i].clone()).await;
+                lat.push(due.elapsed());
+                assert!(r.is_ok(), "{r:?}");
+                k += clients as u64;
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let took = start.elapsed();
+    all.sort();
+    let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Run {
+        calls: all.len() as u64,
+        per_sec: all.len() as f64 / took.as_secs_f64(),
+        p50: q(0.5),
+        p99: q(0.99),
+        p999: q(0.999),
+    }
+}
+
 /// Every workload known idle at zero replicas (nothing queued, every signal read): a known
 /// zero, as a collector page and an activator's report would make it.
 fn idle_view(at: Duration, keys: &[WorkloadKey]) -> View {
@@ -260,6 +327,25 @@ fn main() {
                 ("gpuscale scaler", scaler),
             ] {
                 let r = load(addr, n, clients, secs, names.clone()).await;
+                println!(
+                    "{:<22} {:>10} {:>12.0} {:>10.1?} {:>10.1?} {:>10.1?}  (round {})",
+                    name,
+                    r.calls,
+                    r.per_sec,
+                    r.p50,
+                    r.p99,
+                    r.p999,
+                    round + 1
+                );
+            }
+        }
+
+        // Paced, as a fleet of KEDA operators polls: the 3,000 calls a second.
+        let rate = env("BENCH_PACED_RATE", 3000) as f64;
+        println!("GetMetrics paced at {rate:.0}/s (open loop, latency from when each call was due), {secs} s each:");
+        for round in 0..2 {
+            for (name, addr) in [("tonic echo (baseline)", echo), ("gpuscale scaler", scaler)] {
+                let r = load_paced(addr, n, clients, rate, secs, names.clone()).await;
                 println!(
                     "{:<22} {:>10} {:>12.0} {:>10.1?} {:>10.1?} {:>10.1?}  (round {})",
                     name,
