@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use crate::contract::{MAX_TOKENS_PER_SECOND, TOKEN_RATE_WINDOW_SECS};
+use crate::contract::{TOKEN_RATE_WINDOW_SECS, plausible_tokens_rate};
 
 /// At most this many reads are kept per target, whatever the interval.
 const MAX_POINTS: usize = 64;
@@ -16,20 +16,25 @@ pub struct TokenRate {
 }
 
 impl TokenRate {
+    /// Forget the history: the next rate needs two reads again.
+    pub fn reset(&mut self) {
+        self.points.clear();
+    }
+
     /// Record the counters read at `at` (Unix seconds) and return the rates over the last
     /// [`TOKEN_RATE_WINDOW_SECS`], `None` when they are unknown: no counters on the page, the
     /// first read, a counter that went down (the server restarted), or an implausible rate.
     pub fn record(&mut self, at: f64, counters: Option<(f64, f64)>) -> Option<(f64, f64)> {
         let Some((p, g)) = counters.filter(|(p, g)| p.is_finite() && g.is_finite() && *p >= 0.0 && *g >= 0.0)
         else {
-            self.points.clear();
+            self.reset();
             return None;
         };
         if let Some(&(t, lp, lg)) = self.points.back()
             && (at <= t || p < lp || g < lg)
         {
             // A reset, or a clock that went back: history says nothing about now.
-            self.points.clear();
+            self.reset();
         }
         self.points.push_back((at, p, g));
         // Keep the newest read at or before the window's start, so the span covers the window.
@@ -44,7 +49,7 @@ impl TokenRate {
             return None;
         }
         let rates = ((p - p0) / span, (g - g0) / span);
-        (rates.0 <= MAX_TOKENS_PER_SECOND && rates.1 <= MAX_TOKENS_PER_SECOND).then_some(rates)
+        (plausible_tokens_rate(rates.0) && plausible_tokens_rate(rates.1)).then_some(rates)
     }
 }
 

@@ -71,12 +71,18 @@ pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// falls back to polling), so waiters can never hold the server.
 pub const MAX_WAITERS: usize = 1024;
 
-/// `wait=SECONDS&after=TIMESTAMP` of a `/metrics` request: answer once a page rendered after
-/// `after` exists, or at `wait` with the current page (a heartbeat: silence is never "no
-/// change"). Either alone, or neither, answers at once.
-fn long_poll(query: Option<&str>) -> Result<Option<(Duration, f64)>, String> {
-    let (mut wait, mut after) = (None, None);
-    // `series=contract` is read by `contract_only`; every other parameter is ignored.
+/// What a `/metrics` request asks beyond the page: `wait=SECONDS&after=TIMESTAMP` holds it
+/// until a page rendered after `after` exists, or answers at `wait` with the current page (a
+/// heartbeat: silence is never "no change"); either alone, or neither, answers at once.
+/// `series=contract` asks for the scaler's families only. Other parameters are ignored.
+#[derive(Debug, Default, PartialEq)]
+struct MetricsQuery {
+    hold: Option<(Duration, f64)>,
+    contract: bool,
+}
+
+fn metrics_query(query: Option<&str>) -> Result<MetricsQuery, String> {
+    let (mut wait, mut after, mut contract) = (None, None, false);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let bad = |what: &str| format!("`{k}={}`: expected {what}", crate::contract::quote(v, 40));
@@ -89,10 +95,14 @@ fn long_poll(query: Option<&str>) -> Result<Option<(Duration, f64)>, String> {
                 Ok(x) if x.is_finite() => after = Some(x),
                 _ => return Err(bad("the Unix time of the page already seen")),
             },
+            "series" => contract = v == "contract",
             _ => {}
         }
     }
-    Ok(wait.zip(after))
+    Ok(MetricsQuery {
+        hold: wait.zip(after),
+        contract,
+    })
 }
 
 /// Shared between the loop and the server.
@@ -104,14 +114,14 @@ async fn metrics(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Response {
     let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    match long_poll(query.as_deref()) {
+    let asked = match metrics_query(query.as_deref()) {
+        Ok(q) => q,
         Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
-        Ok(Some((wait, after))) => wait_for_page(&pages, wait, after).await,
-        Ok(None) => {}
+    };
+    if let Some((wait, after)) = asked.hold {
+        wait_for_page(&pages, wait, after).await;
     }
-    let contract = query
-        .as_deref()
-        .is_some_and(|q| q.split('&').any(|p| p == "series=contract"));
+    let contract = asked.contract;
     let body = match pages.read() {
         Ok(p) if p.ready => match (format, contract) {
             (Format::OpenMetrics, true) => p.contract.clone(),
@@ -227,7 +237,7 @@ fn reading_of(
                 }
                 None => {
                     q.fault = Some(Fault::NoQueueMetrics);
-                    rates.record(0.0, None);
+                    rates.reset();
                 }
             }
             if let Some(f) = q.fault {
@@ -237,7 +247,7 @@ fn reading_of(
         Err(e) => {
             q.fault = Some(e.fault());
             // A failed read breaks the counter's history: the next rate starts afresh.
-            rates.record(0.0, None);
+            rates.reset();
             tracing::warn!(error = %e, "scrape failed");
         }
     }

@@ -126,8 +126,7 @@ impl Tokens {
         ) {
             (Some(p), Some(d), _) => Some((p, d)),
             (Some(p), None, _) => Some((p, p / r)),
-            (None, Some(d), _) => Some((d * r, d)),
-            (None, None, Some(d)) => Some((d * r, d)),
+            (None, Some(d), _) | (None, None, Some(d)) => Some((d * r, d)),
             (None, None, None) => None,
         }
     }
@@ -211,8 +210,9 @@ impl Policy for Tokens {
     }
 
     fn recommend(&mut self, ctx: &Context, s: &Signals) -> Recommendation {
-        let Ok(load) = s.metric(Metric::Load, ctx.max_signal_age) else {
-            return Recommendation::new(s.current, Rule::SignalMissing(SignalKind::Waiting));
+        let load = match s.metric(Metric::Load, ctx.max_signal_age) {
+            Ok(l) => l,
+            Err(f) => return Recommendation::new(s.current, f.into()),
         };
         let rates = (
             s.fresh(SignalKind::PromptTokensRate, ctx.max_signal_age),

@@ -117,8 +117,13 @@ struct Run {
     p999: Duration,
 }
 
-async fn load(addr: SocketAddr, workloads: usize, clients: usize, secs: u64, names: Arc<Vec<String>>) -> Run {
-    // KEDA shares one connection per scaler address; a few connections model a few operators.
+/// Four connections (KEDA shares one per scaler address; a few model a few operators) and
+/// one request per workload.
+async fn connect(
+    addr: SocketAddr,
+    workloads: usize,
+    names: &[String],
+) -> (Vec<Channel>, Arc<Vec<GetMetricsRequest>>) {
     let mut channels = Vec::new();
     for _ in 0..4 {
         channels.push(
@@ -129,14 +134,29 @@ async fn load(addr: SocketAddr, workloads: usize, clients: usize, secs: u64, nam
                 .unwrap(),
         );
     }
-    let reqs: Arc<Vec<GetMetricsRequest>> = Arc::new(
-        (0..workloads)
-            .map(|i| GetMetricsRequest {
-                scaled_object_ref: Some(so(i)),
-                metric_name: names[i].clone(),
-            })
-            .collect(),
-    );
+    let reqs = (0..workloads)
+        .map(|i| GetMetricsRequest {
+            scaled_object_ref: Some(so(i)),
+            metric_name: names[i].clone(),
+        })
+        .collect();
+    (channels, Arc::new(reqs))
+}
+
+fn summarize(mut all: Vec<Duration>, took: Duration) -> Run {
+    all.sort();
+    let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Run {
+        calls: all.len() as u64,
+        per_sec: all.len() as f64 / took.as_secs_f64(),
+        p50: q(0.5),
+        p99: q(0.99),
+        p999: q(0.999),
+    }
+}
+
+async fn load(addr: SocketAddr, workloads: usize, clients: usize, secs: u64, names: Arc<Vec<String>>) -> Run {
+    let (channels, reqs) = connect(addr, workloads, &names).await;
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -160,16 +180,7 @@ async fn load(addr: SocketAddr, workloads: usize, clients: usize, secs: u64, nam
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    let took = started.elapsed();
-    all.sort();
-    let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    Run {
-        calls: all.len() as u64,
-        per_sec: all.len() as f64 / took.as_secs_f64(),
-        p50: q(0.5),
-        p99: q(0.99),
-        p999: q(0.999),
-    }
+    summarize(all, started.elapsed())
 }
 
 /// Open loop: `rate` GetMetrics a second over `clients` clients on a fixed schedule, each
@@ -183,24 +194,7 @@ async fn load_paced(
     secs: u64,
     names: Arc<Vec<String>>,
 ) -> Run {
-    let mut channels = Vec::new();
-    for _ in 0..4 {
-        channels.push(
-            Channel::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap(),
-        );
-    }
-    let reqs: Arc<Vec<GetMetricsRequest>> = Arc::new(
-        (0..workloads)
-            .map(|i| GetMetricsRequest {
-                scaled_object_ref: Some(so(i)),
-                metric_name: names[i].clone(),
-            })
-            .collect(),
-    );
+    let (channels, reqs) = connect(addr, workloads, &names).await;
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let total = (rate * secs as f64) as u64;
     let mut tasks = Vec::new();
@@ -227,16 +221,7 @@ async fn load_paced(
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    let took = start.elapsed();
-    all.sort();
-    let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    Run {
-        calls: all.len() as u64,
-        per_sec: all.len() as f64 / took.as_secs_f64(),
-        p50: q(0.5),
-        p99: q(0.99),
-        p999: q(0.999),
-    }
+    summarize(all, start.elapsed())
 }
 
 /// Every workload known idle at zero replicas (nothing queued, every signal read): a known

@@ -1,7 +1,7 @@
 //! Reading the collectors and deciding from what they say.
 //!
 //! One reader per collector asks for its `/metrics` (OpenMetrics, within `timeout` and
-//! `max_page_bytes`) with `?wait=W&after=T`: the collector answers as soon as it has rendered a
+//! `max_page_bytes`) with `?series=contract&wait=W&after=T`: the collector answers as soon as it has rendered a
 //! page newer than the one seen (a model server's reading changed), or after `W` with the same
 //! page (a heartbeat, so silence is never read as "no change"). Each newer page makes the
 //! decider combine the pages into a [`View`] and decide every workload at once (coalesced over
@@ -92,15 +92,15 @@ async fn read_collector(
     wait: Option<(Duration, f64)>,
 ) -> Result<Page, String> {
     let url = metrics_url(addr)?;
+    // Only the families the scaler reads; a collector that does not know the parameter serves
+    // its whole page, which reads the same.
+    let sep = if url.contains('?') { '&' } else { '?' };
     let (url, timeout) = match wait {
-        None => (url, config.timeout),
-        Some((w, after)) => {
-            let sep = if url.contains('?') { '&' } else { '?' };
-            (
-                format!("{url}{sep}wait={}&after={after}", w.as_secs_f64()),
-                config.timeout + w,
-            )
-        }
+        None => (format!("{url}{sep}series=contract"), config.timeout),
+        Some((w, after)) => (
+            format!("{url}{sep}series=contract&wait={}&after={after}", w.as_secs_f64()),
+            config.timeout + w,
+        ),
     };
     let how = gpuscale_collector::scrape::Fetch {
         openmetrics: true,

@@ -12,8 +12,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use common::{Answer, ask};
+use gpuscale_scaler::pb::ScaledObjectRef;
 use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
-use gpuscale_scaler::pb::{GetMetricsRequest, ScaledObjectRef};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -36,28 +37,6 @@ fn so(namespace: &str, deployment: &str) -> ScaledObjectRef {
         namespace: namespace.into(),
         scaler_metadata: md,
     }
-}
-
-type Answer = (Result<f64, tonic::Status>, Result<bool, tonic::Status>);
-
-async fn ask(c: &mut ExternalScalerClient<Channel>, r: &ScaledObjectRef) -> Answer {
-    let name = c
-        .get_metric_spec(r.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .metric_specs[0]
-        .metric_name
-        .clone();
-    let m = c
-        .get_metrics(GetMetricsRequest {
-            scaled_object_ref: Some(r.clone()),
-            metric_name: name,
-        })
-        .await
-        .map(|m| m.into_inner().metric_values[0].metric_value_float);
-    let a = c.is_active(r.clone()).await.map(|a| a.into_inner().result);
-    (m, a)
 }
 
 async fn until(
@@ -113,17 +92,7 @@ async fn unknown(c: &mut ExternalScalerClient<Channel>, r: &ScaledObjectRef, say
 }
 
 async fn polls(scaler: &common::Scaler) -> u64 {
-    let page = reqwest::get(format!("{}/metrics", scaler.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    page.lines()
-        .find_map(|l| l.strip_prefix("gpuscale_scaler_polls_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-        .expect("gpuscale_scaler_polls_total on the scaler's /metrics")
+    common::scaler_metric(scaler, "gpuscale_scaler_polls_total").await as u64
 }
 
 /// After the fault has cleared at the collector, the next two polls bring the answer back:

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use gpuscale_scaler::pb::ScaledObjectRef;
 use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
-use gpuscale_scaler::pb::{GetMetricsRequest, ScaledObjectRef};
 
 fn so() -> ScaledObjectRef {
     let md: HashMap<String, String> = [
@@ -33,30 +33,7 @@ fn so() -> ScaledObjectRef {
 }
 
 async fn value(c: &mut ExternalScalerClient<tonic::transport::Channel>) -> Option<f64> {
-    let r = so();
-    let name = c.get_metric_spec(r.clone()).await.ok()?.into_inner().metric_specs[0]
-        .metric_name
-        .clone();
-    c.get_metrics(GetMetricsRequest {
-        scaled_object_ref: Some(r),
-        metric_name: name,
-    })
-    .await
-    .ok()
-    .map(|m| m.into_inner().metric_values[0].metric_value_float)
-}
-
-async fn counter(scaler: &common::Scaler, name: &str) -> f64 {
-    let page = reqwest::get(format!("{}/metrics", scaler.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    page.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} on the scaler's /metrics"))
+    common::ask(c, &so()).await.0.ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +62,7 @@ async fn a_queue_change_arrives_between_periodic_decisions() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let polls = counter(&scaler, "gpuscale_scaler_polls_total").await;
+    let polls = common::scaler_metric(&scaler, "gpuscale_scaler_polls_total").await;
     // 5 -> 45 waiting: ceil(45 / 10) = 5 replicas.
     model.set(45.0, 0.0);
     let changed = Instant::now();
@@ -98,11 +75,11 @@ async fn a_queue_change_arrives_between_periodic_decisions() {
     }
     let took = changed.elapsed();
     assert_eq!(
-        counter(&scaler, "gpuscale_scaler_polls_total").await,
+        common::scaler_metric(&scaler, "gpuscale_scaler_polls_total").await,
         polls,
         "a periodic decision carried it ({took:?})"
     );
-    assert!(counter(&scaler, "gpuscale_scaler_pushed_decisions_total").await >= 1.0);
+    assert!(common::scaler_metric(&scaler, "gpuscale_scaler_pushed_decisions_total").await >= 1.0);
     eprintln!("queue change to GetMetrics through the push path: {took:?}");
 }
 
@@ -119,10 +96,13 @@ async fn a_collector_that_does_not_hold_reads_is_polled_at_the_interval() {
     );
     let hits = Arc::new(AtomicU64::new(0));
     let h = hits.clone();
+    let queries = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let q = queries.clone();
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || {
+        axum::routing::get(move |axum::extract::RawQuery(query): axum::extract::RawQuery| {
             h.fetch_add(1, Ordering::Relaxed);
+            q.lock().unwrap().push(query.unwrap_or_default());
             let page = page.clone();
             async move {
                 (
@@ -140,14 +120,14 @@ async fn a_collector_that_does_not_hold_reads_is_polled_at_the_interval() {
     tokio::spawn(async move { axum::serve(l, app).await });
     let scaler = common::scaler(&["--collector", &addr.to_string(), "--poll-interval", "300ms"]).await;
     let start = hits.load(Ordering::Relaxed);
-    let pushed = counter(&scaler, "gpuscale_scaler_pushed_decisions_total").await;
+    let pushed = common::scaler_metric(&scaler, "gpuscale_scaler_pushed_decisions_total").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let n = hits.load(Ordering::Relaxed) - start;
     // About 10 reads in 3 s at 300 ms; a loop that ignored the interval would make thousands.
     assert!((3..=25).contains(&n), "{n} reads in 3 s");
     // The page never gets newer, so nothing is pushed: decisions come from the interval alone
     // (a decider that spun on a closed channel once made hundreds a second here).
-    let extra = counter(&scaler, "gpuscale_scaler_pushed_decisions_total").await - pushed;
+    let extra = common::scaler_metric(&scaler, "gpuscale_scaler_pushed_decisions_total").await - pushed;
     assert!(
         extra <= 2.0,
         "{extra} pushed decisions in 3 s without a newer page"

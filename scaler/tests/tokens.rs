@@ -12,8 +12,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use common::{Answer, ask};
+use gpuscale_scaler::pb::ScaledObjectRef;
 use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
-use gpuscale_scaler::pb::{GetMetricsRequest, ScaledObjectRef};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -123,28 +124,6 @@ fn so() -> ScaledObjectRef {
         namespace: "llm".into(),
         scaler_metadata: md,
     }
-}
-
-type Answer = (Result<f64, tonic::Status>, Result<bool, tonic::Status>);
-
-async fn ask(c: &mut ExternalScalerClient<Channel>, r: &ScaledObjectRef) -> Answer {
-    let name = c
-        .get_metric_spec(r.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .metric_specs[0]
-        .metric_name
-        .clone();
-    let m = c
-        .get_metrics(GetMetricsRequest {
-            scaled_object_ref: Some(r.clone()),
-            metric_name: name,
-        })
-        .await
-        .map(|m| m.into_inner().metric_values[0].metric_value_float);
-    let a = c.is_active(r.clone()).await.map(|a| a.into_inner().result);
-    (m, a)
 }
 
 /// Poll until `f` holds, asserting on the way that KEDA is never told inactive.

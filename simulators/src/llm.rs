@@ -518,17 +518,9 @@ impl LlmReplica {
 #[cfg(test)]
 mod tests {
     use super::StepCost;
+    use crate::oracle::envelope_at as h;
     use crate::perf::PerfTable;
     use crate::rng::Rng;
-
-    fn h(hull: &[(f64, f64)], x: f64) -> f64 {
-        if x >= hull[hull.len() - 1].0 {
-            return hull[hull.len() - 1].1;
-        }
-        let i = hull.partition_point(|&(t, _)| t <= x);
-        let ((t0, c0), (t1, c1)) = (hull[i - 1], hull[i]);
-        c0 + (c1 - c0) * (x - t0) / (t1 - t0)
-    }
 
     #[test]
     fn the_decode_envelope_is_convex_non_increasing_and_below_every_step() {

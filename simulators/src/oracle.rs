@@ -60,7 +60,7 @@ fn round(x: f64) -> f64 {
 /// `H(x)` of a decode envelope ([`crate::llm::StepCost::decode_envelope`]); a step budget
 /// shorter than any step means the request cannot meet the target, so it is charged the least
 /// any decode token costs (it is among those allowed to miss).
-fn envelope_at(hull: &[(f64, f64)], x: f64) -> f64 {
+pub(crate) fn envelope_at(hull: &[(f64, f64)], x: f64) -> f64 {
     let (Some(first), Some(last)) = (hull.first(), hull.last()) else {
         return 0.0;
     };

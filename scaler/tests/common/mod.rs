@@ -195,3 +195,45 @@ pub async fn scaler(args: &[&str]) -> Scaler {
     }
     panic!("scaler did not become ready");
 }
+
+/// What KEDA would read for one ScaledObject: GetMetrics (after GetMetricSpec names the metric)
+/// and IsActive.
+pub type Answer = (Result<f64, tonic::Status>, Result<bool, tonic::Status>);
+
+/// Ask the scaler as KEDA does.
+pub async fn ask(
+    c: &mut gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient<tonic::transport::Channel>,
+    r: &gpuscale_scaler::pb::ScaledObjectRef,
+) -> Answer {
+    let name = c
+        .get_metric_spec(r.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .metric_specs[0]
+        .metric_name
+        .clone();
+    let m = c
+        .get_metrics(gpuscale_scaler::pb::GetMetricsRequest {
+            scaled_object_ref: Some(r.clone()),
+            metric_name: name,
+        })
+        .await
+        .map(|m| m.into_inner().metric_values[0].metric_value_float);
+    let a = c.is_active(r.clone()).await.map(|a| a.into_inner().result);
+    (m, a)
+}
+
+/// One unlabelled series (a counter's `_total`) from the scaler's own /metrics.
+pub async fn scaler_metric(scaler: &Scaler, name: &str) -> f64 {
+    let page = reqwest::get(format!("{}/metrics", scaler.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    page.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} on the scaler's /metrics"))
+}
