@@ -105,7 +105,7 @@ pub struct Sample {
     /// The sample name as written (`x_bucket`, `x_total`, ...).
     pub name: String,
     /// Labels in page order.
-    pub labels: Vec<(String, String)>,
+    pub labels: Labels,
     /// The value.
     pub value: f64,
     /// Timestamp in seconds (text format's milliseconds are converted).
@@ -115,10 +115,78 @@ pub struct Sample {
 impl Sample {
     /// A label's value.
     pub fn label(&self, name: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.labels.get(name)
+    }
+}
+
+/// A sample's labels in page order, names and values in one buffer: a page holds thousands,
+/// and a `String` per name and value was most of what parsing a page cost.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Labels {
+    text: String,
+    /// Per label: where its name ends and where its value ends in `text`.
+    ends: Vec<(u32, u32)>,
+}
+
+impl Labels {
+    /// No labels.
+    pub fn new() -> Self {
+        Labels::default()
+    }
+
+    /// Appends a label (the caller keeps names unique; the parsers do).
+    pub fn push(&mut self, name: &str, value: &str) {
+        self.text.push_str(name);
+        let n = self.text.len();
+        self.text.push_str(value);
+        self.ends.push((offset(n), offset(self.text.len())));
+    }
+
+    /// A label's value.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    /// `(name, value)` in page order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + Clone + '_ {
+        let mut start = 0usize;
+        self.ends.iter().map(move |&(n, v)| {
+            let (n, v) = (n as usize, v as usize);
+            let pair = (&self.text[start..n], &self.text[n..v]);
+            start = v;
+            pair
+        })
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// None at all.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+/// Offsets into one sample's label text, which [`Limits`] keeps far below 4 GiB.
+fn offset(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<'a> FromIterator<(&'a str, &'a str)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(iter: I) -> Self {
+        let mut l = Labels::new();
+        for (k, v) in iter {
+            l.push(k, v);
+        }
+        l
     }
 }
 
@@ -189,12 +257,13 @@ fn is_label_name(s: &str) -> bool {
 /// No whitespace, no underscores, no hex.
 pub fn parse_number(s: &str) -> Option<f64> {
     let body = s.strip_prefix(['+', '-']).unwrap_or(s);
-    let lower = body.to_ascii_lowercase();
     let neg = s.starts_with('-');
-    match lower.as_str() {
-        "inf" | "infinity" => return Some(if neg { f64::NEG_INFINITY } else { f64::INFINITY }),
-        "nan" => return Some(f64::NAN),
-        _ => {}
+    // Compared in place: this runs for every value on every page, so it must not allocate.
+    if body.eq_ignore_ascii_case("inf") || body.eq_ignore_ascii_case("infinity") {
+        return Some(if neg { f64::NEG_INFINITY } else { f64::INFINITY });
+    }
+    if body.eq_ignore_ascii_case("nan") {
+        return Some(f64::NAN);
     }
     // digits [. digits] | . digits, then optional e[+-]digits
     let b = body.as_bytes();
@@ -231,6 +300,16 @@ pub fn parse_number(s: &str) -> Option<f64> {
 /// (as both reference parsers do).
 fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    unescape_into(s, &mut out);
+    out
+}
+
+/// [`unescape`], appending to `out`.
+fn unescape_into(s: &str, out: &mut String) {
+    if !s.contains('\\') {
+        out.push_str(s);
+        return;
+    }
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
         if c != '\\' {
@@ -248,16 +327,16 @@ fn unescape(s: &str) -> String {
             None => out.push('\\'),
         }
     }
-    out
 }
-
-/// A sample's labels, in page order.
-type Labels = Vec<(String, String)>;
 
 /// Parse `{...}` starting at `s[0] == '{'`; the labels and the rest after `}`.
 fn parse_labels<'a>(s: &'a str, openmetrics: bool, limits: &Limits) -> Result<(Labels, &'a str), String> {
     let mut rest = &s[1..];
-    let mut labels: Vec<(String, String)> = Vec::new();
+    // Room for the whole label set at once (it is shorter than the line): no regrowing.
+    let mut labels = Labels {
+        text: String::with_capacity(s.len()),
+        ends: Vec::with_capacity(8),
+    };
     let mut first = true;
     loop {
         if let Some(r) = rest.strip_prefix('}') {
@@ -320,7 +399,6 @@ fn parse_labels<'a>(s: &'a str, openmetrics: bool, limits: &Limits) -> Result<(L
                 limits.max_label_value
             ));
         }
-        let value = unescape(raw);
         rest = &rest[i + 1..];
         if !openmetrics {
             rest = rest.trim_start();
@@ -328,13 +406,16 @@ fn parse_labels<'a>(s: &'a str, openmetrics: bool, limits: &Limits) -> Result<(L
         if name == "__name__" && openmetrics {
             return Err("`__name__` label".into());
         }
-        if labels.iter().any(|(k, _)| k == name) {
+        if labels.get(name).is_some() {
             return Err(format!("duplicate label `{name}`"));
         }
         if labels.len() == limits.max_labels {
             return Err(format!("more than {} labels", limits.max_labels));
         }
-        labels.push((name.to_string(), value));
+        labels.text.push_str(name);
+        let n = labels.text.len();
+        unescape_into(raw, &mut labels.text);
+        labels.ends.push((offset(n), offset(labels.text.len())));
     }
 }
 
@@ -395,7 +476,7 @@ pub struct PromParser<'k> {
     cur: Option<MetricFamily>,
     allowed: Vec<String>,
     total: usize,
-    seen: std::collections::HashSet<u64>,
+    seen: HashedSet,
     line_no: usize,
     bytes: usize,
     partial: Vec<u8>,
@@ -411,7 +492,7 @@ impl<'k> PromParser<'k> {
             cur: None,
             allowed: Vec::new(),
             total: 0,
-            seen: std::collections::HashSet::new(),
+            seen: HashedSet::default(),
             line_no: 0,
             bytes: 0,
             partial: Vec::new(),
@@ -570,14 +651,8 @@ impl<'k> PromParser<'k> {
 }
 
 fn series_hash(s: &Sample) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut labels: Vec<&(String, String)> = s.labels.iter().collect();
-    labels.sort();
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    s.name.hash(&mut h);
-    labels.hash(&mut h);
-    s.timestamp.map(f64::to_bits).hash(&mut h);
-    h.finish()
+    let ts = s.timestamp.map_or(0x5bd1_e995, |t| mix(t.to_bits()));
+    mix(labels_hash(Some(&s.name), s.labels.iter()) ^ ts)
 }
 
 /// HELP in text 0.0.4 escapes only `\\` and `\n`.
@@ -607,7 +682,7 @@ fn unescape_help(s: &str) -> String {
 fn parse_prometheus_sample(line: &str, limits: &Limits) -> Result<Sample, String> {
     let (name, name_len) = leading_metric_name(line)?;
     let mut rest = line[name_len..].trim_start_matches([' ', '\t']);
-    let mut labels = Vec::new();
+    let mut labels = Labels::new();
     if rest.starts_with('{') {
         let (l, r) = parse_labels(rest, false, limits).map_err(|e| format!("{name}: {e}"))?;
         labels = l;
@@ -708,8 +783,8 @@ struct OmFamily {
     /// otherwise clone every label set three times over.
     group: Option<u64>,
     group_ts: Option<f64>,
-    seen_groups: HashSet<u64>,
-    group_series: HashSet<u64>,
+    seen_groups: HashedSet,
+    group_series: HashedSet,
 }
 
 struct OmParser<'a> {
@@ -738,8 +813,8 @@ impl OmParser<'_> {
             allowed: vec![name.to_string()],
             group: None,
             group_ts: None,
-            seen_groups: HashSet::new(),
-            group_series: HashSet::new(),
+            seen_groups: HashedSet::default(),
+            group_series: HashedSet::default(),
         });
         Ok(())
     }
@@ -854,10 +929,10 @@ impl OmParser<'_> {
         let Some(f) = self.cur.as_mut() else {
             return err(no, "internal: no family");
         };
-        let name = f.fam.name.clone();
+        let name = f.fam.name.as_str();
         let kind = f.fam.kind;
         let suffix = &sample.name[name.len().min(sample.name.len())..];
-        if kind == Kind::StateSet && sample.label(&name).is_none() {
+        if kind == Kind::StateSet && sample.label(name).is_none() {
             return err(no, format!("stateset sample without a `{name}` label"));
         }
         if suffix == "_bucket" {
@@ -880,7 +955,7 @@ impl OmParser<'_> {
         }
         // Grouping: a label set (less le / quantile / the stateset label) must be contiguous,
         // and timestamps within a group are all present or all absent and never go backwards.
-        let g = group_of(&sample, &name, kind);
+        let (g, series) = group_and_series(&sample, name, kind);
         if f.group.is_some() && f.group.as_ref() != Some(&g) && f.seen_groups.contains(&g) {
             return err(no, "samples of one label set are not contiguous");
         }
@@ -897,7 +972,6 @@ impl OmParser<'_> {
         } else {
             f.group_series.clear();
         }
-        let series = labels_hash(Some(&sample.name), sample.labels.iter());
         let duplicate = sample.timestamp == f.group_ts && f.group_series.contains(&series);
         f.group_series.insert(series);
         f.seen_groups.insert(g);
@@ -944,31 +1018,103 @@ fn canonical(s: &str) -> bool {
 }
 
 /// A label set (and a sample name, for series) as a hash, order-free. Two different sets
-/// collide with probability 2^-64: a false "not contiguous" or "repeated series" on a valid
-/// page is that unlikely, and a real one is never missed.
-fn labels_hash<'a>(name: Option<&str>, labels: impl Iterator<Item = &'a (String, String)>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut sorted: Vec<&(String, String)> = labels.collect();
-    sorted.sort();
-    // Fixed keys: the same page hashes the same in every run.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    name.hash(&mut h);
-    for (k, v) in sorted {
-        k.hash(&mut h);
-        v.hash(&mut h);
-    }
-    h.finish()
+/// collide with probability about 2^-64: a false "not contiguous" or "repeated series" on a
+/// valid page is that unlikely, and a real one is never missed.
+fn labels_hash<'a>(name: Option<&str>, labels: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+    finish(name, labels.map(pair_hash).fold(0, u64::wrapping_add))
 }
 
-fn group_of(s: &Sample, name: &str, kind: Kind) -> u64 {
-    let drop = match kind {
-        Kind::Info => return 0,
+/// One label's hash. Pair hashes are added, which makes a set's hash order-free without
+/// sorting; this runs for every label of every sample, so it neither allocates nor uses
+/// SipHash (there is no hostile-key concern: a collision can only make a page's own series
+/// look alike, never hide a real repeat).
+fn pair_hash((k, v): (&str, &str)) -> u64 {
+    mix(words(
+        words(0x243f_6a88_85a3_08d3, k.as_bytes()) ^ 0xff,
+        v.as_bytes(),
+    ))
+}
+
+/// A set hash from its pairs' sum, and the sample name for a series.
+fn finish(name: Option<&str>, sum: u64) -> u64 {
+    let n = name.map_or(0x9e37_79b9_7f4a_7c15, |n| {
+        mix(words(0x1319_8a2e_0370_7344, n.as_bytes()))
+    });
+    mix(sum ^ n)
+}
+
+/// FxHash-style, eight bytes at a time (the length is mixed in, so `"a"` and `"a\0"` differ).
+fn words(mut h: u64, bytes: &[u8]) -> u64 {
+    let step = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(c);
+        h = step(h, u64::from_le_bytes(b));
+    }
+    let mut b = [0u8; 8];
+    b[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    h = step(h, u64::from_le_bytes(b));
+    step(h, bytes.len() as u64)
+}
+
+/// splitmix64's finalizer: spreads the bits before pair hashes are added.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The label that does not split a sample's group: `le` of a bucket, `quantile` of a
+/// summary's quantiles, the state label of a stateset. `None` for an info (one group).
+fn group_drop<'a>(s: &Sample, name: &'a str, kind: Kind) -> Option<Option<&'a str>> {
+    Some(match kind {
+        Kind::Info => return None,
         Kind::Summary if s.name == name => Some("quantile"),
         Kind::StateSet => Some(name),
         Kind::Histogram | Kind::GaugeHistogram if s.name.strip_prefix(name) == Some("_bucket") => Some("le"),
         _ => None,
-    };
-    labels_hash(None, s.labels.iter().filter(|(k, _)| Some(k.as_str()) != drop))
+    })
+}
+
+/// A sample's group (its labels less [`group_drop`]'s) and series (name and every label)
+/// hashes, from one pass over its labels.
+fn group_and_series(s: &Sample, name: &str, kind: Kind) -> (u64, u64) {
+    let drop = group_drop(s, name, kind);
+    let (mut all, mut kept) = (0u64, 0u64);
+    for (k, v) in s.labels.iter() {
+        let h = pair_hash((k, v));
+        all = all.wrapping_add(h);
+        if drop.is_some_and(|d| d != Some(k)) {
+            kept = kept.wrapping_add(h);
+        }
+    }
+    let group = if drop.is_some() { finish(None, kept) } else { 0 };
+    (group, finish(Some(&s.name), all))
+}
+
+fn group_of(s: &Sample, name: &str, kind: Kind) -> u64 {
+    group_and_series(s, name, kind).0
+}
+
+/// Sets of [`labels_hash`] values, which are hashes already: hashing them again with SipHash
+/// was a tenth of a page's parse.
+type HashedSet = HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>;
+
+/// A [`std::hash::Hasher`] for keys that are already well-mixed `u64`s.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = words(self.0, bytes);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
 }
 
 fn check_histogram(f: &MetricFamily) -> Result<(), String> {
@@ -1069,7 +1215,7 @@ fn check_histogram(f: &MetricFamily) -> Result<(), String> {
 fn parse_om_sample(line: &str, limits: &Limits) -> Result<(Sample, bool), String> {
     let (name, name_len) = leading_metric_name(line)?;
     let mut rest = &line[name_len..];
-    let mut labels = Vec::new();
+    let mut labels = Labels::new();
     if rest.starts_with('{') {
         let (l, r) = parse_labels(rest, true, limits).map_err(|e| format!("{name}: {e}"))?;
         labels = l;
@@ -1078,8 +1224,13 @@ fn parse_om_sample(line: &str, limits: &Limits) -> Result<(Sample, bool), String
     let rest = rest
         .strip_prefix(' ')
         .ok_or_else(|| format!("{name}: expected one space before the value"))?;
-    let (main, exemplar) = match rest.find(" # ") {
-        Some(i) => (&rest[..i], Some(&rest[i + 3..])),
+    // The first ` # ` (a `#` is searched for alone: far cheaper than a substring search).
+    let hash = rest
+        .match_indices('#')
+        .map(|(i, _)| i)
+        .find(|&i| i > 0 && rest.as_bytes()[i - 1] == b' ' && rest.as_bytes().get(i + 1) == Some(&b' '));
+    let (main, exemplar) = match hash {
+        Some(i) => (&rest[..i - 1], Some(&rest[i + 2..])),
         None => (rest, None),
     };
     let mut it = main.split(' ');
@@ -1198,6 +1349,69 @@ mod tests {
             ..Limits::default()
         };
         assert!(parse_prometheus("x{a=\"1\",b=\"2\"} 1", &labels).is_err());
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn labels_keep_order_values_and_escapes() {
+        let f =
+            parse_openmetrics("x{b=\"2\",a=\"q\\\"z\\n\",c=\"\"} 1\n# EOF\n", &Limits::default()).unwrap();
+        let l = &f[0].samples[0].labels;
+        let pairs: Vec<(&str, &str)> = l.iter().collect();
+        assert_eq!(pairs, [("b", "2"), ("a", "q\"z\n"), ("c", "")]);
+        assert_eq!(
+            (l.get("a"), l.get("c"), l.get("d"), l.len()),
+            (Some("q\"z\n"), Some(""), None, 3)
+        );
+        assert_eq!(format!("{l:?}"), r#"{"b": "2", "a": "q\"z\n", "c": ""}"#);
+        let built: Labels = [("b", "2"), ("a", "q\"z\n"), ("c", "")].into_iter().collect();
+        assert_eq!(&built, l);
+        assert_ne!(built, [("b", "2"), ("a", "q\"z\n")].into_iter().collect());
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn label_set_hashes_ignore_order_and_nothing_else() {
+        let h = |pairs: &[(&str, &str)]| labels_hash(None, pairs.iter().copied());
+        assert_eq!(h(&[("a", "1"), ("b", "2")]), h(&[("b", "2"), ("a", "1")]));
+        // Where one label ends and the next begins is part of the hash.
+        assert_ne!(h(&[("a", "1b"), ("c", "2")]), h(&[("a", "1"), ("bc", "2")]));
+        assert_ne!(h(&[("ab", "")]), h(&[("a", "b")]));
+        assert_ne!(h(&[("a", "1")]), h(&[("a", "1"), ("a", "1")]));
+        assert_ne!(h(&[("a", "x\0")]), h(&[("a", "x")]));
+        assert_ne!(h(&[]), labels_hash(Some("x"), std::iter::empty()));
+        // Long values, past the eight-byte steps, and one byte apart.
+        let long = "v".repeat(37);
+        let other = format!("{}w", &long[..36]);
+        assert_ne!(h(&[("k", &long)]), h(&[("k", &other)]));
+        // Repeats and interleaving are still caught through the hashes.
+        let repeated = "x{a=\"1\",b=\"2\"} 1\nx{b=\"2\",a=\"1\"} 2\n# EOF\n";
+        assert!(
+            parse_openmetrics(repeated, &Limits::default())
+                .unwrap_err()
+                .message
+                .contains("repeated series")
+        );
+        let split = "# TYPE x gauge\nx{a=\"1\"} 1\nx{a=\"2\"} 1\nx{a=\"1\"} 1\n# EOF\n";
+        assert!(parse_openmetrics(split, &Limits::default()).is_err());
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn exemplar_split_finds_the_first_spaced_hash() {
+        let ok = "# TYPE c counter\nc_total 1 # {t=\"a#b\"} 0.5\n# EOF\n";
+        assert_eq!(
+            parse_openmetrics(ok, &Limits::default()).unwrap()[0].samples[0].value,
+            1.0
+        );
+        for bad in [
+            "c_total 1#{t=\"a\"} 0.5",
+            "c_total 1 #{t=\"a\"} 0.5",
+            "c_total 1 # ",
+        ] {
+            let page = format!("# TYPE c counter\n{bad}\n# EOF\n");
+            assert!(parse_openmetrics(&page, &Limits::default()).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -64,8 +64,7 @@ fn ours_as_python(families: &[MetricFamily]) -> Value {
             .samples
             .iter()
             .map(|s| {
-                let labels: BTreeMap<&str, &str> =
-                    s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let labels: BTreeMap<&str, &str> = s.labels.iter().collect();
                 serde_json::json!({
                     "name": if add_total { format!("{}_total", s.name) } else { s.name.clone() },
                     "labels": labels,

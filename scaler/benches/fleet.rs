@@ -18,16 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use gpuscale_collector::exposition::{Format, QueueReading, Snapshot, only_families, render};
-use gpuscale_collector::gpu::{FakeGpus, GpuSource};
-use gpuscale_collector::scrape::{Preset, Target};
 use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
 use gpuscale_scaler::pb::{GetMetricsRequest, ScaledObjectRef};
 
-const GPUS: u32 = 8;
-const TARGETS: usize = 8;
-/// Written where every timestamp goes, then replaced by the render time at each answer.
-const PLACEHOLDER: f64 = 1_234_567_890.5;
+mod common;
+use common::{GPUS, PLACEHOLDER, TARGETS, page};
 
 struct Kill(Child);
 impl Drop for Kill {
@@ -50,45 +45,6 @@ fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-/// Node `i`'s page, its first target's waiting count set to `waiting`.
-fn page(i: usize, waiting: f64) -> String {
-    let (mut fake, _h) = FakeGpus::new(GPUS);
-    let queues = (0..TARGETS)
-        .map(|t| QueueReading {
-            target: Target::parse(&format!(
-                "fleet/w{i}-{t}=http://10.{}.{}.{t}:8000/metrics",
-                i / 250,
-                i % 250
-            ))
-            .unwrap(),
-            server: Some(Preset::Vllm),
-            waiting: Some(if t == 0 { waiting } else { 1.0 }),
-            running: Some(4.0),
-            kv_cache: Some(0.3),
-            prompt_tokens_rate: Some(3000.0),
-            generation_tokens_rate: Some(500.0),
-            up: true,
-            fault: None,
-            measured_at: Some(PLACEHOLDER),
-            duration_seconds: 0.002,
-            errors_total: 0,
-        })
-        .collect();
-    let s = Snapshot {
-        node: format!("gpu-node-{i}"),
-        gpu_source: "nvml".into(),
-        gpus: fake.read().unwrap(),
-        queues,
-        timestamp_seconds: PLACEHOLDER,
-        ..Snapshot::default()
-    };
-    // What a collector serves the scaler (`?series=contract`, which the scaler always asks for).
-    only_families(
-        &render(&s, Format::OpenMetrics, false),
-        &gpuscale_collector::contract::SCALER_FAMILIES,
-    )
 }
 
 /// The fleet's state: one template per node and when it was last rendered.
@@ -240,6 +196,12 @@ async fn run(n: usize, seconds: u64, changes: usize) {
         .args(["--workloads-file", file.to_str().unwrap()])
         .args(["--max-workloads", &(n * TARGETS + 1000).to_string()])
         .env("RUST_LOG", "error")
+        // As the image runs it (deploy/docker/Dockerfile.scaler): mimalloc returning freed
+        // memory at once, which keeps RSS within the 5,000-node budget.
+        .env(
+            "MIMALLOC_PURGE_DELAY",
+            std::env::var("MIMALLOC_PURGE_DELAY").unwrap_or_else(|_| "0".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     for i in 0..n {
@@ -382,7 +344,7 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
     println!(
-        "a fleet of synthetic collectors ({GPUS} GPUs, {TARGETS} vLLM targets each, every page rendered once a second), the scaler binary at its defaults:"
+        "a fleet of synthetic collectors ({GPUS} GPUs, {TARGETS} vLLM targets each, every page rendered once a second), the scaler binary at its defaults (MIMALLOC_PURGE_DELAY=0, as in its image):"
     );
     for n in nodes.split(',').filter_map(|v| v.trim().parse::<usize>().ok()) {
         run(n, seconds, changes).await;

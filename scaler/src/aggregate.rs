@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use gpuscale_collector::contract::{self, Fault, label as l};
-use gpuscale_collector::text::MetricFamily;
+use gpuscale_collector::text::{Labels, MetricFamily};
 
 use crate::trigger::WorkloadKey;
 
@@ -110,15 +110,13 @@ pub struct Page {
     pub rendered: f64,
 }
 
-fn label<'a>(labels: &'a [(String, String)], name: &str) -> &'a str {
-    labels
-        .iter()
-        .find(|(k, _)| k == name)
-        .map_or("", |(_, v)| v.as_str())
+fn label<'a>(labels: &'a Labels, name: &str) -> &'a str {
+    labels.get(name).unwrap_or("")
 }
 
-/// The workload a series names; a missing namespace is the contract's default.
-fn workload_of(labels: &[(String, String)]) -> Option<WorkloadKey> {
+/// The workload a series names, as (namespace, name); a missing namespace is the contract's
+/// default. Borrowed from the page: a page names each workload on many series.
+fn workload_of(labels: &Labels) -> Option<(&str, &str)> {
     let name = label(labels, l::WORKLOAD);
     if name.is_empty() {
         return None;
@@ -127,16 +125,13 @@ fn workload_of(labels: &[(String, String)]) -> Option<WorkloadKey> {
         "" => contract::DEFAULT_NAMESPACE,
         ns => ns,
     };
-    Some(WorkloadKey {
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-    })
+    Some((namespace, name))
 }
 
 /// One target as its series on one page describe it.
 #[derive(Default)]
-struct TargetRow {
-    pod: String,
+struct TargetRow<'a> {
+    pod: &'a str,
     up: Option<bool>,
     valid: Option<bool>,
     reason: Option<Fault>,
@@ -148,7 +143,7 @@ struct TargetRow {
     generation_rate: Option<f64>,
 }
 
-impl TargetRow {
+impl TargetRow<'_> {
     /// Why this target has no usable reading, if it has none.
     fn fault(&self) -> Option<String> {
         match (self.up, self.valid) {
@@ -195,7 +190,8 @@ impl Page {
             .filter(|v| v.is_finite())
             .ok_or_else(|| PageError::NoTime { url: url.into() })?;
 
-        let mut rows: BTreeMap<(WorkloadKey, String), TargetRow> = BTreeMap::new();
+        // (namespace, workload, target) -> its series.
+        let mut rows: BTreeMap<(&str, &str, &str), TargetRow> = BTreeMap::new();
         for s in samples() {
             let kind = match s.name.as_str() {
                 n if n == contract::SCRAPE_UP => 0,
@@ -208,11 +204,13 @@ impl Page {
                 n if n == contract::GENERATION_TOKENS_RATE => 7,
                 _ => continue,
             };
-            let Some(w) = workload_of(&s.labels) else { continue };
-            let target = label(&s.labels, l::TARGET).to_string();
-            let r = rows.entry((w, target)).or_default();
+            let Some((namespace, name)) = workload_of(&s.labels) else {
+                continue;
+            };
+            let target = label(&s.labels, l::TARGET);
+            let r = rows.entry((namespace, name, target)).or_default();
             if r.pod.is_empty() {
-                r.pod = label(&s.labels, l::POD).to_string();
+                r.pod = label(&s.labels, l::POD);
             }
             match kind {
                 0 => r.up = Some(s.value == 1.0),
@@ -234,13 +232,17 @@ impl Page {
             ..Page::default()
         };
         // (namespace, pod) -> workload, to attribute GPU series, which carry the pod only.
-        let mut pods: HashMap<(String, String), WorkloadKey> = HashMap::new();
+        let mut pods: HashMap<(&str, &str), WorkloadKey> = HashMap::new();
         let mut kv: BTreeMap<WorkloadKey, (f64, u32)> = BTreeMap::new();
         // Token rates per workload: the sums, and whether every valid target had one.
         let mut tokens: BTreeMap<WorkloadKey, (f64, f64, bool)> = BTreeMap::new();
-        for ((w, target), r) in &rows {
+        for (&(namespace, name, target), r) in &rows {
+            let w = WorkloadKey {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            };
             if !r.pod.is_empty() {
-                pods.insert((w.namespace.clone(), r.pod.clone()), w.clone());
+                pods.insert((namespace, r.pod), w.clone());
             }
             let o = page.workloads.entry(w.clone()).or_insert_with(|| Observed {
                 measured: f64::INFINITY,
@@ -311,7 +313,7 @@ impl Page {
                     c.allocated += u32::from(!pod.is_empty());
                 }
                 n if n == contract::GPU_UTILIZATION && !pod.is_empty() => {
-                    if let Some(w) = pods.get(&(namespace.to_string(), pod.to_string())) {
+                    if let Some(w) = pods.get(&(namespace, pod)) {
                         let e = gpu.entry(w.clone()).or_default();
                         e.0 += s.value;
                         e.1 += 1;
