@@ -448,15 +448,23 @@ impl Workloads {
     /// Decide every workload from the view; forget those nobody asked about for the idle TTL.
     pub fn tick(&self, view: &View, now: Duration) {
         let mut expired = Vec::new();
-        for (k, entries) in self.read().iter() {
-            for (f, w) in entries {
-                let mut g = lock(w);
-                if now.saturating_sub(g.last_asked) > self.idle_ttl {
-                    expired.push((k.clone(), *f));
-                    continue;
-                }
-                g.decide(view, now);
+        // The entries are copied out and the map's lock let go before deciding: a tick over
+        // 40,000 workloads takes ~100 ms, and a registration waiting for the write lock
+        // would meanwhile hold up every RPC's read of the map (std's RwLock queues readers
+        // behind a waiting writer). Each workload's own lock is held only for its decision.
+        // (A workload is keyed by its trigger's workload, so only the Arcs are copied.)
+        let all: Vec<(u64, Arc<Mutex<Workload>>)> = self
+            .read()
+            .values()
+            .flat_map(|entries| entries.iter().map(|(f, w)| (*f, w.clone())))
+            .collect();
+        for (f, w) in all {
+            let mut g = lock(&w);
+            if now.saturating_sub(g.last_asked) > self.idle_ttl {
+                expired.push((g.trigger.workload.clone(), f));
+                continue;
             }
+            g.decide(view, now);
         }
         if !expired.is_empty() {
             let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
@@ -752,6 +760,43 @@ mod tests {
         assert!(matches!(e, Err(RegisterError::Full(1))));
         ws.tick(&view(100, 0.0, 0.0, 0), Duration::from_secs(100));
         assert!(ws.is_empty());
+    }
+
+    #[test]
+    fn a_tick_does_not_hold_the_map_while_it_decides() {
+        let ws = Arc::new(Workloads::new(10, Duration::from_secs(600)));
+        let w = ws.register(trigger(&[]), "t", Duration::ZERO).unwrap();
+        // The tick blocks on this workload, as on a slow decision...
+        let held = lock(&w);
+        let t = {
+            let ws = ws.clone();
+            std::thread::spawn(move || ws.tick(&view(1, 1.0, 1.0, 1), Duration::from_secs(1)))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        // ...and meanwhile a registration (the map's write lock) goes through, so an RPC's read of
+        // the map never queues behind a tick.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = {
+            let ws = ws.clone();
+            std::thread::spawn(move || {
+                let mut md: Map<String, String> = Map::new();
+                md.insert("deployment".into(), "other".into());
+                let ok = ws
+                    .register(Trigger::parse("llm", &md).unwrap(), "t", Duration::ZERO)
+                    .is_ok();
+                let _ = tx.send(ok);
+            })
+        };
+        let registered = rx.recv_timeout(Duration::from_secs(5));
+        drop(held);
+        t.join().unwrap();
+        r.join().unwrap();
+        assert_eq!(registered, Ok(true), "registration waited for the tick");
+        let decided = lock(&w).answer.value.clone();
+        assert!(
+            decided.is_ok(),
+            "the held workload was still decided: {decided:?}"
+        );
     }
 
     #[test]
