@@ -14,10 +14,7 @@ fn root() -> PathBuf {
 }
 
 fn missing(msg: String) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg} (CI=true: scripts/test sets this up)");
-    }
-    eprintln!("SKIPPED: {msg}");
+    gpuscale_testkit::missing(msg, "scripts/test sets this up");
 }
 
 /// The Python with prometheus_client: $GPUSCALE_PYTHON, or the venv scripts/test makes.

@@ -16,10 +16,7 @@ fn suite() -> Option<PathBuf> {
         "{} not found: the conformance suite is not beside this checkout",
         p.display()
     );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg} (CI=true: CI clones main with shared/ beside it)");
-    }
-    eprintln!("SKIPPED: {msg}");
+    gpuscale_testkit::missing(msg, "CI clones main with shared/ beside it");
     None
 }
 

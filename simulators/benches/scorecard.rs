@@ -53,7 +53,7 @@ fn main() {
     let bin = env!("CARGO_BIN_EXE_gpuscale-sim");
     let out_dir = std::env::temp_dir().join(format!("gpuscale-scorecard-{}", std::process::id()));
     std::fs::create_dir_all(&out_dir).unwrap_or_else(|e| panic!("{}: {e}", out_dir.display()));
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let ci = gpuscale_testkit::ci();
     let mut verdicts = Vec::new();
     for case in cases() {
         if !case.path.exists() {

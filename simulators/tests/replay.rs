@@ -22,10 +22,7 @@ fn shared(name: &str) -> Option<PathBuf> {
         "{} not found: shared traces are not beside this checkout",
         p.display()
     );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg} (CI=true: CI clones main with shared/ beside it)");
-    }
-    eprintln!("SKIPPED: {msg}");
+    gpuscale_testkit::missing(msg, "CI clones main with shared/ beside it");
     None
 }
 
@@ -1121,11 +1118,10 @@ fn recommend_picks_the_cheapest_candidate_that_meets_the_objective_and_writes_a_
             .output()
             .map_or(true, |o| !o.status.success())
     {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the manifest validator is missing under CI"
+        gpuscale_testkit::missing(
+            "ScaledObject schema validation (no kubernetes_validate)",
+            "./scripts/test installs it",
         );
-        eprintln!("SKIPPED: ScaledObject schema validation (no validator; ./scripts/test installs it)");
         return;
     }
     let out = Command::new(&py)

@@ -43,10 +43,7 @@ fn bundled_traces_match_the_shared_copies() {
             "{} not found: cannot compare the bundled traces with their source",
             shared.display()
         );
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{msg} (CI=true: CI clones main with shared/ beside it)");
-        }
-        eprintln!("SKIPPED: {msg}");
+        gpuscale_testkit::missing(msg, "CI clones main with shared/ beside it");
         return;
     }
     for &(name, _) in TRACES {

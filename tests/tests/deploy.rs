@@ -17,9 +17,7 @@ use serde_json::Value;
 /// The Kubernetes versions the manifests must validate on.
 const VERSIONS: &str = "1.30.0,1.33.0,1.35.0";
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
+use gpuscale_testkit::ci;
 
 fn python() -> Option<PathBuf> {
     let spec = workspace_root().join("../shared/spec");

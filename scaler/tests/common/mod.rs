@@ -37,7 +37,7 @@ pub fn vllm_page() -> String {
     match std::fs::read_to_string(&p) {
         Ok(s) => s,
         Err(_) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
+            if gpuscale_testkit::ci() {
                 panic!("{} is missing under CI", p.display());
             }
             println!(
