@@ -136,9 +136,14 @@ impl Labels {
 
     /// Appends a label (the caller keeps names unique; the parsers do).
     pub fn push(&mut self, name: &str, value: &str) {
+        self.push_with(name, |text| text.push_str(value));
+    }
+
+    /// Appends a label whose value `write` appends to the buffer (the parser unescapes in place).
+    fn push_with(&mut self, name: &str, write: impl FnOnce(&mut String)) {
         self.text.push_str(name);
         let n = self.text.len();
-        self.text.push_str(value);
+        write(&mut self.text);
         self.ends.push((offset(n), offset(self.text.len())));
     }
 
@@ -412,10 +417,7 @@ fn parse_labels<'a>(s: &'a str, openmetrics: bool, limits: &Limits) -> Result<(L
         if labels.len() == limits.max_labels {
             return Err(format!("more than {} labels", limits.max_labels));
         }
-        labels.text.push_str(name);
-        let n = labels.text.len();
-        unescape_into(raw, &mut labels.text);
-        labels.ends.push((offset(n), offset(labels.text.len())));
+        labels.push_with(name, |text| unescape_into(raw, text));
     }
 }
 
