@@ -9,10 +9,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use gpuscale_collector::exposition::{Format, QueueReading, Snapshot, render};
+use gpuscale_collector::exposition::{QueueReading, Snapshot, render};
 use gpuscale_collector::gpu::{FakeGpus, GpuSource};
 use gpuscale_collector::scrape::{CustomNames, Preset, Target, queue_depth, queue_metric_names};
-use gpuscale_collector::text::{Limits, parse_prometheus_keeping};
+use gpuscale_expfmt::text::{Limits, parse_prometheus_keeping};
+use gpuscale_expfmt::write::Format;
 
 fn per_iter(iters: u32, mut f: impl FnMut()) -> f64 {
     for _ in 0..iters / 10 {

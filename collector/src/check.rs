@@ -5,9 +5,9 @@
 
 use std::fmt::Write as _;
 
-use crate::contract::check_reading;
 use crate::scrape::{CustomNames, Preset, QueueDepth, queue_depth, queue_metric_names};
-use crate::text::{Limits, MetricFamily, ParseError, parse_openmetrics, parse_prometheus};
+use gpuscale_contract::check_reading;
+use gpuscale_expfmt::text::{Limits, MetricFamily, ParseError, parse_openmetrics, parse_prometheus};
 
 /// The exposition format to parse the page as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -33,7 +33,7 @@ pub struct Report {
     /// The queue reading, if the server is recognised.
     pub queue: Option<QueueDepth>,
     /// Why a scrape of this page would be marked not valid (`None`: valid).
-    pub fault: Option<crate::contract::Fault>,
+    pub fault: Option<gpuscale_contract::Fault>,
     /// Token counters found, with their sums.
     pub tokens: Vec<(String, f64)>,
     /// The metric names gpuscale looks for with this preset.
@@ -55,7 +55,7 @@ pub fn check(
     let queue = queue_depth(&families, preset, custom);
     let fault = match &queue {
         Some(q) => check_reading(q.waiting, q.running, q.kv_cache),
-        None => Some(crate::contract::Fault::NoQueueMetrics),
+        None => Some(gpuscale_contract::Fault::NoQueueMetrics),
     };
     let mut tokens = Vec::new();
     for name in token_counter_names() {

@@ -3,12 +3,11 @@
 //!
 //! Rendering happens once per tick, not per request: `/metrics` serves the last rendered page.
 
-use std::fmt::Write as _;
-
-use crate::contract::{self, Fault, label};
 use crate::gpu::GpuReading;
 use crate::podresources::{Attribution, Owner};
 use crate::scrape::{Preset, Target};
+use gpuscale_contract::{self as contract, Fault, label};
+use gpuscale_expfmt::write::{Format, Writer};
 
 /// One target's queue depth at the last tick.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,102 +60,6 @@ pub struct Snapshot {
     pub tick_seconds: f64,
     /// Ticks completed since start.
     pub ticks_total: u64,
-}
-
-/// Output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// `text/plain; version=0.0.4`
-    Prometheus,
-    /// `application/openmetrics-text; version=1.0.0`
-    OpenMetrics,
-}
-
-impl Format {
-    /// The Content-Type to send.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
-            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        }
-    }
-
-    /// Pick from an Accept header: OpenMetrics only when the client asks for it.
-    pub fn from_accept(accept: Option<&str>) -> Format {
-        match accept {
-            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
-            _ => Format::Prometheus,
-        }
-    }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-fn number(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v == f64::INFINITY {
-        "+Inf".into()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        format!("{v}")
-    }
-}
-
-/// Writes families in either format; the scaler writes its own `/metrics` with it too.
-pub struct Writer {
-    out: String,
-    format: Format,
-}
-
-impl Writer {
-    /// An empty page in `format`.
-    pub fn new(format: Format) -> Self {
-        Writer {
-            out: String::new(),
-            format,
-        }
-    }
-
-    /// `name` is the family name; for counters the samples are `name_total`. Text 0.0.4 names
-    /// a counter family after its samples (`x_total`), OpenMetrics after the family (`x`).
-    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let suffix = if kind == "counter" && self.format == Format::Prometheus {
-            "_total"
-        } else {
-            ""
-        };
-        let _ = writeln!(self.out, "# HELP {name}{suffix} {help}");
-        let _ = writeln!(self.out, "# TYPE {name}{suffix} {kind}");
-    }
-
-    /// One sample; labels with empty values are left out, as Prometheus treats them alike.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        let labels: Vec<&(&str, &str)> = labels.iter().filter(|(_, v)| !v.is_empty()).collect();
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {}", number(value));
-    }
-
-    /// The page, with `# EOF` for OpenMetrics.
-    pub fn finish(mut self) -> String {
-        if self.format == Format::OpenMetrics {
-            self.out.push_str("# EOF\n");
-        }
-        self.out
-    }
 }
 
 type GpuField = (&'static str, &'static str, fn(&GpuReading) -> Option<f64>);
@@ -273,33 +176,9 @@ fn with_owner<'a>(base: &[(&'a str, &'a str)], o: Option<&'a Owner>) -> Vec<(&'a
     v
 }
 
-/// `page` (either format, as [`render`] writes it) with only the families named in `keep`:
-/// each family's metadata and samples whole, and `# EOF`.
-pub fn only_families(page: &str, keep: &[&str]) -> String {
-    let mut out = String::with_capacity(page.len() / 2);
-    let mut on = false;
-    for line in page.lines() {
-        if let Some(meta) = line.strip_prefix("# ")
-            && line != "# EOF"
-        {
-            let mut words = meta.split(' ');
-            let _kind = words.next();
-            on = words.next().is_some_and(|name| keep.contains(&name));
-        }
-        if on || line == "# EOF" {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
-}
-
 /// Render a snapshot.
 pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
-    let mut w = Writer {
-        out: String::with_capacity(4096),
-        format,
-    };
+    let mut w = Writer::with_capacity(format, 4096);
     for (name, help, get) in GPU_GAUGES {
         let readings: Vec<(&GpuReading, f64)> =
             s.gpus.iter().filter_map(|g| get(g).map(|v| (g, v))).collect();
@@ -615,7 +494,7 @@ pub fn render(s: &Snapshot, format: Format, dcgm_compat: bool) -> String {
 mod tests {
     use super::*;
     use crate::gpu::{FakeGpus, GpuSource};
-    use crate::text::{Limits, parse_openmetrics, parse_prometheus};
+    use gpuscale_expfmt::text::{Limits, parse_openmetrics, parse_prometheus};
 
     fn snapshot() -> Snapshot {
         let (mut fake, handle) = FakeGpus::new(2);
@@ -709,13 +588,14 @@ mod tests {
             (&om, "gpuscale_scrape_errors"),
         ] {
             let kind = |n: &str| fams.iter().find(|f| f.name == n).map(|f| f.kind);
-            assert_eq!(kind(counter), Some(crate::text::Kind::Counter));
+            assert_eq!(kind(counter), Some(gpuscale_expfmt::text::Kind::Counter));
             assert_eq!(
                 kind("gpuscale_gpu_utilization_ratio"),
-                Some(crate::text::Kind::Gauge)
+                Some(gpuscale_expfmt::text::Kind::Gauge)
             );
             assert!(
-                fams.iter().all(|f| f.kind != crate::text::Kind::Unknown),
+                fams.iter()
+                    .all(|f| f.kind != gpuscale_expfmt::text::Kind::Unknown),
                 "untyped family"
             );
         }

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use gpuscale_collector::scrape::{CustomNames, Preset, Target};
 use gpuscale_collector::service::{Config, Pages, router, tick_loop};
+use gpuscale_edge::tasks::Tasks;
 
 /// Serve the GPU and model-server queue metrics of this node on one /metrics endpoint:
 /// GPU utilization, memory, power, temperature and clocks (NVML), and the waiting and running
@@ -21,7 +22,7 @@ struct Args {
     #[command(subcommand)]
     command: Option<Sub>,
     /// Address to serve /metrics, /healthz and /readyz on.
-    #[arg(long, default_value = "0.0.0.0:9400", env = "GPUSCALE_COLLECTOR_LISTEN", value_parser = gpuscale_collector::cli::listen_addr)]
+    #[arg(long, default_value = "0.0.0.0:9400", env = "GPUSCALE_COLLECTOR_LISTEN", value_parser = gpuscale_edge::cli::listen_addr)]
     listen: SocketAddr,
     /// GPU source: `nvml` (the driver's library, on GPU nodes), `fake:N` (N scripted GPUs, for
     /// tests and demos) or `none`.
@@ -51,10 +52,10 @@ struct Args {
     kv_metric: Option<String>,
     /// Time between ticks (GPU read and render) and between scrapes of each target: `500ms`,
     /// `5s`, `1m` (a bare number is seconds).
-    #[arg(long, default_value_t = gpuscale_collector::cli::DEFAULT_INTERVAL_SECS, env = "GPUSCALE_COLLECTOR_INTERVAL", value_parser = gpuscale_collector::cli::duration_secs)]
+    #[arg(long, default_value_t = gpuscale_collector::service::DEFAULT_INTERVAL_SECS, env = "GPUSCALE_COLLECTOR_INTERVAL", value_parser = gpuscale_edge::cli::duration_secs)]
     interval: f64,
     /// Time a scrape may take (`2s`; a bare number is seconds).
-    #[arg(long, default_value_t = 2.0, env = "GPUSCALE_COLLECTOR_SCRAPE_TIMEOUT", value_parser = gpuscale_collector::cli::duration_secs)]
+    #[arg(long, default_value_t = 2.0, env = "GPUSCALE_COLLECTOR_SCRAPE_TIMEOUT", value_parser = gpuscale_edge::cli::duration_secs)]
     scrape_timeout: f64,
     /// Largest page accepted from a target, bytes.
     #[arg(long, default_value_t = 16 << 20, env = "GPUSCALE_COLLECTOR_MAX_PAGE_BYTES")]
@@ -82,7 +83,7 @@ struct Args {
         long,
         default_value_t = 10.0,
         env = "GPUSCALE_COLLECTOR_POD_RESOURCES_INTERVAL"
-    , value_parser = gpuscale_collector::cli::duration_secs)]
+    , value_parser = gpuscale_edge::cli::duration_secs)]
     pod_resources_interval: f64,
     /// Discover the model-server pods on this node through the Kubernetes API (in-cluster
     /// config, or KUBECONFIG): pods annotated `gpuscale.io/scrape: "true"` are scraped at
@@ -162,7 +163,7 @@ async fn read_source(
             }
             gpuscale_collector::check::PageFormat::Prometheus => "text/plain;version=0.0.4",
         };
-        let shown = gpuscale_collector::contract::redact_url(source);
+        let shown = gpuscale_contract::redact_url(source);
         let r = reqwest::Client::new()
             .get(source)
             .header("accept", accept)
@@ -208,11 +209,11 @@ async fn check_page(c: CheckPage) -> anyhow::Result<std::process::ExitCode> {
         running: c.running_metric,
         kv_cache: c.kv_metric,
     };
-    let limits = gpuscale_collector::text::Limits {
+    let limits = gpuscale_expfmt::text::Limits {
         max_bytes: c.max_page_bytes,
-        ..gpuscale_collector::text::Limits::default()
+        ..gpuscale_expfmt::text::Limits::default()
     };
-    let shown = gpuscale_collector::contract::redact_url(&c.source);
+    let shown = gpuscale_contract::redact_url(&c.source);
     let name = if c.source == "-" {
         "<stdin>"
     } else {
@@ -259,16 +260,11 @@ async fn main() -> std::process::ExitCode {
             }
         };
     }
-    gpuscale_collector::cli::exit("gpuscale-collector", run(args).await)
+    gpuscale_edge::cli::exit("gpuscale-collector", run(args).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    match args.log_format {
-        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
-    }
+    gpuscale_edge::cli::init_logging(args.log_format == LogFormat::Json);
     let targets = args
         .scrape_targets
         .iter()
@@ -276,10 +272,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .map(|s| Target::parse(s.trim()).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
     for (i, t) in targets.iter().enumerate() {
-        let shown = gpuscale_collector::contract::redact_url(&t.url);
+        let shown = gpuscale_contract::redact_url(&t.url);
         if let Some(other) = targets[..i]
             .iter()
-            .find(|o| gpuscale_collector::contract::redact_url(&o.url) == shown)
+            .find(|o| gpuscale_contract::redact_url(&o.url) == shown)
         {
             anyhow::bail!(
                 "--scrape-target: `{}/{}` and `{}/{}` both scrape {shown}: two targets must differ in more than their secrets",
@@ -292,15 +288,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let bearer = match &args.scrape_bearer_token_file {
         None => None,
-        Some(p) => {
-            let token = std::fs::read_to_string(p)
-                .with_context(|| format!("--scrape-bearer-token-file {}", p.display()))?;
-            let token = token.trim().to_string();
-            if token.is_empty() {
-                anyhow::bail!("--scrape-bearer-token-file {}: the file is empty", p.display());
-            }
-            Some(token)
-        }
+        Some(p) => Some(gpuscale_edge::cli::read_token_file(
+            "--scrape-bearer-token-file",
+            p,
+        )?),
     };
     if targets.len() > 1024 {
         anyhow::bail!(
@@ -353,25 +344,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("--listen {}", args.listen))?;
     tracing::info!(listen = %args.listen, gpu_source = %args.gpu_source, targets = config.targets.len(), "gpuscale-collector serving");
     let mut config = config;
+    // Every long-lived task: the process ends (non-zero) if one fails or stops before shutdown.
+    let mut tasks = Tasks::new();
     if args.kube {
         let client = kube::Client::try_default()
             .await
             .context("--kube: no Kubernetes configuration (in-cluster service account or KUBECONFIG)")?;
         let shared = Arc::new(RwLock::new(Vec::new()));
-        tokio::spawn(gpuscale_collector::discovery::watch_pods(
-            client,
-            config.node.clone(),
-            args.workload_label.clone(),
-            shared.clone(),
-        ));
+        tasks.spawn_infallible(
+            "pod discovery",
+            gpuscale_collector::discovery::watch_pods(
+                client,
+                config.node.clone(),
+                args.workload_label.clone(),
+                shared.clone(),
+            ),
+        );
         config.discovered = Some(shared);
     }
-    tokio::spawn(tick_loop(config, gpus, pages.clone()));
-    gpuscale_collector::server::serve(
-        listener,
-        router(pages),
-        gpuscale_collector::cli::shutdown_signal(),
-    )
-    .await;
-    Ok(())
+    tasks.spawn("tick", tick_loop(config, gpus, pages.clone()));
+    let stop = tasks.shutdown();
+    tasks
+        .run(async move {
+            gpuscale_edge::server::serve(listener, router(pages), stop).await;
+            Ok(())
+        })
+        .await
 }

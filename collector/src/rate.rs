@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use crate::contract::{TOKEN_RATE_WINDOW_SECS, plausible_tokens_rate};
+use gpuscale_contract::{TOKEN_RATE_WINDOW_SECS, plausible_tokens_rate};
 
 /// At most this many reads are kept per target, whatever the interval.
 const MAX_POINTS: usize = 64;

@@ -13,11 +13,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::Semaphore;
 
-use crate::contract::{self, Fault};
-use crate::exposition::{Format, QueueReading, Snapshot, render};
+use crate::exposition::{QueueReading, Snapshot, render};
 use crate::gpu::GpuSource;
 use crate::rate::TokenRate;
-use crate::scrape::{CustomNames, Fetch, Preset, ScrapeError, Target, fetch_page, queue_depth};
+use crate::scrape::{CustomNames, Preset, Target, queue_depth};
+use gpuscale_contract::{self as contract, Fault};
+use gpuscale_edge::fetch::{Fetch, ScrapeError, fetch_page};
+use gpuscale_expfmt::write::Format;
 
 /// What the loop needs.
 pub struct Config {
@@ -65,6 +67,10 @@ pub struct Pages {
     waiters: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// The collector's default `--interval`, seconds: how often it reads GPUs and scrapes model
+/// servers (docs/operations.md says what it costs and what freshness it gives).
+pub const DEFAULT_INTERVAL_SECS: f64 = 1.0;
+
 /// Longest `wait` a `/metrics` request may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Requests waiting for a newer page at once; beyond it a request is answered at once (it
@@ -85,7 +91,12 @@ fn metrics_query(query: Option<&str>) -> Result<MetricsQuery, String> {
     let (mut wait, mut after, mut contract) = (None, None, false);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let bad = |what: &str| format!("`{k}={}`: expected {what}", crate::contract::quote(v, 40));
+        let bad = |what: &str| {
+            format!(
+                "`{k}={}`: expected {what}",
+                gpuscale_policies::spec::brief_to(v, 40)
+            )
+        };
         match k {
             "wait" => match v.parse::<f64>() {
                 Ok(x) if x.is_finite() && x >= 0.0 => wait = Some(Duration::from_secs_f64(x).min(MAX_WAIT)),
@@ -127,7 +138,7 @@ async fn metrics(
             (Format::OpenMetrics, true) => p.contract.clone(),
             (Format::OpenMetrics, false) => p.openmetrics.clone(),
             (Format::Prometheus, true) => {
-                crate::exposition::only_families(&p.prometheus, &contract::SCALER_FAMILIES)
+                gpuscale_expfmt::write::only_families(&p.prometheus, &contract::SCALER_FAMILIES)
             }
             (Format::Prometheus, false) => p.prometheus.clone(),
         },
@@ -195,7 +206,7 @@ fn unix_now() -> f64 {
 /// What one scrape of one target says.
 fn reading_of(
     target: &Target,
-    result: Result<Vec<crate::text::MetricFamily>, ScrapeError>,
+    result: Result<Vec<gpuscale_expfmt::text::MetricFamily>, ScrapeError>,
     preset: Preset,
     custom: &CustomNames,
     seconds: f64,
@@ -313,34 +324,32 @@ struct ScrapeShared {
     fresh: tokio::sync::Notify,
 }
 
-/// Run ticks forever, publishing each snapshot into `pages`.
-pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPages) {
-    let client = match reqwest::Client::builder()
+/// Run ticks forever, publishing each snapshot into `pages`; an error only when it cannot
+/// start (no HTTP client, no GPU thread), for the process to end on.
+pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPages) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
         .connect_timeout(config.scrape_timeout)
         .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the HTTP client; scraping disabled");
-            reqwest::Client::new()
-        }
-    };
+        .map_err(|e| anyhow::anyhow!("cannot build the HTTP client for scraping model servers: {e}"))?;
     let gpu_name = gpus.name().to_string();
     let attribution = Arc::new(RwLock::new(crate::podresources::Attribution::new()));
-    if let Some(socket) = config.pod_resources_socket.clone() {
-        tokio::spawn(crate::podresources::refresh_loop(
-            socket,
-            config.pod_resources_interval,
-            attribution.clone(),
-        ));
-    }
+    let refresh = || {
+        config.pod_resources_socket.clone().map(|socket| {
+            tokio::spawn(crate::podresources::refresh_loop(
+                socket,
+                config.pod_resources_interval,
+                attribution.clone(),
+            ))
+        })
+    };
+    let mut refreshing = refresh();
     // NVML calls block: they run on one dedicated thread, fed through a channel. A request is
     // sent only when the previous one has been answered, so a call wedged in the driver holds
     // one request, not a growing queue, and the tick never waits on it beyond `gpu_wait`.
     let (gpu_tx, mut gpu_rx) = tokio::sync::mpsc::channel(1);
     let (req_tx, req_rx) = std::sync::mpsc::channel::<()>();
     let mut gpus = gpus;
-    let spawned = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("gpu-source".into())
         .spawn(move || {
             while req_rx.recv().is_ok() {
@@ -348,10 +357,8 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
                     break;
                 }
             }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the GPU thread; GPU series will be reported as down");
-    }
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start the GPU thread: {e}"))?;
     let gpu_wait = (config.interval / 2).min(Duration::from_secs(1));
     // When the request in flight was sent, if one is.
     let mut gpu_asked: Option<Instant> = None;
@@ -399,8 +406,26 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
             if !keep {
                 handle.abort();
             }
+            // A target's task never returns: one that has ended panicked, and is started again
+            // below (meanwhile its last reading only ages, into stale).
+            if keep && handle.is_finished() {
+                if let Some(Err(e)) = futures_util::FutureExt::now_or_never(&mut *handle)
+                    && e.is_panic()
+                {
+                    tracing::error!(target = %gpuscale_contract::redact_url(&t.url), error = %e, "scrape task panicked; restarting it");
+                }
+                return false;
+            }
             keep
         });
+        if let Some(h) = refreshing.as_mut().filter(|h| h.is_finished()) {
+            if let Some(Err(e)) = futures_util::FutureExt::now_or_never(h)
+                && e.is_panic()
+            {
+                tracing::error!(error = %e, "PodResources refresh panicked; restarting it");
+            }
+            refreshing = refresh();
+        }
         if let Ok(mut r) = readings.write() {
             r.retain(|t, _| targets.contains(t));
         }
@@ -489,7 +514,7 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
         };
         let prometheus = render(&snapshot, Format::Prometheus, config.dcgm_compat);
         let openmetrics = render(&snapshot, Format::OpenMetrics, config.dcgm_compat);
-        let contract_page = crate::exposition::only_families(&openmetrics, &contract::SCALER_FAMILIES);
+        let contract_page = gpuscale_expfmt::write::only_families(&openmetrics, &contract::SCALER_FAMILIES);
         if let Ok(mut p) = pages.write() {
             p.prometheus = prometheus;
             p.openmetrics = openmetrics;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use gpuscale_collector::scrape::{CustomNames, Preset, queue_depth};
-use gpuscale_collector::text::{Limits, parse_prometheus};
+use gpuscale_expfmt::text::{Limits, parse_prometheus};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gpuscale-collector");
 

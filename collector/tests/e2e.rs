@@ -2,24 +2,15 @@
 //! two scripted GPUs scraping them, its /metrics read back in both formats, checked by
 //! `promtool`, and scraped by a real Prometheus whose PromQL answers carry the right values.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gpuscale_collector::text::{Limits, MetricFamily, parse_openmetrics, parse_prometheus};
+use gpuscale_expfmt::text::{Limits, MetricFamily, parse_openmetrics, parse_prometheus};
+use gpuscale_testkit::{Kill, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gpuscale-collector");
-
-/// Kills the child process when the test ends, however it ends.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn fixtures() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/metrics");
@@ -35,13 +26,6 @@ fn fixtures() -> Option<PathBuf> {
 
 fn missing(msg: String) {
     gpuscale_testkit::missing(msg, ".ci/run installs it and clones shared/ beside the checkout");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
 }
 
 /// Serve `page` at /metrics on a loopback port.
@@ -421,41 +405,22 @@ fn nvml_reads_a_real_gpu() {
 
 #[test]
 fn every_flag_is_documented() {
-    let out = Command::new(BIN)
-        .arg("--help")
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let help = String::from_utf8_lossy(&out.stdout);
-    let doc = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/collector.md"))
-        .unwrap_or_default();
-    let flags: Vec<&str> = help
-        .lines()
-        .filter_map(|l| l.trim_start().strip_prefix("--"))
-        .filter_map(|l| l.split([' ', '<']).next())
-        .filter(|f| *f != "help" && *f != "version")
-        .collect();
+    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let doc = std::fs::read_to_string(docs.join("collector.md")).unwrap_or_default();
+    let reference = std::fs::read_to_string(docs.join("configuration.md")).unwrap_or_default();
+    let flags = gpuscale_testkit::help_flags(BIN, &[]);
     assert!(flags.len() >= 14, "{flags:?}");
-    let reference =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md"))
-            .unwrap_or_default();
     for f in flags {
+        let name = &f.name;
         assert!(
-            doc.contains(&format!("| `--{f}` |")),
-            "docs/collector.md does not document --{f}"
+            doc.contains(&format!("| `--{name}` |")),
+            "docs/collector.md does not document --{name}"
         );
         // Its env twin, as --help prints it, in the configuration reference.
-        let start = help
-            .find(&format!("\n      --{f}"))
-            .or_else(|| help.find(&format!("  --{f} ")))
-            .unwrap_or(0);
-        let env = help[start..]
-            .split("[env: ")
-            .nth(1)
-            .and_then(|e| e.split('=').next())
-            .unwrap_or_else(|| panic!("--{f} has no env twin"));
+        let env = f.env.unwrap_or_else(|| panic!("--{name} has no env twin"));
         assert!(
-            reference.contains(&format!("| `--{f}` | `{env}` |")),
-            "docs/configuration.md has no row `--{f}` with env `{env}`"
+            reference.contains(&format!("| `--{name}` | `{env}` |")),
+            "docs/configuration.md has no row `--{name}` with env `{env}`"
         );
     }
 }
@@ -881,4 +846,42 @@ async fn three_pages_of_190k_series_stay_under_the_daemonsets_limit() {
         "peak {} MiB",
         peak / 1024
     );
+}
+
+/// SIGTERM (what the kubelet sends) ends the collector cleanly: exit 0, not a supervised
+/// task's failure, and soon (the drain bound is 10 s; an idle server needs none of it).
+#[tokio::test]
+async fn sigterm_ends_the_collector_cleanly() {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(BIN)
+        .args(["--gpu-source", "fake:1", "--pod-resources-socket", "none"])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--interval", "200ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{BIN}: {e}"));
+    wait_ready(&reqwest::Client::new(), &base).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("kill: {e}"));
+    assert!(killed.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(8) {
+            let _ = child.kill();
+            panic!("the collector did not stop within 8 s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read as _;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(status.success(), "exit {status:?} after SIGTERM: {err}");
 }

@@ -4,23 +4,15 @@
 //! the C ABI with nvml-wrapper-sys's own types and answers from a script this test writes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gpuscale_collector::text::{Limits, Sample, parse_prometheus};
+use gpuscale_expfmt::text::{Limits, Sample, parse_prometheus};
+use gpuscale_testkit::{Kill, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gpuscale-collector");
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The stub, built by cargo as this package's dev-dependency, copied in as libnvidia-ml.so.1.
 fn stub_dir(name: &str) -> PathBuf {
@@ -65,14 +57,6 @@ fn write_script(path: &Path, v: &serde_json::Value) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, v.to_string()).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn model_server() -> SocketAddr {

@@ -46,7 +46,7 @@ async fn collector(target: SocketAddr, interval: Duration) -> SocketAddr {
     tokio::spawn(tick_loop(config, Box::new(gpus), pages.clone()));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(gpuscale_collector::server::serve(
+    tokio::spawn(gpuscale_edge::server::serve(
         l,
         router(pages),
         std::future::pending(),
@@ -190,11 +190,11 @@ async fn the_contract_page_holds_the_scalers_families_only() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let slim = get_om("?series=contract").await;
-    let limits = gpuscale_collector::text::Limits::default();
+    let limits = gpuscale_expfmt::text::Limits::default();
     let fams =
-        gpuscale_collector::text::parse_openmetrics(&slim, &limits).unwrap_or_else(|e| panic!("{e}\n{slim}"));
+        gpuscale_expfmt::text::parse_openmetrics(&slim, &limits).unwrap_or_else(|e| panic!("{e}\n{slim}"));
     let names: Vec<&str> = fams.iter().map(|f| f.name.as_str()).collect();
-    for want in gpuscale_collector::contract::SCALER_FAMILIES {
+    for want in gpuscale_contract::SCALER_FAMILIES {
         if want.contains("tokens") || want.contains("kv_cache") {
             continue; // this model server exports neither
         }

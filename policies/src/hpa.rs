@@ -153,6 +153,9 @@ impl Default for Behavior {
 /// The controller's default `--horizontal-pod-autoscaler-tolerance`.
 pub const DEFAULT_TOLERANCE: f64 = 0.1;
 
+/// The HPA controller's sync period (`--horizontal-pod-autoscaler-sync-period`, 15 s).
+pub const SYNC_PERIOD: Duration = Duration::from_secs(15);
+
 /// HPA configuration: the metrics, and `behavior` or the legacy controller flags.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HpaConfig {
@@ -502,6 +505,10 @@ type Pick = fn(i64, i64) -> i64;
 impl Policy for Hpa {
     fn name(&self) -> &'static str {
         "hpa"
+    }
+
+    fn period(&self) -> Option<Duration> {
+        Some(SYNC_PERIOD)
     }
 
     fn needs(&self) -> &[SignalKind] {

@@ -233,6 +233,10 @@ impl Policy for Kpa {
         "kpa"
     }
 
+    fn period(&self) -> Option<Duration> {
+        Some(TICK)
+    }
+
     fn needs(&self) -> &[SignalKind] {
         &self.needs[..self.needs_len]
     }

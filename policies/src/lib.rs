@@ -17,9 +17,13 @@
 //! 6. **bounds**: `[min, max]`.
 //!
 //! Every [`Decision`] names the policy and the [`Rule`] that decided it.
+//!
+//! What KEDA is told of a decision (awake or not, or not known) is [`answer::activity`], used by
+//! the scaler to answer and by the simulator to model KEDA.
 
 use std::time::Duration;
 
+pub mod answer;
 pub mod decision;
 pub mod erlang;
 pub mod fixed;
@@ -68,6 +72,12 @@ pub trait Policy: Send {
 
     /// The replica count this policy asks for.
     fn recommend(&mut self, ctx: &Context, signals: &Signals) -> Recommendation;
+
+    /// How often the system this policy reproduces decides (HPA's 15 s sync, KPA's 2 s tick),
+    /// for a caller that runs it as upstream would; `None`: as often as it is asked.
+    fn period(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Safety settings.
@@ -142,6 +152,19 @@ impl Autoscaler {
     /// The bounds.
     pub fn bounds(&self) -> Bounds {
         self.bounds
+    }
+
+    /// The safety settings.
+    pub fn safety(&self) -> Safety {
+        self.safety
+    }
+
+    /// The decision period upstream would use: the policies' common [`Policy::period`] when
+    /// every policy has one and they agree (a lone `hpa` or `kpa` baseline), else `None`.
+    pub fn period(&self) -> Option<Duration> {
+        let mut periods = self.policies.iter().map(|p| p.period());
+        let first = periods.next().flatten()?;
+        periods.all(|p| p == Some(first)).then_some(first)
     }
 
     /// Record an observation without deciding (for callers that sample more often).

@@ -629,7 +629,8 @@ pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Res
     let mut kpa_target_set = false;
     let mut hpa_metric = Metric::Load;
     let mut hpa_target = 4.0;
-    let mut hpa_target_type = "averageValue";
+    // A variant's constructor: `targetType` is matched once, as text, where it is read.
+    let mut hpa_target_of: fn(f64) -> HpaTarget = HpaTarget::AverageValue;
     let mut hpa_legacy = false;
     let mut hpa_tolerance = crate::hpa::DEFAULT_TOLERANCE;
     let mut behavior = Behavior::default();
@@ -706,10 +707,10 @@ pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Res
             ("hpa", "metric") => hpa_metric = parse_metric(k, v, &Metric::ALL)?,
             ("hpa", "target") => hpa_target = positive(k, v)?,
             ("hpa", "targetType") => {
-                hpa_target_type = match v.trim() {
-                    "averageValue" => "averageValue",
-                    "value" => "value",
-                    "podAverage" => "podAverage",
+                hpa_target_of = match v.trim() {
+                    "averageValue" => HpaTarget::AverageValue,
+                    "value" => HpaTarget::Value,
+                    "podAverage" => HpaTarget::PodAverage,
                     _ => {
                         return Err(SpecError::Invalid {
                             key: k.into(),
@@ -819,11 +820,7 @@ pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Res
         let part = part.trim();
         let p: Box<dyn Policy> = match part {
             "hpa" => {
-                let target = match hpa_target_type {
-                    "value" => HpaTarget::Value(hpa_target),
-                    "podAverage" => HpaTarget::PodAverage(hpa_target),
-                    _ => HpaTarget::AverageValue(hpa_target),
-                };
+                let target = hpa_target_of(hpa_target);
                 Box::new(Hpa::new(HpaConfig {
                     metrics: vec![HpaMetric {
                         metric: hpa_metric,
@@ -864,4 +861,17 @@ pub fn parse_params<'a>(
                 })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_are_bounded() {
+        assert_eq!(brief_to("abc", 10), "abc");
+        let long = "é".repeat(1000);
+        let q = brief_to(&long, 11);
+        assert!(q.len() < 40 && q.ends_with("(2000 bytes)"), "{q}");
+    }
 }

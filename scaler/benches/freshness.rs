@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -20,22 +20,7 @@ use gpuscale_collector::scrape::{CustomNames, Preset, Target};
 use gpuscale_collector::service::{Config, Pages, router, tick_loop};
 use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
 use gpuscale_scaler::pb::{GetMetricsRequest, ScaledObjectRef};
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use gpuscale_testkit::{Kill, free_port};
 
 /// A vLLM-shaped page whose waiting count the bench sets.
 async fn model_server(waiting: Arc<AtomicU64>) -> SocketAddr {
@@ -88,7 +73,7 @@ async fn collector(target: &str, interval: Duration) -> SocketAddr {
     ));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(gpuscale_collector::server::serve(
+    tokio::spawn(gpuscale_edge::server::serve(
         l,
         router(pages),
         std::future::pending(),
@@ -218,12 +203,12 @@ async fn main() {
         };
         match spec {
             "default" => {
-                let interval = Duration::from_secs_f64(gpuscale_collector::cli::DEFAULT_INTERVAL_SECS);
+                let interval = Duration::from_secs_f64(gpuscale_collector::service::DEFAULT_INTERVAL_SECS);
                 run(&format!("defaults, {how}"), interval, &args, trials).await
             }
             spec => {
                 let (ci, sp) = spec.split_once('/').unwrap_or((spec, "1s"));
-                let interval = Duration::from_secs_f64(gpuscale_collector::cli::duration_secs(ci).unwrap());
+                let interval = Duration::from_secs_f64(gpuscale_edge::cli::duration_secs(ci).unwrap());
                 args.extend(["--poll-interval", sp]);
                 run(
                     &format!("collector --interval {ci}, scaler --poll-interval {sp}, {how}"),

@@ -11,14 +11,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gpuscale_contract::Clock;
+use gpuscale_contract::WorkloadKey;
 use gpuscale_scaler::aggregate::{Observed, Page, Source, View};
 use gpuscale_scaler::grpc::Scaler;
 use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
 use gpuscale_scaler::pb::external_scaler_server::{ExternalScaler, ExternalScalerServer};
 use gpuscale_scaler::pb::*;
-use gpuscale_scaler::poll::Clock;
 use gpuscale_scaler::telemetry::Telemetry;
-use gpuscale_scaler::trigger::{Trigger, WorkloadKey};
+use gpuscale_scaler::trigger::Trigger;
 use gpuscale_scaler::workloads::Workloads;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};

@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gpuscale_collector::text::{Limits, parse_openmetrics};
+use gpuscale_expfmt::text::{Limits, parse_openmetrics};
 use gpuscale_scaler::aggregate::{Page, Received, Source, View};
 
 mod common;

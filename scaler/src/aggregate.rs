@@ -5,15 +5,15 @@
 //! here: a page that is not a gpuscale collector's is refused; a workload one of whose targets
 //! has no valid reading, or that no collector reports at all, is *unknown*, never zero; and a
 //! reading is aged from when the collector measured it, not from when its page arrived. The
-//! series and rules read here are the collector's contract ([`gpuscale_collector::contract`]).
+//! series and rules read here are the collector's contract ([`gpuscale_contract`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use gpuscale_collector::contract::{self, Fault, label as l};
-use gpuscale_collector::text::{Labels, MetricFamily};
+use gpuscale_contract::{self as contract, Fault, label as l};
+use gpuscale_expfmt::text::{Labels, MetricFamily};
 
-use crate::trigger::WorkloadKey;
+use gpuscale_contract::WorkloadKey;
 
 /// At most this many target faults are named in one reason.
 const MAX_FAULTS_NAMED: usize = 3;
@@ -532,7 +532,7 @@ fn weighted(a: Option<f64>, na: u32, b: Option<f64>, nb: u32) -> Option<f64> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use gpuscale_collector::text::{Limits, parse_prometheus};
+    use gpuscale_expfmt::text::{Limits, parse_prometheus};
 
     const NOW: f64 = 1.7e9;
 

@@ -8,18 +8,20 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+use kube::runtime::reflector;
 use kube::{Api, Client, Resource as _, ResourceExt as _};
 use tokio::sync::watch;
 
-use crate::poll::Clock;
-use crate::trigger::{Trigger, WorkloadKey};
+use crate::trigger::Trigger;
 use crate::workloads::{Replicas, Workloads, lock};
+use gpuscale_contract::Clock;
+use gpuscale_contract::WorkloadKey;
+use gpuscale_edge::tasks::Tasks;
+use gpuscale_edge::watch::cached;
 
 fn duration(v: &str) -> Result<Duration, String> {
     gpuscale_policies::spec::parse_duration("duration", v).map_err(|e| e.to_string())
@@ -144,35 +146,9 @@ pub fn ready_endpoints(slices: &[EndpointSlice]) -> Vec<String> {
     out
 }
 
-/// A cache of every `K` in the cluster, kept current by a watch that retries with backoff.
-fn cached<K>(client: Client) -> reflector::Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store::<K>();
-    let api: Api<K> = Api::all(client);
-    tokio::spawn(async move {
-        let stream = reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff()
-            .applied_objects();
-        futures_util::pin_mut!(stream);
-        while let Some(r) = stream.next().await {
-            if let Err(e) = r {
-                tracing::warn!(kind = %K::kind(&()), error = %e, "watch error; retrying");
-            }
-        }
-    });
-    store
-}
-
-/// Start the Kubernetes side. Returns the leadership flag in direct mode.
+/// Start the Kubernetes side, its tasks in `tasks`. Returns the leadership flag in direct mode.
 pub async fn start(
+    tasks: &mut Tasks,
     args: &KubeArgs,
     static_collectors: &[String],
     collectors: watch::Sender<Vec<String>>,
@@ -191,15 +167,19 @@ pub async fn start(
             args.collector_service
         )
     })?;
-    tokio::spawn(discover(
-        Api::namespaced(client.clone(), svc_ns),
-        svc_name.to_string(),
-        static_collectors.to_vec(),
-        collectors,
-        args.discovery_interval,
-    ));
+    tasks.spawn_infallible(
+        "collector discovery",
+        discover(
+            Api::namespaced(client.clone(), svc_ns),
+            svc_name.to_string(),
+            static_collectors.to_vec(),
+            collectors,
+            args.discovery_interval,
+        ),
+    );
 
-    let store = cached::<Deployment>(client.clone());
+    let (store, watch) = cached::<Deployment>(client.clone());
+    tasks.spawn_infallible("Deployment watch", watch);
 
     let leader = if args.direct {
         let identity = args
@@ -217,7 +197,14 @@ pub async fn start(
             .map_err(|e| {
                 anyhow::anyhow!("creating Lease {}/{}: {e}", args.lease_namespace, args.lease_name)
             })?;
-        let (rx, _task) = manager.watch().await;
+        let (rx, lease) = manager.watch().await;
+        tasks.spawn("Lease", async move {
+            match lease.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::anyhow!("{e}")),
+                Err(e) => Err(anyhow::anyhow!("{e}")),
+            }
+        });
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -225,16 +212,19 @@ pub async fn start(
                 instance: Some(identity.clone()),
             },
         );
-        tokio::spawn(direct(
-            client.clone(),
-            store.clone(),
-            workloads.clone(),
-            rx.clone(),
-            recorder,
-            args.direct_interval,
-            clock,
-            identity,
-        ));
+        tasks.spawn_infallible(
+            "direct scaling",
+            direct(
+                client.clone(),
+                store.clone(),
+                workloads.clone(),
+                rx.clone(),
+                recorder,
+                args.direct_interval,
+                clock,
+                identity,
+            ),
+        );
         Some(rx)
     } else {
         None
@@ -242,7 +232,7 @@ pub async fn start(
 
     // Replica counts for every tracked workload: a lookup per tracked workload, not a pass
     // over every Deployment in the cluster.
-    tokio::spawn(async move {
+    tasks.spawn_infallible("replica counts", async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
@@ -440,127 +430,6 @@ async fn direct(
                     tracing::error!(workload = %key, error = %e, "scaling failed; will retry next reconcile")
                 }
             }
-        }
-    }
-}
-
-/// Annotation that puts a Service behind the activator.
-pub const ACTIVATE: &str = "gpuscale.io/activate";
-
-/// The activator routes an annotated Service gives: Host routes for its cluster DNS names (or
-/// `gpuscale.io/host`, comma-separated), to `gpuscale.io/upstream` or the Service's first port,
-/// for the workload `gpuscale.io/workload` (default: the Service's name).
-pub fn service_routes(
-    svc: &k8s_openapi::api::core::v1::Service,
-) -> Result<Vec<crate::activator::Route>, String> {
-    use crate::activator::{Match, Route};
-    let ann = svc.metadata.annotations.clone().unwrap_or_default();
-    let ns = svc.namespace().unwrap_or_default();
-    let name = svc.name_any();
-    let port = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.as_ref())
-        .and_then(|p| p.first())
-        .map(|p| p.port)
-        .unwrap_or(80);
-    let upstream = ann
-        .get("gpuscale.io/upstream")
-        .cloned()
-        .unwrap_or_else(|| format!("http://{name}.{ns}.svc:{port}"));
-    let upstream: http::Uri = upstream
-        .parse()
-        .map_err(|e| format!("Service {ns}/{name}: gpuscale.io/upstream `{upstream}`: {e}"))?;
-    let hosts: Vec<String> = match ann.get("gpuscale.io/host") {
-        Some(h) => h
-            .split(',')
-            .map(|x| x.trim().to_ascii_lowercase())
-            .filter(|x| !x.is_empty())
-            .collect(),
-        None => vec![
-            format!("{name}.{ns}.svc.cluster.local"),
-            format!("{name}.{ns}.svc"),
-        ],
-    };
-    let workload = WorkloadKey {
-        namespace: ns.clone(),
-        name: ann
-            .get("gpuscale.io/workload")
-            .cloned()
-            .unwrap_or_else(|| name.clone()),
-    };
-    Ok(hosts
-        .into_iter()
-        .map(|h| Route {
-            matches: Match::Host(h),
-            workload: workload.clone(),
-            upstream: upstream.clone(),
-        })
-        .collect())
-}
-
-/// Ready endpoints of a Service, from its EndpointSlices.
-fn ready_count(slices: &[Arc<EndpointSlice>], ns: &str, svc: &str) -> usize {
-    slices
-        .iter()
-        .filter(|s| {
-            s.namespace().as_deref() == Some(ns)
-                && s.labels().get("kubernetes.io/service-name").map(String::as_str) == Some(svc)
-        })
-        .flat_map(|s| s.endpoints.iter())
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-        .count()
-}
-
-/// Activator kube mode: keep the routes of annotated Services (plus the static ones) and each
-/// workload's capacity (concurrency x ready endpoints) current, from watches on Services and
-/// EndpointSlices.
-pub async fn activator_routes(client: Client, activator: Arc<crate::activator::Activator>, every: Duration) {
-    use k8s_openapi::api::core::v1::Service;
-    let services = cached::<Service>(client.clone());
-    let slices = cached::<EndpointSlice>(client);
-    let statics = activator.static_routes();
-    let mut last: Option<Vec<crate::activator::Route>> = None;
-    let mut refused: HashSet<String> = HashSet::new();
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        let mut routes = statics.clone();
-        let mut services_of: Vec<(WorkloadKey, String, String)> = Vec::new();
-        for svc in services.state() {
-            let on = svc.annotations().get(ACTIVATE).map(String::as_str) == Some("true");
-            if !on {
-                continue;
-            }
-            match service_routes(&svc) {
-                Ok(rs) => {
-                    if let Some(r) = rs.first() {
-                        services_of.push((
-                            r.workload.clone(),
-                            svc.namespace().unwrap_or_default(),
-                            svc.name_any(),
-                        ));
-                    }
-                    routes.extend(rs);
-                }
-                Err(e) => {
-                    if refused.insert(e.clone()) {
-                        tracing::error!(error = %e, "annotated Service refused");
-                    }
-                }
-            }
-        }
-        if last.as_ref() != Some(&routes) {
-            tracing::info!(routes = routes.len(), "activator routes changed");
-            activator.set_routes(routes.clone());
-            last = Some(routes);
-        }
-        let slices = slices.state();
-        for (key, ns, svc) in services_of {
-            let ready = ready_count(&slices, &ns, &svc);
-            let gate = activator.gate(&key);
-            gate.set_ready(ready);
-            gate.set_capacity(activator.capacity(ready));
         }
     }
 }

@@ -20,12 +20,13 @@ use crate::pb::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
     ScaledObjectRef,
 };
-use crate::poll::Clock;
 use crate::telemetry::Telemetry;
-use gpuscale_collector::contract::quote;
+use gpuscale_contract::Clock;
+use gpuscale_policies::spec::brief_to as quote;
 
-use crate::trigger::{Trigger, TriggerError, WorkloadKey, fingerprint};
+use crate::trigger::{Trigger, TriggerError, fingerprint};
 use crate::workloads::{RegisterError, Workload, Workloads, lock};
+use gpuscale_contract::WorkloadKey;
 
 /// The gRPC service.
 #[derive(Clone)]

@@ -9,13 +9,15 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use gpuscale_collector::exposition::{Format, Writer};
+use gpuscale_expfmt::write::{Format, Writer};
 use serde::{Deserialize, Serialize};
 
-use crate::poll::{Clock, Polled};
+use crate::poll::Polled;
 use crate::telemetry::{METHODS, Telemetry};
-use crate::trigger::{Mode, WorkloadKey};
+use crate::trigger::Mode;
 use crate::workloads::{Workloads, lock};
+use gpuscale_contract::Clock;
+use gpuscale_contract::WorkloadKey;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -31,7 +33,7 @@ pub struct AppState {
     /// Whether this replica leads (direct mode); `None` when there is no election.
     pub leader: Option<tokio::sync::watch::Receiver<bool>>,
     /// The in-process activator, if one runs.
-    pub activator: Option<Arc<crate::activator::Activator>>,
+    pub activator: Option<Arc<gpuscale_activator::Activator>>,
     /// When set, `POST /v1/held` needs `Authorization: Bearer <token>`.
     pub held_token: Option<Arc<str>>,
 }
@@ -116,7 +118,7 @@ async fn held(
                 s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
                 _ => StatusCode::BAD_REQUEST,
             };
-            let what = gpuscale_collector::contract::quote(&e.body_text(), 200).into_owned();
+            let what = gpuscale_policies::spec::brief_to(&e.body_text(), 200).into_owned();
             return bad(
                 status,
                 format!(
@@ -146,7 +148,7 @@ async fn held(
     if s.workloads.held(&key, r.requests, r.ready, s.clock.now()) {
         StatusCode::NO_CONTENT.into_response()
     } else {
-        let shown = gpuscale_collector::contract::quote(&key.to_string(), 200).into_owned();
+        let shown = gpuscale_policies::spec::brief_to(&key.to_string(), 200).into_owned();
         bad(
             StatusCode::NOT_FOUND,
             format!(
@@ -350,7 +352,7 @@ pub fn render(s: &AppState, format: Format) -> String {
             if let Some((at, _)) = &src.last_ok {
                 w.sample(
                     "gpuscale_scaler_collector_age_seconds",
-                    &[("collector", &gpuscale_collector::contract::redact_url(addr))],
+                    &[("collector", &gpuscale_contract::redact_url(addr))],
                     now.saturating_sub(*at).as_secs_f64(),
                 );
             }
@@ -363,7 +365,7 @@ pub fn render(s: &AppState, format: Format) -> String {
         for (addr, src) in sources.iter() {
             w.sample(
                 "gpuscale_scaler_collector_up",
-                &[("collector", &gpuscale_collector::contract::redact_url(addr))],
+                &[("collector", &gpuscale_contract::redact_url(addr))],
                 f64::from(u8::from(src.error.is_none() && src.last_ok.is_some())),
             );
         }

@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use gpuscale_contract::Clock;
+use gpuscale_edge::tasks::Tasks;
 use gpuscale_policies::spec::parse_duration;
 use gpuscale_scaler::grpc::Scaler;
 use gpuscale_scaler::http::{AppState, router};
 use gpuscale_scaler::pb::external_scaler_server::ExternalScalerServer;
-use gpuscale_scaler::poll::{self, Clock, PollConfig, Polled};
+use gpuscale_scaler::poll::{self, PollConfig, Polled};
 use gpuscale_scaler::telemetry::Telemetry;
 use gpuscale_scaler::tls::{self, TlsFiles};
-use gpuscale_scaler::workloads::Workloads;
+use gpuscale_scaler::workloads::{InProcess, Workloads};
 use tokio::sync::watch;
 
 // mimalloc, not glibc's malloc: parsing thousands of collector pages a second on every core
@@ -36,11 +38,11 @@ fn duration(v: &str) -> Result<Duration, String> {
 #[command(version, about, long_about)]
 struct Args {
     /// gRPC address KEDA dials (the trigger's `scalerAddress`).
-    #[arg(long, env = "GPUSCALE_SCALER_GRPC_LISTEN", default_value = "0.0.0.0:9090", value_parser = gpuscale_collector::cli::listen_addr)]
+    #[arg(long, env = "GPUSCALE_SCALER_GRPC_LISTEN", default_value = "0.0.0.0:9090", value_parser = gpuscale_edge::cli::listen_addr)]
     grpc_listen: SocketAddr,
 
     /// HTTP address for /metrics, /debug/workloads, /healthz, /readyz and POST /v1/held.
-    #[arg(long, env = "GPUSCALE_SCALER_HTTP_LISTEN", default_value = "0.0.0.0:9091", value_parser = gpuscale_collector::cli::listen_addr)]
+    #[arg(long, env = "GPUSCALE_SCALER_HTTP_LISTEN", default_value = "0.0.0.0:9091", value_parser = gpuscale_edge::cli::listen_addr)]
     http_listen: SocketAddr,
 
     /// A collector to read: `host:port` or `http://host:port` (both mean its /metrics), or a
@@ -136,17 +138,17 @@ struct Args {
     kube: gpuscale_scaler::cluster::KubeArgs,
 
     #[command(flatten)]
-    activator: gpuscale_scaler::activator::ActivatorArgs,
+    activator: gpuscale_activator::ActivatorArgs,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    gpuscale_collector::cli::exit("gpuscale-scaler", run().await)
+    gpuscale_edge::cli::exit("gpuscale-scaler", run().await)
 }
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    gpuscale_scaler::init_logging(args.log_format == "json");
+    gpuscale_edge::cli::init_logging(args.log_format == "json");
     if args.poll_interval.is_zero() {
         bail!("--poll-interval must be above 0 (e.g. 1s)");
     }
@@ -160,12 +162,12 @@ async fn run() -> anyhow::Result<()> {
     let collector_token = args
         .collector_token_file
         .as_deref()
-        .map(|p| gpuscale_scaler::read_token_file("--collector-token-file", p))
+        .map(|p| gpuscale_edge::cli::read_token_file("--collector-token-file", p))
         .transpose()?;
     let held_token = args
         .held_token_file
         .as_deref()
-        .map(|p| gpuscale_scaler::read_token_file("--held-token-file", p))
+        .map(|p| gpuscale_edge::cli::read_token_file("--held-token-file", p))
         .transpose()?;
     if collectors.is_empty() && !args.kube.kube {
         tracing::warn!(
@@ -195,11 +197,13 @@ async fn run() -> anyhow::Result<()> {
     }
 
     let clock = Clock::start();
+    // Every long-lived task: the process ends (non-zero) if one fails or stops before shutdown.
+    let mut tasks = Tasks::new();
     let workloads = Arc::new(Workloads::new(args.max_workloads, args.workload_idle_ttl));
     if !statics.is_empty() {
         // Named again every second, so the idle TTL never forgets them.
         let ws = workloads.clone();
-        tokio::spawn(async move {
+        tasks.spawn_infallible("static workloads", async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
             loop {
                 every.tick().await;
@@ -216,42 +220,54 @@ async fn run() -> anyhow::Result<()> {
     let polled = Arc::new(Polled::default());
     let (collectors_tx, collectors_rx) = watch::channel(collectors.clone());
 
-    let leader =
-        gpuscale_scaler::cluster::start(&args.kube, &collectors, collectors_tx, workloads.clone(), clock)
-            .await
-            .context("starting the Kubernetes side (--kube)")?;
-
-    tokio::spawn(poll::run(
-        PollConfig {
-            interval: args.poll_interval,
-            wait: args.collector_wait.min(Duration::from_secs(30)),
-            timeout: args.poll_timeout,
-            max_page_bytes: args.max_page_bytes,
-            max_concurrent: args.max_concurrent_polls,
-            bearer: collector_token,
-        },
-        collectors_rx,
-        polled.clone(),
+    let leader = gpuscale_scaler::cluster::start(
+        &mut tasks,
+        &args.kube,
+        &collectors,
+        collectors_tx,
         workloads.clone(),
-        telemetry.clone(),
         clock,
-    ));
+    )
+    .await
+    .context("starting the Kubernetes side (--kube)")?;
+
+    tasks.spawn(
+        "collector reads",
+        poll::run(
+            PollConfig {
+                interval: args.poll_interval,
+                wait: args.collector_wait.min(Duration::from_secs(30)),
+                timeout: args.poll_timeout,
+                max_page_bytes: args.max_page_bytes,
+                max_concurrent: args.max_concurrent_polls,
+                bearer: collector_token,
+            },
+            collectors_rx,
+            polled.clone(),
+            workloads.clone(),
+            telemetry.clone(),
+            clock,
+        ),
+    );
 
     let activator = match args.activator.activator_listen {
         None => None,
         Some(addr) => {
             let a = args
                 .activator
-                .start(gpuscale_scaler::activator::Reporter::InProcess(
-                    workloads.clone(),
-                    clock,
-                ))
+                .start(
+                    gpuscale_activator::Reporter::InProcess(Arc::new(InProcess(workloads.clone(), clock))),
+                    &mut tasks,
+                )
                 .await?;
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding --activator-listen {addr}"))?;
             tracing::info!(%addr, "activator listening");
-            tokio::spawn(gpuscale_scaler::activator::serve(a.clone(), l, shutdown()));
+            tasks.spawn_infallible(
+                "activator",
+                gpuscale_activator::serve(a.clone(), l, tasks.shutdown()),
+            );
             Some(a)
         }
     };
@@ -268,7 +284,10 @@ async fn run() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --http-listen {}", args.http_listen))?;
     tracing::info!(addr = %args.http_listen, "HTTP listening");
-    tokio::spawn(gpuscale_collector::server::serve(http, router(state), shutdown()));
+    tasks.spawn_infallible(
+        "HTTP server",
+        gpuscale_edge::server::serve(http, router(state), tasks.shutdown()),
+    );
 
     let service = ExternalScalerServer::new(Scaler::new(workloads, telemetry, clock));
     let mut server = tonic::transport::Server::builder()
@@ -280,31 +299,34 @@ async fn run() -> anyhow::Result<()> {
     let grpc = tokio::net::TcpListener::bind(args.grpc_listen)
         .await
         .with_context(|| format!("binding --grpc-listen {}", args.grpc_listen))?;
-    match (args.tls_cert, args.tls_key) {
-        (Some(cert), Some(key)) => {
-            let files = TlsFiles {
-                cert,
-                key,
-                client_ca: args.tls_client_ca,
-            };
-            let tls = tls::Reloading::start(files, args.tls_reload_interval).context("loading TLS files")?;
-            tracing::info!(addr = %args.grpc_listen, "gRPC listening (TLS)");
-            server
-                .add_service(service)
-                .serve_with_incoming_shutdown(tls::incoming(grpc, tls), shutdown())
-                .await?;
+    let stop = tasks.shutdown();
+    // The gRPC server is the foreground: its end (on SIGTERM or Ctrl-C) ends the process, as
+    // does any supervised task's failure meanwhile.
+    let grpc = async move {
+        match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => {
+                let files = TlsFiles {
+                    cert,
+                    key,
+                    client_ca: args.tls_client_ca,
+                };
+                let tls =
+                    tls::Reloading::start(files, args.tls_reload_interval).context("loading TLS files")?;
+                tracing::info!(addr = %args.grpc_listen, "gRPC listening (TLS)");
+                server
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(tls::incoming(grpc, tls), stop)
+                    .await?;
+            }
+            _ => {
+                tracing::info!(addr = %args.grpc_listen, "gRPC listening (plaintext h2c)");
+                server
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(tls::plaintext(grpc), stop)
+                    .await?;
+            }
         }
-        _ => {
-            tracing::info!(addr = %args.grpc_listen, "gRPC listening (plaintext h2c)");
-            server
-                .add_service(service)
-                .serve_with_incoming_shutdown(tls::plaintext(grpc), shutdown())
-                .await?;
-        }
-    }
-    Ok(())
-}
-
-async fn shutdown() {
-    gpuscale_scaler::shutdown_signal().await;
+        Ok(())
+    };
+    tasks.run(grpc).await
 }

@@ -19,27 +19,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use gpuscale_collector::contract::redact_url;
+use gpuscale_contract::{Clock, redact_url};
 
 use crate::aggregate::{Page, Received, Source, View};
 use crate::telemetry::Telemetry;
 use crate::workloads::Workloads;
-
-/// The process clock: a [`Duration`] since start, what the policies take as `now`.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock(Instant);
-
-impl Clock {
-    /// Starts now.
-    pub fn start() -> Self {
-        Clock(Instant::now())
-    }
-
-    /// Time since start.
-    pub fn now(&self) -> Duration {
-        self.0.elapsed()
-    }
-}
 
 /// How to poll.
 #[derive(Clone, Debug)]
@@ -73,7 +57,7 @@ pub struct Polled {
 /// Collector addresses become `/metrics` URLs: `host:port`, `http://host:port` (both mean
 /// `/metrics`) or a full URL; anything else is refused with the accepted forms.
 pub fn metrics_url(addr: &str) -> Result<String, String> {
-    gpuscale_collector::scrape::metrics_url("--collector", addr)
+    gpuscale_edge::fetch::metrics_url("--collector", addr)
 }
 
 fn unix_now() -> f64 {
@@ -102,22 +86,22 @@ async fn read_collector(
             config.timeout + w,
         ),
     };
-    let how = gpuscale_collector::scrape::Fetch {
+    let how = gpuscale_edge::fetch::Fetch {
         openmetrics: true,
         timeout,
         max_bytes: config.max_page_bytes,
         bearer: config.bearer.as_deref(),
         keep: None,
     };
-    let families = gpuscale_collector::scrape::fetch_page(client, &url, &how)
+    let families = gpuscale_edge::fetch::fetch_page(client, &url, &how)
         .await
         .map_err(|e| match e {
-            gpuscale_collector::scrape::ScrapeError::Parse { url, error }
-                if error.message.contains("# EOF") =>
+            gpuscale_edge::fetch::ScrapeError::Parse { url, error }
+                if error.kind == gpuscale_expfmt::text::Problem::Truncated =>
             {
                 format!("{url}: the page is truncated ({error}); a whole collector page ends with `# EOF`")
             }
-            gpuscale_collector::scrape::ScrapeError::WrongFormat { url, content_type } => format!(
+            gpuscale_edge::fetch::ScrapeError::WrongFormat { url, content_type } => format!(
                 "{url} is not a gpuscale collector: it answered `{content_type}` when asked for OpenMetrics (a model server's or another exporter's page?); point --collector at a gpuscale-collector, e.g. HOST:9400"
             ),
             e => e.to_string(),
@@ -217,7 +201,8 @@ async fn read_loop(addr: String, r: Arc<Reader>) {
     }
 }
 
-/// Read and decide forever.
+/// Read and decide forever; an error only when it cannot start (then the process must end:
+/// a scaler that reads nothing would answer UNAVAILABLE forever while looking healthy).
 pub async fn run(
     config: PollConfig,
     mut collectors: watch::Receiver<Vec<String>>,
@@ -225,14 +210,10 @@ pub async fn run(
     workloads: Arc<Workloads>,
     telemetry: Arc<Telemetry>,
     clock: Clock,
-) {
-    let client = match reqwest::Client::builder().build() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build an HTTP client; the scaler will answer UNAVAILABLE");
-            return;
-        }
-    };
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot build the HTTP client for reading collectors: {e}"))?;
     let reader = Arc::new(Reader {
         client,
         config: config.clone(),
@@ -269,6 +250,16 @@ pub async fn run(
             let keep = list.contains(addr);
             if !keep {
                 handle.abort();
+            }
+            // A reader never returns: one that has ended panicked, and is started again below
+            // (meanwhile its last page only ages, into stale).
+            if keep && handle.is_finished() {
+                if let Some(Err(e)) = futures_util::FutureExt::now_or_never(&mut *handle)
+                    && e.is_panic()
+                {
+                    tracing::error!(collector = %redact_url(addr), error = %e, "collector reader panicked; restarting it");
+                }
+                return false;
             }
             keep
         });

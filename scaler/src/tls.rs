@@ -257,7 +257,7 @@ pub fn plaintext(
             let _ = tcp.set_nodelay(true);
             let conn_tx = tx.clone();
             tokio::spawn(async move {
-                if gpuscale_collector::server::first_byte(&tcp).await {
+                if gpuscale_edge::server::first_byte(&tcp).await {
                     let _ = conn_tx.send(Ok(tcp)).await;
                 }
             });

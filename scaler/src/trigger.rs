@@ -6,29 +6,14 @@
 //! checked by a test); a key that is not there is refused rather than silently ignored, since
 //! a typo in `minReplicas` would otherwise scale a GPU workload to zero.
 
+use gpuscale_contract::WorkloadKey;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::hash::{Hash, Hasher};
 
 use gpuscale_policies::spec::{self, SpecError};
 use gpuscale_policies::{Autoscaler, Metric};
 use thiserror::Error;
-
-/// A namespace and a Deployment name: what is scaled.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct WorkloadKey {
-    /// Namespace.
-    pub namespace: String,
-    /// Deployment name.
-    pub name: String,
-}
-
-impl fmt::Display for WorkloadKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// What `GetMetrics` reports to KEDA.
 #[derive(Clone, Copy, Debug, PartialEq)]

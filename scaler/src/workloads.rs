@@ -11,11 +11,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
+use gpuscale_policies::answer::{Demand, NotKnown, activity};
 use gpuscale_policies::{Autoscaler, Decision, Reading, Signals};
 use tokio::sync::watch;
 
 use crate::aggregate::{Observed, Seen, View};
-use crate::trigger::{Mode, Trigger, TriggerError, WorkloadKey};
+use crate::trigger::{Mode, Trigger, TriggerError};
+use gpuscale_contract::{Clock, WorkloadKey};
 
 /// Replica counts of a Deployment as the API server reports them (kube mode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -264,20 +266,18 @@ impl Workload {
                 _ => o.waiting + o.running + held,
             },
         });
-        let active = if held > threshold {
-            // Requests are waiting at an activator: wake, whatever the collectors say.
-            Ok(true)
-        } else {
-            decided.map(|d| {
-                let demand = o.waiting + o.running + held;
-                let current = self.signals.as_ref().map_or(0, |s| s.current);
-                if current == 0 {
-                    demand > threshold
-                } else {
-                    d.desired > 0 || o.running > 0.0 || demand > threshold
-                }
-            })
+        let current = self.signals.as_ref().map_or(0, |s| s.current);
+        let demand = Demand {
+            waiting: o.waiting,
+            running: o.running,
+            held,
         };
+        let decision = match (&self.unknown, &self.decision) {
+            (Some(why), _) => Err(NotKnown(why.clone())),
+            (None, None) => Err(NotKnown(NO_DECISION.to_string())),
+            (None, Some((d, _))) => Ok(d),
+        };
+        let active = activity(decision, current, demand, threshold).map_err(|e| e.0);
         if let Ok(a) = active {
             // Count inactive-to-active edges, so a stream that wakes up late (after a quick
             // true-false-true) still pushes the edge it did not see.
@@ -502,6 +502,15 @@ impl Workloads {
         for w in self.entries(key) {
             lock(&w).replicas = Some(r);
         }
+    }
+}
+
+/// The in-process activator's reports, straight into the workload table on the scaler's clock.
+pub struct InProcess(pub Arc<Workloads>, pub Clock);
+
+impl gpuscale_activator::HeldSink for InProcess {
+    fn held(&self, workload: &WorkloadKey, held: usize, ready: Option<u32>) {
+        self.0.held(workload, held as f64, ready, self.1.now());
     }
 }
 

@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use gpuscale_scaler::activator::{Activator, Config, Reporter, Route};
-use gpuscale_scaler::poll::Clock;
-use gpuscale_scaler::trigger::{Trigger, WorkloadKey};
+use gpuscale_activator::{Activator, Config, Reporter, Route};
+use gpuscale_contract::Clock;
+use gpuscale_contract::WorkloadKey;
+use gpuscale_scaler::trigger::Trigger;
 use gpuscale_scaler::workloads::{Workloads, lock};
 
 #[derive(Default)]
@@ -94,7 +95,7 @@ async fn start(
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(gpuscale_scaler::activator::serve(a.clone(), l, async move {
+    tokio::spawn(gpuscale_activator::serve(a.clone(), l, async move {
         let _ = stop_rx.await;
     }));
     (a, addr, stop_tx)
@@ -131,7 +132,11 @@ async fn held_until_the_upstream_starts_then_released_in_order_one_at_a_time() {
             clock.now(),
         )
         .unwrap();
-    let (a, proxy, _stop) = start(config(up_addr, 1), Reporter::InProcess(ws.clone(), clock)).await;
+    let (a, proxy, _stop) = start(
+        config(up_addr, 1),
+        Reporter::InProcess(Arc::new(gpuscale_scaler::workloads::InProcess(ws.clone(), clock))),
+    )
+    .await;
 
     let client = reqwest::Client::new();
     let mut tasks = Vec::new();
@@ -330,7 +335,7 @@ fn routes_come_from_flags_and_a_file_with_errors_naming_the_line() {
     #[derive(Parser)]
     struct Args {
         #[command(flatten)]
-        a: gpuscale_scaler::activator::ActivatorArgs,
+        a: gpuscale_activator::ActivatorArgs,
     }
     let dir = std::env::temp_dir().join(format!("gpuscale-routes-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -417,8 +422,7 @@ async fn held_bodies_are_bounded_in_total_and_in_time() {
     // Released bytes are given back: the next held body fits again.
     assert_eq!(a.gates()[0].1.held(), 0);
     let rendered = {
-        let mut w =
-            gpuscale_collector::exposition::Writer::new(gpuscale_collector::exposition::Format::Prometheus);
+        let mut w = gpuscale_expfmt::write::Writer::new(gpuscale_expfmt::write::Format::Prometheus);
         a.write_metrics(&mut w);
         w.finish()
     };

@@ -143,10 +143,13 @@ async fn annotated_services_route_and_endpointslices_release() {
     };
     grpc.get_metric_spec(so.clone()).await.unwrap();
 
+    let Some(activator) = common::activator_bin() else {
+        return;
+    };
     let proxy_port = common::free_port();
     let metrics_port = common::free_port();
     let _activator = common::Kill(
-        std::process::Command::new(env!("CARGO_BIN_EXE_gpuscale-activator"))
+        std::process::Command::new(&activator)
             .args(["--activator-listen", &format!("127.0.0.1:{proxy_port}")])
             .args(["--http-listen", &format!("127.0.0.1:{metrics_port}")])
             .args(["--activator-kube", "--activator-probe-interval", "100ms"])
@@ -226,7 +229,7 @@ async fn annotated_services_route_and_endpointslices_release() {
         .await
         .unwrap();
     let fams =
-        gpuscale_collector::text::parse_prometheus(&m, &gpuscale_collector::text::Limits::default()).unwrap();
+        gpuscale_expfmt::text::parse_prometheus(&m, &gpuscale_expfmt::text::Limits::default()).unwrap();
     let value = |name: &str, label: Option<(&str, &str)>| {
         fams.iter()
             .flat_map(|f| f.samples.iter())

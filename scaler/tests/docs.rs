@@ -18,38 +18,15 @@ fn doc() -> String {
 
 #[test]
 fn every_flag_is_documented_with_an_env_twin() {
-    check_flags(env!("CARGO_BIN_EXE_gpuscale-scaler"), "scaler.md", 30);
-    check_flags(env!("CARGO_BIN_EXE_gpuscale-activator"), "activator.md", 12);
-}
-
-fn check_flags(bin: &str, page: &str, at_least: usize) {
-    let out = std::process::Command::new(bin).arg("--help").output().unwrap();
-    let help = String::from_utf8_lossy(&out.stdout);
-    let doc = read(page);
-    let mut flags = Vec::new();
-    let mut chunk = String::new();
-    // Each flag's help runs until the next flag; its env twin is inside.
-    for line in help.lines().chain(std::iter::once("--end")) {
-        let t = line.trim_start();
-        if t.starts_with("--") || t.starts_with("-h,") || t.starts_with("-V,") {
-            if let Some(f) = chunk
-                .trim_start()
-                .strip_prefix("--")
-                .and_then(|l| l.split([' ', '<', '\n']).next())
-            {
-                flags.push(f.to_string());
-                assert!(chunk.contains("[env: "), "--{f} has no env twin:\n{chunk}");
-            }
-            chunk.clear();
-        }
-        chunk.push_str(t);
-        chunk.push('\n');
-    }
-    assert!(flags.len() >= at_least, "{flags:?}");
+    let doc = doc();
+    let flags = gpuscale_testkit::help_flags(env!("CARGO_BIN_EXE_gpuscale-scaler"), &[]);
+    assert!(flags.len() >= 30, "{flags:?}");
     for f in flags {
+        assert!(f.env.is_some(), "--{} has no env twin:\n{}", f.name, f.help);
         assert!(
-            doc.contains(&format!("| `--{f}` |")),
-            "docs/{page} does not document --{f}"
+            doc.contains(&format!("| `--{}` |", f.name)),
+            "docs/scaler.md does not document --{}",
+            f.name
         );
     }
 }

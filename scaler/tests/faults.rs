@@ -204,6 +204,8 @@ enum Bend {
     Truncate,
     /// Every timestamp the collector wrote moved an hour into the past.
     HourOld,
+    /// A series after `# EOF`: whole but malformed, which must not read as truncated.
+    AfterEof,
 }
 
 /// A proxy in front of a real collector, passing the scaler's Accept header through.
@@ -230,6 +232,7 @@ async fn proxy(collector: SocketAddr) -> (SocketAddr, Arc<RwLock<Bend>>) {
                         let cut = page[..cut].rfind("\n# ").unwrap() + 1;
                         page[..cut].to_string()
                     }
+                    Bend::AfterEof => format!("{page}gpuscale_workload_requests_waiting 0\n"),
                     Bend::HourOld => {
                         page.lines()
                             .map(|l| {
@@ -305,6 +308,11 @@ async fn a_target_without_a_namespace_is_in_default_on_both_sides() {
 /// The collector behind a proxy that bends its page: known first, unknown (saying `says`)
 /// while bent, and back within two polls once it is not.
 async fn bent_collector_page(how: Bend, says: &[&str]) {
+    bent_collector_page_says(how, says).await;
+}
+
+/// [`bent_collector_page`], answering what the scaler said while the page was bent.
+async fn bent_collector_page_says(how: Bend, says: &[&str]) -> String {
     let model = PageServer::start(Mode::Page(vllm("7.0", "0.0"))).await;
     let collector = common::collector(&[("llm/qwen", model.addr)]).await;
     let (front, bend) = proxy(collector).await;
@@ -314,14 +322,21 @@ async fn bent_collector_page(how: Bend, says: &[&str]) {
     let (m, _) = until(&mut c, &r, "known first", |(m, _)| m.is_ok()).await;
     assert_eq!(m.unwrap(), 2.0);
     *bend.write().unwrap() = how;
-    unknown(&mut c, &r, says).await;
+    let why = unknown(&mut c, &r, says).await;
     *bend.write().unwrap() = Bend::Pass;
     recovers(&mut c, &r, &scaler, 2.0).await;
+    why
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_collector_page_is_unknown() {
     bent_collector_page(Bend::Truncate, &["truncated", "# EOF"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_series_after_eof_is_unknown_and_not_called_truncated() {
+    let why = bent_collector_page_says(Bend::AfterEof, &["text after # EOF"]).await;
+    assert!(!why.contains("truncated"), "{why}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -567,7 +582,7 @@ async fn two_scaled_objects_for_one_deployment_get_stable_answers() {
         "{metrics}"
     );
     // The page is still valid exposition: one series per Deployment, none repeated.
-    gpuscale_collector::text::parse_prometheus(&metrics, &Default::default()).unwrap();
+    gpuscale_expfmt::text::parse_prometheus(&metrics, &Default::default()).unwrap();
     let debug: serde_json::Value = reqwest::get(format!("{}/debug/workloads", scaler.http))
         .await
         .unwrap()

@@ -28,7 +28,7 @@ fn time_one(trace: &Trace, serving: &ServingConfig, spec: &str, params: &[(&str,
     let services = service_times(trace, serving, 1);
     let autoscaler = build(spec, params).unwrap_or_else(|e| panic!("{spec}: {e}"));
     let start = Instant::now();
-    let out = Engine::new(trace, serving, &control, &services, spec, autoscaler, 1).run();
+    let out = Engine::new(trace, serving, &control, &services, autoscaler, 1).run();
     (start.elapsed().as_secs_f64(), out.completed)
 }
 

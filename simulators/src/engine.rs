@@ -10,6 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 
+use gpuscale_policies::answer::{Demand, activity};
 use gpuscale_policies::hpa::{Hpa, HpaConfig, HpaMetric, HpaTarget};
 use gpuscale_policies::{Autoscaler, Bounds, Context, Metric, Reading, Signals};
 
@@ -250,7 +251,6 @@ pub struct Engine<'a> {
     serving: &'a ServingConfig,
     control: &'a ControlConfig,
     services: &'a [f32],
-    spec: &'a str,
     autoscaler: Autoscaler,
     rng: Rng,
     now: u64,
@@ -310,7 +310,6 @@ impl<'a> Engine<'a> {
         serving: &'a ServingConfig,
         control: &'a ControlConfig,
         services: &'a [f32],
-        spec: &'a str,
         autoscaler: Autoscaler,
         seed: u64,
     ) -> Self {
@@ -321,7 +320,6 @@ impl<'a> Engine<'a> {
             serving,
             control,
             services,
-            spec,
             autoscaler,
             rng: Rng::new(seed),
             now: 0,
@@ -976,11 +974,7 @@ impl<'a> Engine<'a> {
         let control = self.control;
         match control.loop_model {
             LoopModel::Direct { tick } => {
-                let period = tick.unwrap_or(match self.spec {
-                    "hpa" => 15,
-                    "kpa" => 2,
-                    _ => 1,
-                });
+                let period = tick.unwrap_or_else(|| self.autoscaler.period().map_or(1, |p| p.as_secs()));
                 if !sec.is_multiple_of(period.max(1)) {
                     return false;
                 }
@@ -994,28 +988,52 @@ impl<'a> Engine<'a> {
                 hpa_sync,
                 cooldown,
             } => {
-                let mut decided = false;
-                if sec.is_multiple_of(polling.max(1)) {
-                    let d = self.autoscaler.decide(now, signals);
-                    decided = true;
-                    self.out.last_rule = d.rule.code().to_string();
-                    if d.active {
-                        self.keda_last_active = Some(sec);
-                        if self.desired == 0 {
-                            self.apply(1); // KEDA activation: 0 -> max(minReplicaCount, 1)
+                let poll = sec.is_multiple_of(polling.max(1));
+                let sync = sec.is_multiple_of(hpa_sync.max(1));
+                if !(poll || sync && self.desired > 0) {
+                    return false;
+                }
+                // One decision a second, whichever loops read it: the scaler decides on its own
+                // clock and answers every RPC from the last decision.
+                let d = self.autoscaler.decide(now, signals);
+                self.out.last_rule = d.rule.code().to_string();
+                if poll {
+                    // What the scaler would answer IsActive, from the same function. The
+                    // simulator has no activator: requests queued at zero replicas are the
+                    // ones an activator would hold.
+                    let queued = self.waiting_now() as f64;
+                    let demand = if self.desired == 0 {
+                        Demand {
+                            held: queued,
+                            ..Demand::default()
                         }
-                    } else if self.desired > 0
-                        // Before any activity KEDA counts the cooldown from the ScaledObject's
-                        // creation (t = 0 here), not from nothing.
-                        && sec.saturating_sub(self.keda_last_active.unwrap_or(0)) >= cooldown
-                    {
-                        self.apply(0);
+                    } else {
+                        Demand {
+                            waiting: queued,
+                            running: f64::from(self.running_now()),
+                            held: 0.0,
+                        }
+                    };
+                    match activity(Ok(&d), self.desired, demand, 0.0) {
+                        Ok(true) => {
+                            self.keda_last_active = Some(sec);
+                            if self.desired == 0 {
+                                self.apply(1); // KEDA activation: 0 -> max(minReplicaCount, 1)
+                            }
+                        }
+                        Ok(false)
+                            if self.desired > 0
+                                // Before any activity KEDA counts the cooldown from the
+                                // ScaledObject's creation (t = 0 here), not from nothing.
+                                && sec.saturating_sub(self.keda_last_active.unwrap_or(0)) >= cooldown =>
+                        {
+                            self.apply(0);
+                        }
+                        // Not known (a safety hold): KEDA hears an error and changes nothing.
+                        Ok(false) | Err(_) => {}
                     }
                 }
-                if sec.is_multiple_of(hpa_sync.max(1)) && self.desired > 0 {
-                    let d = self.autoscaler.decide(now, signals);
-                    decided = true;
-                    self.out.last_rule = d.rule.code().to_string();
+                if sync && self.desired > 0 {
                     let bounds = self.autoscaler.bounds();
                     let ctx = Context {
                         now,
@@ -1023,14 +1041,14 @@ impl<'a> Engine<'a> {
                             min: bounds.min.max(1),
                             max: bounds.max,
                         },
-                        max_signal_age: Duration::from_secs(30),
+                        max_signal_age: self.autoscaler.safety().max_signal_age,
                     };
                     let mut s = signals.clone();
                     s.current = self.desired;
                     let r = self.keda_hpa.recommend_value(&ctx, &s, f64::from(d.desired));
                     self.apply(r.replicas);
                 }
-                decided
+                true
             }
         }
     }

@@ -165,7 +165,7 @@ pub fn replay(
     let services = service_times(trace, serving, seed);
     let one = |run: &PolicyRun| -> Result<PolicyResult, spec::SpecError> {
         let autoscaler = spec::build(&run.spec, &run.params)?;
-        let mut out = Engine::new(trace, serving, control, &services, &run.spec, autoscaler, seed).run();
+        let mut out = Engine::new(trace, serving, control, &services, autoscaler, seed).run();
         let summary = Summary::from_outcome(&mut out, serving.price_per_gpu_hour, slo);
         Ok(PolicyResult {
             policy: run.label.clone(),

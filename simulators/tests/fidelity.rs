@@ -26,7 +26,7 @@ fn mmc_queue_wait_matches_erlang_c_within_5_percent() {
     let control = ControlConfig::default();
     let services = service_times(&trace, &serving, 7);
     let autoscaler = build(&format!("fixed:{c}"), &[("maxReplicas", "10")]).unwrap_or_else(|e| panic!("{e}"));
-    let out = Engine::new(&trace, &serving, &control, &services, "fixed", autoscaler, 7).run();
+    let out = Engine::new(&trace, &serving, &control, &services, autoscaler, 7).run();
 
     let a = lambda * service;
     let expected_pw = erlang_c(c, a);
@@ -97,7 +97,7 @@ fn replay_one_replica(trace: &Trace, serving: &ServingConfig) -> Outcome {
     let control = ControlConfig::default();
     let services = service_times(trace, serving, 1);
     let autoscaler = build("fixed:1", &[("maxReplicas", "1")]).unwrap_or_else(|e| panic!("{e}"));
-    Engine::new(trace, serving, &control, &services, "fixed", autoscaler, 1).run()
+    Engine::new(trace, serving, &control, &services, autoscaler, 1).run()
 }
 
 const BUNDLED: [(&str, &str, u32); 12] = [

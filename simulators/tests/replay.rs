@@ -636,25 +636,20 @@ fn integer_second_arrivals_are_counted() {
 
 #[test]
 fn every_flag_is_documented() {
-    let (ok, help, _) = sim(&["replay", "--help"]);
-    assert!(ok);
     let doc = std::fs::read_to_string(root().join("docs/simulator.md")).unwrap_or_default();
-    let flags: Vec<&str> = help
-        .lines()
-        .filter_map(|l| l.trim_start().strip_prefix("--"))
-        .filter_map(|l| l.split([' ', '<']).next())
-        .filter(|f| *f != "help")
-        .collect();
+    let flags = gpuscale_testkit::help_flags(BIN, &["replay"]);
     assert!(flags.len() > 30, "{flags:?}");
     for f in flags {
+        let name = &f.name;
         assert!(
-            doc.contains(&format!("| `--{f}` |")),
-            "docs/simulator.md does not document --{f}"
+            doc.contains(&format!("| `--{name}` |")),
+            "docs/simulator.md does not document --{name}"
         );
-        let env = format!("GPUSCALE_SIM_{}", f.to_uppercase().replace('-', "_"));
-        assert!(
-            help.contains(&format!("[env: {env}")),
-            "--{f} has no env twin {env}"
+        let env = format!("GPUSCALE_SIM_{}", name.to_uppercase().replace('-', "_"));
+        assert_eq!(
+            f.env.as_deref(),
+            Some(env.as_str()),
+            "--{name} has no env twin {env}"
         );
     }
 }

@@ -2,9 +2,10 @@
 //! 8 vLLM targets serves the scaler (`?series=contract`), rendered by the collector's own code.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use gpuscale_collector::exposition::{Format, QueueReading, Snapshot, only_families, render};
+use gpuscale_collector::exposition::{QueueReading, Snapshot, render};
 use gpuscale_collector::gpu::{FakeGpus, GpuSource};
 use gpuscale_collector::scrape::{Preset, Target};
+use gpuscale_expfmt::write::{Format, only_families};
 
 pub const GPUS: u32 = 8;
 pub const TARGETS: usize = 8;
@@ -46,6 +47,6 @@ pub fn page(i: usize, waiting: f64) -> String {
     // What a collector serves the scaler (`?series=contract`, which the scaler always asks for).
     only_families(
         &render(&s, Format::OpenMetrics, false),
-        &gpuscale_collector::contract::SCALER_FAMILIES,
+        &gpuscale_contract::SCALER_FAMILIES,
     )
 }

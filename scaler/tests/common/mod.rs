@@ -5,29 +5,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use gpuscale_collector::scrape::{CustomNames, Preset, Target};
 use gpuscale_collector::service::{Config, Pages, router, tick_loop};
-
-pub struct Kill(pub Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use gpuscale_testkit::{Kill, free_port};
 
 /// The captured vLLM page (shared/fixtures), or a page in the same format when the fixtures
 /// are not beside this checkout.
@@ -152,7 +136,7 @@ async fn collector_config(targets: &[&str], scrape_timeout: Duration, dcgm_compa
     tokio::spawn(tick_loop(config, Box::new(gpus), pages.clone()));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(gpuscale_collector::server::serve(
+    tokio::spawn(gpuscale_edge::server::serve(
         l,
         router(pages),
         std::future::pending(),
@@ -236,4 +220,16 @@ pub async fn scaler_metric(scaler: &Scaler, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} on the scaler's /metrics"))
+}
+
+/// The gpuscale-activator binary (another package's), or `None` after reporting it missing.
+pub fn activator_bin() -> Option<std::path::PathBuf> {
+    let bin = gpuscale_testkit::workspace_bin("gpuscale-activator");
+    if bin.is_none() {
+        gpuscale_testkit::missing(
+            "the gpuscale-activator binary is not built",
+            "./scripts/test runs `cargo test --workspace`, which builds it; alone, run `cargo build -p gpuscale-activator` first",
+        );
+    }
+    bin
 }

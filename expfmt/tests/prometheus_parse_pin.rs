@@ -1,7 +1,7 @@
 //! Why gpuscale has its own parser: prometheus-parse 0.2.5 silently loses data that autoscaling
 //! depends on. If a release fixes this, this test fails and the choice can be revisited.
 
-use gpuscale_collector::text::{Limits, parse_prometheus};
+use gpuscale_expfmt::text::{Limits, parse_prometheus};
 
 fn scrape(text: &str) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))

@@ -1,7 +1,7 @@
 //! Any bytes, both parsers: no panic, and limits hold.
 #![no_main]
 
-use gpuscale_collector::text::{Limits, parse_openmetrics, parse_prometheus};
+use gpuscale_expfmt::text::{Limits, parse_openmetrics, parse_prometheus};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,8 +3,6 @@
 //! The collector's figure is in the collector's own tests (collector/tests/e2e.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 /// `VmRSS` and `VmHWM` (peak) of a process, KiB.
@@ -25,23 +23,23 @@ const ACTIVATOR_LIMIT_MIB: u64 = 512;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_activator_holding_600_one_mib_posts_stays_under_its_limit() {
-    let dead_upstream = common::free_port();
-    let proxy = common::free_port();
-    let http = common::free_port();
+    let dead_upstream = gpuscale_testkit::free_port();
+    let proxy = gpuscale_testkit::free_port();
+    let http = gpuscale_testkit::free_port();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_gpuscale-activator"))
         .args(["--activator-listen", &format!("127.0.0.1:{proxy}")])
         .args(["--http-listen", &format!("127.0.0.1:{http}")])
         .args(["--route", &format!("/=llm/qwen=http://127.0.0.1:{dead_upstream}")])
         .args([
             "--scaler-url",
-            &format!("http://127.0.0.1:{}", common::free_port()),
+            &format!("http://127.0.0.1:{}", gpuscale_testkit::free_port()),
         ])
         // Room in the queue for all 600: the byte budget (default 256 MiB) is what bounds them.
         .args(["--activator-max-held", "1000"])
         .env("RUST_LOG", "error")
         .spawn()
         .unwrap();
-    let activator = common::Kill(child);
+    let activator = gpuscale_testkit::Kill(child);
     let pid = activator.0.id();
     let metrics = format!("http://127.0.0.1:{http}/metrics");
     let client = reqwest::Client::new();

@@ -226,6 +226,18 @@ pub struct ParseError {
     pub line: usize,
     /// What is wrong.
     pub message: String,
+    /// What kind of problem, for callers that act on it (the message is for people).
+    pub kind: Problem,
+}
+
+/// What kind of problem a [`ParseError`] is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Problem {
+    /// A line (or the page) is not the format.
+    #[default]
+    Malformed,
+    /// An OpenMetrics page ended without `# EOF`: cut off in transit, or not finished.
+    Truncated,
 }
 
 impl fmt::Display for ParseError {
@@ -238,11 +250,18 @@ impl fmt::Display for ParseError {
     }
 }
 
+impl ParseError {
+    fn malformed(line: usize, message: impl Into<String>) -> Self {
+        ParseError {
+            line,
+            message: message.into(),
+            kind: Problem::Malformed,
+        }
+    }
+}
+
 fn err<T>(line: usize, message: impl Into<String>) -> Result<T, ParseError> {
-    Err(ParseError {
-        line,
-        message: message.into(),
-    })
+    Err(ParseError::malformed(line, message))
 }
 
 fn is_metric_name(s: &str) -> bool {
@@ -528,10 +547,7 @@ impl<'k> PromParser<'k> {
     }
 
     fn utf8<'a>(&self, b: &'a [u8]) -> Result<&'a str, ParseError> {
-        std::str::from_utf8(b).map_err(|_| ParseError {
-            line: self.line_no + 1,
-            message: "the page is not UTF-8".into(),
-        })
+        std::str::from_utf8(b).map_err(|_| ParseError::malformed(self.line_no + 1, "the page is not UTF-8"))
     }
 
     /// The page has ended: the last line (if it had no newline), then the families.
@@ -595,10 +611,7 @@ impl<'k> PromParser<'k> {
                 f.help = unescape_help(arg);
             } else {
                 let t = arg.trim();
-                f.kind = Kind::parse(t, false).ok_or_else(|| ParseError {
-                    line: line_no,
-                    message: format!("unknown type `{t}` for `{name}`: expected counter, gauge, histogram, summary or untyped"),
-                })?;
+                f.kind = Kind::parse(t, false).ok_or_else(|| ParseError::malformed(line_no, format!("unknown type `{t}` for `{name}`: expected counter, gauge, histogram, summary or untyped")))?;
                 self.allowed = f
                     .kind
                     .suffixes(false)
@@ -608,10 +621,8 @@ impl<'k> PromParser<'k> {
             }
             return Ok(());
         }
-        let sample = parse_prometheus_sample(line, &self.limits).map_err(|m| ParseError {
-            line: line_no,
-            message: m,
-        })?;
+        let sample =
+            parse_prometheus_sample(line, &self.limits).map_err(|m| ParseError::malformed(line_no, m))?;
         self.total += 1;
         if self.total > self.limits.max_samples {
             return err(line_no, format!("more than {} samples", self.limits.max_samples));
@@ -769,7 +780,10 @@ pub fn parse_openmetrics(text: &str, limits: &Limits) -> Result<Vec<MetricFamily
         }
     }
     if !eof {
-        return err(0, "missing # EOF at the end");
+        return Err(ParseError {
+            kind: Problem::Truncated,
+            ..ParseError::malformed(0, "missing # EOF at the end")
+        });
     }
     p.finish_family()?;
     Ok(p.families)
@@ -855,10 +869,8 @@ impl OmParser<'_> {
                 if f.typed {
                     return err(no, format!("second TYPE for `{name}`"));
                 }
-                let kind = Kind::parse(arg, true).ok_or_else(|| ParseError {
-                    line: no,
-                    message: format!("invalid type `{arg}` for `{name}`"),
-                })?;
+                let kind = Kind::parse(arg, true)
+                    .ok_or_else(|| ParseError::malformed(no, format!("invalid type `{arg}` for `{name}`")))?;
                 f.typed = true;
                 f.fam.kind = kind;
                 f.allowed = kind.suffixes(true).iter().map(|s| format!("{name}{s}")).collect();
@@ -904,14 +916,14 @@ impl OmParser<'_> {
             }
         }
         if matches!(fam.kind, Kind::Histogram | Kind::GaugeHistogram) {
-            check_histogram(&fam).map_err(|m| ParseError { line: 0, message: m })?;
+            check_histogram(&fam).map_err(|m| ParseError::malformed(0, m))?;
         }
         self.families.push(fam);
         Ok(())
     }
 
     fn sample_line(&mut self, no: usize, line: &str) -> Result<(), ParseError> {
-        let e = |m: String| ParseError { line: no, message: m };
+        let e = |m: String| ParseError::malformed(no, m);
         let (sample, exemplar) = parse_om_sample(line, self.limits).map_err(e)?;
         self.total += 1;
         if self.total > self.limits.max_samples {
@@ -1432,6 +1444,21 @@ mod tests {
         ] {
             assert!(parse_openmetrics(bad, &Limits::default()).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn only_a_missing_eof_is_truncation() {
+        let kind = |page: &str| {
+            parse_openmetrics(page, &Limits::default())
+                .map(|_| ())
+                .map_err(|e| e.kind)
+        };
+        assert_eq!(kind("a 1\n"), Err(Problem::Truncated));
+        assert_eq!(kind("# TYPE a gauge\na 1\n"), Err(Problem::Truncated));
+        // Whole pages with something wrong are malformed, whatever the message mentions.
+        assert_eq!(kind("a 1\n# EOF\nb 2\n"), Err(Problem::Malformed));
+        assert_eq!(kind("a x\n# EOF\n"), Err(Problem::Malformed));
+        assert_eq!(kind("a 1\n# EOF\n"), Ok(()));
     }
 }
 

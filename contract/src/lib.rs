@@ -1,6 +1,6 @@
-//! The collector-to-scaler contract: the series a gpuscale collector exports for the scaler,
+//! gpuscale-contract, the collector-to-scaler contract: the series a gpuscale collector exports for the scaler,
 //! their labels and units, and the rules both sides apply. The collector writes these names
-//! ([`crate::exposition`]) and the scaler reads them (`gpuscale_scaler::aggregate`) from this
+//! (`gpuscale_collector::exposition`) and the scaler reads them (`gpuscale_scaler::aggregate`) from this
 //! one module, so neither side can drift by editing a string literal.
 //!
 //! | series | labels | unit / value | meaning |
@@ -31,6 +31,13 @@
 //! - A target without a namespace belongs to [`DEFAULT_NAMESPACE`], as `kubectl` assumes; the
 //!   collector writes the namespace out, and the scaler applies the same rule to a series that
 //!   lacks the label.
+//!
+//! Also here, as both sides and the activator name them: [`WorkloadKey`] (what is scaled) and
+//! [`Clock`] (the process clock the policies take as `now`). This crate depends on nothing but
+//! `serde`, so every other gpuscale crate can use it.
+
+use std::fmt;
+use std::time::{Duration, Instant};
 
 /// Identity series; value 1.
 pub const COLLECTOR_INFO: &str = "gpuscale_collector_info";
@@ -242,8 +249,36 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
-/// A bounded prefix of an input, for error messages: a 1 MB value is never echoed whole.
-pub use gpuscale_policies::spec::brief_to as quote;
+/// A namespace and a Deployment name: what is scaled.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct WorkloadKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Deployment name.
+    pub name: String,
+}
+
+impl fmt::Display for WorkloadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The process clock: a [`Duration`] since start, what the policies take as `now`.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock(Instant);
+
+impl Clock {
+    /// Starts now.
+    pub fn start() -> Self {
+        Clock(Instant::now())
+    }
+
+    /// Time since start.
+    pub fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -285,13 +320,5 @@ mod tests {
         assert_eq!(redact_url("http://h:1/a@b"), "http://h:1/a@b");
         assert_eq!(redact_url("u:p@h:1"), "***@h:1");
         assert_eq!(redact_url("h:1"), "h:1");
-    }
-
-    #[test]
-    fn quotes_are_bounded() {
-        assert_eq!(quote("abc", 10), "abc");
-        let long = "é".repeat(1000);
-        let q = quote(&long, 11);
-        assert!(q.len() < 40 && q.ends_with("(2000 bytes)"), "{q}");
     }
 }

@@ -1,12 +1,12 @@
 //! Added latency of the activator's pass-through path: the same client calls a loopback
 //! upstream directly and through the activator, interleaved (one of each per tick) at a fixed
-//! rate, so both see the same noise. `cargo bench -p gpuscale-scaler --bench activator`
+//! rate, so both see the same noise. `cargo bench -p gpuscale-activator --bench activator`
 //! (env: BENCH_RPS, default 1000; BENCH_SECONDS, default 10).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::{Duration, Instant};
 
-use gpuscale_scaler::activator::{Activator, Config, Reporter, Route};
+use gpuscale_activator::{Activator, Config, Reporter, Route};
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -48,7 +48,7 @@ fn main() {
         a.spawn_readiness(Reporter::None);
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = l.local_addr().unwrap();
-        tokio::spawn(gpuscale_scaler::activator::serve(a, l, std::future::pending()));
+        tokio::spawn(gpuscale_activator::serve(a, l, std::future::pending()));
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         let client = reqwest::Client::new();

@@ -78,9 +78,30 @@ pub fn exit(name: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
     }
 }
 
-/// The collector's default `--interval`, seconds: how often it reads GPUs and scrapes model
-/// servers (docs/operations.md says what it costs and what freshness it gives).
-pub const DEFAULT_INTERVAL_SECS: f64 = 1.0;
+/// Logging for every binary: `RUST_LOG` filter (default `info`), JSON lines when `json`.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+}
+
+/// Read a bearer token from a file named by `flag`: trimmed, and refused when empty.
+pub fn read_token_file(flag: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    let token =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        anyhow::bail!(
+            "{flag} {}: the file is empty; put the token in it",
+            path.display()
+        );
+    }
+    Ok(token.to_string())
+}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

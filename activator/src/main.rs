@@ -8,8 +8,9 @@ use anyhow::Context as _;
 use axum::http::header;
 use axum::response::IntoResponse;
 use clap::Parser;
-use gpuscale_collector::exposition::{Format, Writer};
-use gpuscale_scaler::activator::{Activator, ActivatorArgs, Reporter};
+use gpuscale_activator::{Activator, ActivatorArgs, Reporter};
+use gpuscale_edge::tasks::Tasks;
+use gpuscale_expfmt::write::{Format, Writer};
 
 /// Reverse proxy in front of GPU workloads that may sleep at zero: requests for a workload with
 /// no ready replica wait (bounded) while gpuscale-scaler is told to wake it, then are released
@@ -30,7 +31,7 @@ struct Args {
     scaler_token_file: Option<std::path::PathBuf>,
 
     /// Address for /metrics, /healthz and /readyz.
-    #[arg(long, env = "GPUSCALE_ACTIVATOR_HTTP_LISTEN", default_value = "0.0.0.0:9092", value_parser = gpuscale_collector::cli::listen_addr)]
+    #[arg(long, env = "GPUSCALE_ACTIVATOR_HTTP_LISTEN", default_value = "0.0.0.0:9092", value_parser = gpuscale_edge::cli::listen_addr)]
     http_listen: SocketAddr,
 
     /// Log format: `text` or `json`.
@@ -40,33 +41,37 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    gpuscale_collector::cli::exit("gpuscale-activator", run().await)
+    gpuscale_edge::cli::exit("gpuscale-activator", run().await)
 }
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    gpuscale_scaler::init_logging(args.log_format == "json");
+    gpuscale_edge::cli::init_logging(args.log_format == "json");
     let listen = args
         .activator
         .activator_listen
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080)));
-    let scaler_url = gpuscale_collector::scrape::normalize_url("--scaler-url", &args.scaler_url, "")
-        .map_err(|e| {
+    let scaler_url =
+        gpuscale_edge::fetch::normalize_url("--scaler-url", &args.scaler_url, "").map_err(|e| {
             anyhow::anyhow!(
                 "{e} (the scaler's HTTP base URL, e.g. http://gpuscale-scaler.gpuscale-system:9091)"
             )
         })?;
     let token = match &args.scaler_token_file {
         None => None,
-        Some(p) => Some(gpuscale_scaler::read_token_file("--scaler-token-file", p)?),
+        Some(p) => Some(gpuscale_edge::cli::read_token_file("--scaler-token-file", p)?),
     };
+    let mut tasks = Tasks::new();
     let activator = args
         .activator
-        .start(Reporter::Remote(
-            reqwest::Client::new(),
-            scaler_url.trim_end_matches('/').to_string(),
-            token,
-        ))
+        .start(
+            Reporter::Remote(
+                reqwest::Client::new(),
+                scaler_url.trim_end_matches('/').to_string(),
+                token,
+            ),
+            &mut tasks,
+        )
         .await?;
     let a: Arc<Activator> = activator.clone();
     let ready: Arc<Activator> = activator.clone();
@@ -106,18 +111,25 @@ async fn run() -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding --http-listen {}", args.http_listen))?;
-    // /metrics and /readyz stay up while the proxy drains (readyz then answers 503), and stop
-    // once it has.
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let http_server = tokio::spawn(gpuscale_collector::server::serve(http, app, async {
-        let _ = drained_rx.await;
-    }));
     let proxy = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding --activator-listen {listen}"))?;
     tracing::info!(%listen, "activator listening");
-    gpuscale_scaler::activator::serve(activator, proxy, gpuscale_scaler::shutdown_signal()).await;
-    let _ = drained_tx.send(());
-    let _ = http_server.await;
-    Ok(())
+    let stop = tasks.shutdown();
+    // /metrics and /readyz stay up while the proxy drains (readyz then answers 503), and stop
+    // once it has. Both servers are the foreground; the route watch (`--activator-kube`) is
+    // supervised beside them.
+    let servers = async move {
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let http = gpuscale_edge::server::serve(http, app, async {
+            let _ = drained_rx.await;
+        });
+        let proxy = async move {
+            gpuscale_activator::serve(activator, proxy, stop).await;
+            let _ = drained_tx.send(());
+        };
+        tokio::join!(http, proxy);
+        Ok(())
+    };
+    tasks.run(servers).await
 }

@@ -1,12 +1,12 @@
 //! Every captured model-server and exporter page in ../shared/fixtures/metrics parses to the same
 //! families, types, help, labels, values and timestamps as Python's `prometheus_client` reads
-//! from it (run for real, through collector/tests/python/dump_families.py).
+//! from it (run for real, through expfmt/tests/python/dump_families.py).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gpuscale_collector::text::{Kind, Limits, MetricFamily, parse_prometheus};
+use gpuscale_expfmt::text::{Kind, Limits, MetricFamily, parse_prometheus};
 use serde_json::Value;
 
 fn root() -> PathBuf {

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use gpuscale_collector::text::{Limits, parse_openmetrics};
+use gpuscale_expfmt::text::{Limits, parse_openmetrics};
 
 fn suite() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -44,9 +44,10 @@ fn every_conformance_case_is_classified_as_upstream_expects() {
         // A page that is not UTF-8 cannot be OpenMetrics.
         let got = match std::str::from_utf8(&bytes) {
             Ok(text) => parse_openmetrics(text, &Limits::default()),
-            Err(e) => Err(gpuscale_collector::text::ParseError {
+            Err(e) => Err(gpuscale_expfmt::text::ParseError {
                 line: 0,
                 message: e.to_string(),
+                kind: Default::default(),
             }),
         };
         if got.is_ok() != should {
