@@ -283,3 +283,78 @@ impl Queued {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn queued(g: &Arc<Gate>) -> Queued {
+        match g.enqueue(false) {
+            Ok(Ticket::Queued(q)) => q,
+            Ok(Ticket::Now(_)) => panic!("admitted at once"),
+            Err(e) => panic!("refused: {e:?}"),
+        }
+    }
+
+    /// A shutdown signal that never fires (a dropped sender reads as shutdown, by design).
+    fn no_shutdown() -> watch::Receiver<bool> {
+        static SENDER: std::sync::OnceLock<watch::Sender<bool>> = std::sync::OnceLock::new();
+        SENDER.get_or_init(|| watch::channel(false).0).subscribe()
+    }
+
+    /// Release order is arrival order, one slot at a time, with no sockets and no sleeps: each
+    /// waiter's grant is observed as its permit is dropped.
+    #[tokio::test(start_paused = true)]
+    async fn held_requests_are_released_in_arrival_order_within_capacity() {
+        let g = Gate::new(10);
+        let line: Vec<Queued> = (0..5).map(|_| queued(&g)).collect();
+        for q in &line {
+            q.ready();
+        }
+        assert_eq!((g.held(), g.in_flight()), (5, 0));
+        let waits: Vec<_> = line
+            .into_iter()
+            .map(|q| tokio::spawn(q.wait(Duration::from_secs(60), no_shutdown())))
+            .collect();
+        g.set_capacity(1);
+        assert_eq!((g.held(), g.in_flight()), (4, 1));
+        for (i, w) in waits.into_iter().enumerate() {
+            let (permit, _) = w.await.unwrap().unwrap();
+            assert_eq!(g.in_flight(), 1, "one at a time (request {i})");
+            assert_eq!(g.held(), 4 - i);
+            drop(permit);
+        }
+        assert_eq!((g.held(), g.in_flight()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_not_ready_to_send_is_passed_over_not_dropped() {
+        let g = Gate::new(10);
+        let (slow, fast) = (queued(&g), queued(&g));
+        fast.ready();
+        g.set_capacity(1);
+        let (p, _) = fast.wait(Duration::from_secs(60), no_shutdown()).await.unwrap();
+        assert_eq!(g.held(), 1, "the slow upload keeps its place");
+        drop(p);
+        slow.ready();
+        let (p, _) = slow.wait(Duration::from_secs(60), no_shutdown()).await.unwrap();
+        drop(p);
+        assert_eq!((g.held(), g.in_flight()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_queue_is_bounded_and_a_wait_times_out() {
+        let g = Gate::new(2);
+        let (a, _b) = (queued(&g), queued(&g));
+        assert!(matches!(g.enqueue(false), Err(Refused::QueueFull)));
+        a.ready();
+        // The virtual clock jumps to the deadline: no real waiting.
+        assert!(matches!(
+            a.wait(Duration::from_secs(300), no_shutdown()).await,
+            Err(Refused::Timeout)
+        ));
+        assert_eq!(g.held(), 1, "the timed-out request left the line");
+        assert!(matches!(g.enqueue(true), Err(Refused::ShuttingDown)));
+    }
+}

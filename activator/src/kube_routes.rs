@@ -83,6 +83,9 @@ async fn keep_routes(
             tracing::info!(routes = routes.len(), "activator routes changed");
             activator.set_routes(routes.clone());
             last = Some(routes);
+        } else {
+            // Gates left by a route change go once their held requests are answered.
+            activator.prune();
         }
         let slices = slices.state();
         for (key, ns, svc) in services_of {

@@ -83,6 +83,12 @@ pub struct ActivatorTelemetry {
     pub upstream_errors: AtomicU64,
 }
 
+/// A workload's gate and the task reporting it, aborted when the gate is dropped.
+struct GateEntry {
+    gate: Arc<Gate>,
+    reporter: Option<tokio::task::AbortHandle>,
+}
+
 #[derive(Clone)]
 struct RouteState {
     route: Arc<Route>,
@@ -94,7 +100,8 @@ pub struct Activator {
     config: Config,
     /// Replaced whole when routes change (kube mode); requests read a snapshot.
     routes: std::sync::RwLock<Arc<Vec<RouteState>>>,
-    gates: Mutex<std::collections::HashMap<WorkloadKey, Arc<Gate>>>,
+    /// Routed workloads' gates, and unrouted ones until they hold nothing ([`Activator::prune`]).
+    gates: Mutex<std::collections::HashMap<WorkloadKey, GateEntry>>,
     reporter: Mutex<Option<Reporter>>,
     /// Bytes of held request bodies in memory, all workloads (`--activator-max-held-bytes`).
     held_bytes: Arc<Budget>,
@@ -134,16 +141,46 @@ impl Activator {
     /// The gate of a workload, created (with its reporter task) on first use.
     pub fn gate(self: &Arc<Self>, key: &WorkloadKey) -> Arc<Gate> {
         let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(g) = gates.get(key) {
-            return g.clone();
+        if let Some(e) = gates.get(key) {
+            return e.gate.clone();
         }
         let g = Gate::new(self.config.max_held);
-        gates.insert(key.clone(), g.clone());
-        drop(gates);
-        if let Some(r) = self.reporter.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-            spawn_reporter(r, key.clone(), g.clone());
-        }
+        let reporter = self
+            .reporter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .map(|r| spawn_reporter(r, key.clone(), g.clone()));
+        gates.insert(
+            key.clone(),
+            GateEntry {
+                gate: g.clone(),
+                reporter,
+            },
+        );
         g
+    }
+
+    /// Drop the gates of workloads no route names any more once they hold and serve nothing,
+    /// with their reporter tasks, so route churn (kube mode) does not grow the table or the
+    /// reports. Called on every route change and every kube-mode refresh.
+    pub fn prune(&self) {
+        let routes = self.snapshot();
+        let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        gates.retain(|key, e| {
+            let keep = routes.iter().any(|r| r.route.workload == *key)
+                || e.gate.held() > 0
+                || e.gate.in_flight() > 0;
+            if !keep && let Some(r) = &e.reporter {
+                r.abort();
+            }
+            keep
+        });
+    }
+
+    /// How many workloads have a gate (routed, or unrouted but still holding requests).
+    pub fn gate_count(&self) -> usize {
+        self.gates.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// The routes given by flags or file.
@@ -161,6 +198,7 @@ impl Activator {
             })
             .collect();
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(states);
+        self.prune();
     }
 
     fn snapshot(&self) -> Arc<Vec<RouteState>> {
@@ -298,87 +336,24 @@ impl Activator {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let received = Instant::now();
         let Some(rs) = self.route(&req) else {
-            let host = req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri().authority().map(|a| a.as_str()))
-                .unwrap_or("(none)");
-            let mut r = Response::new(full(format!(
-                "no route for host {} path {}: routes are set with --route, --routes-file or --activator-kube\n",
-                gpuscale_policies::spec::brief_to(host, 200),
-                gpuscale_policies::spec::brief_to(req.uri().path(), 200)
-            )));
-            *r.status_mut() = StatusCode::NOT_FOUND;
-            return r;
+            return no_route(&req);
         };
         let (parts, body) = req.into_parts();
-        let wait = self.config.cold_start_timeout;
-        let shutdown = self.shutdown.subscribe();
-        // Take a place in line now, before reading anything, so arrival order is kept.
-        let ticket = match rs.gate.enqueue(*shutdown.borrow()) {
-            Ok(t) => t,
-            Err(e) => return self.refused(e, &rs.route.workload),
-        };
-        let (permit, body, held_for) = match ticket {
-            // Admitted at once: the body streams through.
-            Ticket::Now(p) => (p, body.map_err(|e| Box::new(e) as BoxError).boxed(), None),
-            Ticket::Queued(q) => {
-                // Held: read the body now (bounded in size, in total and in time) so it is
-                // ready on release; only then may the request be released.
-                let chunks = match self.read_held_body(body, &rs.route.workload).await {
-                    Ok(c) => c,
-                    Err(r) => return r,
-                };
-                q.ready();
-                // The reservation lives in the body: it is given back when the body is dropped
-                // (sent upstream, or the request refused).
-                let (chunks, reserved) = chunks;
-                let frames = futures_util::stream::iter(chunks).map(move |b| {
-                    let _ = &reserved;
-                    Ok::<_, BoxError>(hyper::body::Frame::data(b))
-                });
-                let body = BodyExt::boxed(http_body_util::StreamBody::new(frames));
-                match q.wait(wait, shutdown).await {
-                    Ok((p, held)) => (p, body, Some(held)),
-                    Err(e) => return self.refused(e, &rs.route.workload),
-                }
-            }
+        let (permit, body, held_for) = match self.admit(&rs, body).await {
+            Ok(admitted) => admitted,
+            Err(refused) => return refused,
         };
         if let Some(h) = held_for {
             self.telemetry.hold_time.observe(h);
         }
-        let mut parts = parts;
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri = format!("{}{pq}", rs.route.upstream.to_string().trim_end_matches('/'));
-        parts.uri = match uri.parse() {
-            Ok(u) => u,
-            Err(e) => {
-                let mut r = Response::new(full(format!("bad upstream URI {uri}: {e}\n")));
+        let parts = match to_upstream(parts, &rs.route.upstream) {
+            Ok(p) => p,
+            Err(why) => {
+                let mut r = Response::new(full(format!("{why}\n")));
                 *r.status_mut() = StatusCode::BAD_GATEWAY;
                 return r;
             }
         };
-        // The upstream speaks HTTP/1.1; an HTTP/2 client's request is translated.
-        parts.version = http::Version::HTTP_11;
-        if let Some(host) = parts.headers.get(header::HOST).cloned() {
-            parts.headers.insert("x-forwarded-host", host);
-        }
-        if let Some(a) = rs.route.upstream.authority()
-            && let Ok(v) = HeaderValue::from_str(a.as_str())
-        {
-            parts.headers.insert(header::HOST, v);
-        }
-        for h in [
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "te",
-            "trailer",
-            "upgrade",
-        ] {
-            parts.headers.remove(h);
-        }
         let resp = match self.client.request(Request::from_parts(parts, body)).await {
             Ok(r) => r,
             Err(e) => {
@@ -412,20 +387,54 @@ impl Activator {
         Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
     }
 
+    /// Admission: a slot now (the body streams through), or a place in line taken before
+    /// anything is read (so arrival order is kept), the body read within its bounds, and the
+    /// wait for a slot. The refusal, as the response to send, otherwise.
+    async fn admit(
+        &self,
+        rs: &RouteState,
+        body: Incoming,
+    ) -> Result<(Permit, Body, Option<Duration>), Response<Body>> {
+        let shutdown = self.shutdown.subscribe();
+        let ticket = rs
+            .gate
+            .enqueue(*shutdown.borrow())
+            .map_err(|e| self.refused(e, &rs.route.workload))?;
+        match ticket {
+            Ticket::Now(p) => Ok((p, body.map_err(|e| Box::new(e) as BoxError).boxed(), None)),
+            Ticket::Queued(q) => {
+                // Held: read the body now (bounded in size, in total and in time) so it is
+                // ready on release; only then may the request be released.
+                let (chunks, reserved) = self.read_held_body(body, &rs.route.workload).await?;
+                q.ready();
+                // The reservation lives in the body: it is given back when the body is dropped
+                // (sent upstream, or the request refused).
+                let frames = futures_util::stream::iter(chunks).map(move |b| {
+                    let _ = &reserved;
+                    Ok::<_, BoxError>(hyper::body::Frame::data(b))
+                });
+                let body = BodyExt::boxed(http_body_util::StreamBody::new(frames));
+                let (p, held) = q
+                    .wait(self.config.cold_start_timeout, shutdown)
+                    .await
+                    .map_err(|e| self.refused(e, &rs.route.workload))?;
+                Ok((p, body, Some(held)))
+            }
+        }
+    }
+
     /// Report held counts to the scaler (for every gate, present and future), and probe the
     /// upstream of every static route to set its capacity. Kube-mode routes get their
     /// capacity from EndpointSlices instead ([`crate::kube_routes::activator_routes`]).
     pub fn spawn_readiness(self: &Arc<Self>, reporter: Reporter) {
         *self.reporter.lock().unwrap_or_else(|e| e.into_inner()) = Some(reporter.clone());
-        let existing: Vec<(WorkloadKey, Arc<Gate>)> = self
-            .gates
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, g)| (k.clone(), g.clone()))
-            .collect();
-        for (key, gate) in existing {
-            spawn_reporter(reporter.clone(), key, gate);
+        for (key, e) in self.gates.lock().unwrap_or_else(|e| e.into_inner()).iter_mut() {
+            if let Some(old) =
+                e.reporter
+                    .replace(spawn_reporter(reporter.clone(), key.clone(), e.gate.clone()))
+            {
+                old.abort();
+            }
         }
         let mut probed: Vec<&WorkloadKey> = Vec::new();
         for r in &self.config.routes {
@@ -556,6 +565,55 @@ impl Activator {
     }
 }
 
+/// 404 naming what was asked for and where routes come from.
+fn no_route(req: &Request<Incoming>) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("(none)");
+    let mut r = Response::new(full(format!(
+        "no route for host {} path {}: routes are set with --route, --routes-file or --activator-kube\n",
+        gpuscale_policies::spec::brief_to(host, 200),
+        gpuscale_policies::spec::brief_to(req.uri().path(), 200)
+    )));
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
+}
+
+/// A client's request as the upstream gets it: its URI on the upstream, HTTP/1.1 (an HTTP/2
+/// client's request is translated), `Host` the upstream's with the client's kept in
+/// `X-Forwarded-Host`, hop-by-hop headers removed. Pure.
+fn to_upstream(mut parts: http::request::Parts, upstream: &Uri) -> Result<http::request::Parts, String> {
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = format!("{}{pq}", upstream.to_string().trim_end_matches('/'));
+    parts.uri = match uri.parse() {
+        Ok(u) => u,
+        Err(e) => return Err(format!("bad upstream URI {uri}: {e}")),
+    };
+    parts.version = http::Version::HTTP_11;
+    if let Some(host) = parts.headers.get(header::HOST).cloned() {
+        parts.headers.insert("x-forwarded-host", host);
+    }
+    if let Some(a) = upstream.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    for h in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        parts.headers.remove(h);
+    }
+    Ok(parts)
+}
+
 /// A response body that keeps its request's slot until it ends.
 struct PermitBody {
     inner: Incoming,
@@ -636,5 +694,98 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!(target: "gpuscale_activator", "connections still open after the drain deadline; closing");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::report::HeldSink;
+
+    #[derive(Default)]
+    struct Reports(Mutex<Vec<String>>);
+
+    impl HeldSink for Reports {
+        fn held(&self, workload: &WorkloadKey, _held: usize, _ready: Option<u32>) {
+            self.0.lock().unwrap().push(workload.to_string());
+        }
+    }
+
+    fn config(routes: Vec<Route>) -> Config {
+        Config {
+            routes,
+            concurrency: 1,
+            max_held: 10,
+            cold_start_timeout: Duration::from_secs(5),
+            max_body_bytes: 1 << 20,
+            max_held_bytes: 1 << 24,
+            body_timeout: Duration::from_secs(5),
+            probe_path: "/health".into(),
+            probe_interval: Duration::from_secs(3600),
+            drain_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn route(s: &str) -> Route {
+        Route::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_request_is_rewritten_for_the_upstream() {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/completions?stream=true")
+            .version(http::Version::HTTP_2)
+            .header(header::HOST, "qwen.example.com")
+            .header("connection", "keep-alive")
+            .header("te", "trailers")
+            .header("authorization", "Bearer t")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let up: Uri = "http://qwen-predictor.llm:80".parse().unwrap();
+        let p = to_upstream(parts, &up).unwrap();
+        assert_eq!(p.uri, "http://qwen-predictor.llm:80/v1/completions?stream=true");
+        assert_eq!(p.version, http::Version::HTTP_11);
+        assert_eq!(p.headers[header::HOST], "qwen-predictor.llm:80");
+        assert_eq!(p.headers["x-forwarded-host"], "qwen.example.com");
+        assert_eq!(p.headers["authorization"], "Bearer t", "end-to-end headers pass");
+        assert!(p.headers.get("connection").is_none() && p.headers.get("te").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_gate_no_route_names_goes_with_its_reporter_once_it_holds_nothing() {
+        let a = Activator::new(config(Vec::new()));
+        let reports = Arc::new(Reports::default());
+        a.spawn_readiness(Reporter::InProcess(reports.clone()));
+        a.set_routes(vec![
+            route("a.example=llm/a=http://127.0.0.1:9"),
+            route("b.example=llm/b=http://127.0.0.1:9"),
+        ]);
+        assert_eq!(a.gate_count(), 2);
+        // `b` holds a request when its route goes: its gate stays until the request is gone.
+        let b = a.gate(&WorkloadKey {
+            namespace: "llm".into(),
+            name: "b".into(),
+        });
+        let Ok(Ticket::Queued(held)) = b.enqueue(false) else {
+            panic!("a gate without capacity holds the request")
+        };
+        a.set_routes(vec![route("a.example=llm/a=http://127.0.0.1:9")]);
+        assert_eq!(a.gate_count(), 2, "a gate holding a request is kept");
+        drop(held);
+        a.prune();
+        assert_eq!(a.gate_count(), 1);
+        // Its reporter stopped with it: within the next reports (one a second), only `a`.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        reports.0.lock().unwrap().clear();
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+        let seen = reports.0.lock().unwrap().clone();
+        assert!(seen.contains(&"llm/a".to_string()), "{seen:?}");
+        assert!(
+            !seen.contains(&"llm/b".to_string()),
+            "the dropped gate still reports: {seen:?}"
+        );
     }
 }

@@ -58,7 +58,11 @@ impl Reporter {
 
 /// Report a gate's held count at once on change, and every second while anything is held so
 /// the report stays fresh at the scaler.
-pub(crate) fn spawn_reporter(reporter: Reporter, key: WorkloadKey, gate: Arc<Gate>) {
+pub(crate) fn spawn_reporter(
+    reporter: Reporter,
+    key: WorkloadKey,
+    gate: Arc<Gate>,
+) -> tokio::task::AbortHandle {
     tokio::spawn(async move {
         // Every second, zero too: the scaler takes a workload at zero replicas as idle only on
         // a fresh report, so silence reads as unknown, never as nothing held.
@@ -68,5 +72,6 @@ pub(crate) fn spawn_reporter(reporter: Reporter, key: WorkloadKey, gate: Arc<Gat
             reporter.report(&key, held, gate.ready()).await;
             let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
         }
-    });
+    })
+    .abort_handle()
 }

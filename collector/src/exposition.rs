@@ -38,6 +38,26 @@ pub struct QueueReading {
     pub errors_total: u64,
 }
 
+impl QueueReading {
+    /// `target` with nothing read: down, no values, no fault named yet.
+    pub fn unread(target: Target) -> Self {
+        QueueReading {
+            target,
+            server: None,
+            waiting: None,
+            running: None,
+            kv_cache: None,
+            prompt_tokens_rate: None,
+            generation_tokens_rate: None,
+            up: false,
+            fault: None,
+            measured_at: None,
+            duration_seconds: 0.0,
+            errors_total: 0,
+        }
+    }
+}
+
 /// Everything the collector knows at one tick.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {

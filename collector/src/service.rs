@@ -214,18 +214,10 @@ fn reading_of(
     rates: &mut TokenRate,
 ) -> QueueReading {
     let mut q = QueueReading {
-        target: target.clone(),
-        server: None,
-        waiting: None,
-        running: None,
-        kv_cache: None,
-        prompt_tokens_rate: None,
-        generation_tokens_rate: None,
-        up: false,
-        fault: None,
         measured_at: Some(unix_now()),
         duration_seconds: seconds,
         errors_total,
+        ..QueueReading::unread(target.clone())
     };
     match result {
         Ok(fams) => {
@@ -324,6 +316,143 @@ struct ScrapeShared {
     fresh: tokio::sync::Notify,
 }
 
+/// The GPU source on its own thread. NVML calls block: they run on one dedicated thread, fed
+/// through a channel. A request is sent only when the previous one has been answered, so a call
+/// wedged in the driver holds one request, not a growing queue, and the tick never waits on it
+/// beyond `wait`.
+struct GpuThread {
+    ask: std::sync::mpsc::Sender<()>,
+    answers: tokio::sync::mpsc::Receiver<Result<Vec<crate::gpu::GpuReading>, crate::gpu::GpuError>>,
+    /// When the request in flight was sent, if one is.
+    asked: Option<Instant>,
+    wait: Duration,
+}
+
+impl GpuThread {
+    fn start(mut gpus: Box<dyn GpuSource>, wait: Duration) -> anyhow::Result<Self> {
+        let (tx, answers) = tokio::sync::mpsc::channel(1);
+        let (ask, asks) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("gpu-source".into())
+            .spawn(move || {
+                while asks.recv().is_ok() {
+                    if tx.blocking_send(gpus.read()).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start the GPU thread: {e}"))?;
+        Ok(GpuThread {
+            ask,
+            answers,
+            asked: None,
+            wait,
+        })
+    }
+
+    /// Ask for a reading, unless one is still in flight.
+    fn ask(&mut self, now: Instant) {
+        if self.asked.is_none() && self.ask.send(()).is_ok() {
+            self.asked = Some(now);
+        }
+    }
+
+    /// The reading asked for, within the wait, or why there is none (the reason label).
+    async fn answer(&mut self) -> (Vec<crate::gpu::GpuReading>, Option<&'static str>) {
+        let answer = match self.asked {
+            Some(_) => tokio::time::timeout(self.wait, self.answers.recv()).await.ok(),
+            None => None,
+        };
+        if answer.is_some() {
+            self.asked = None;
+        }
+        match answer {
+            Some(Some(Ok(g))) => (g, None),
+            Some(Some(Err(e))) => {
+                tracing::warn!(error = %e, "GPU read failed");
+                (Vec::new(), Some(e.reason()))
+            }
+            Some(None) => (Vec::new(), Some("error")),
+            // Still waiting: a driver call has not returned. Its answer, when it comes, is
+            // taken at a later tick as that tick's reading.
+            None => match self.asked {
+                Some(at) => {
+                    tracing::warn!(
+                        waited_s = at.elapsed().as_secs_f64(),
+                        "an NVML call has not returned; GPU series are reported as down until it does"
+                    );
+                    (Vec::new(), Some("blocked"))
+                }
+                None => (Vec::new(), Some("error")),
+            },
+        }
+    }
+}
+
+/// One task per scrape target, kept in step with the target list.
+#[derive(Default)]
+struct Scrapers(HashMap<Target, tokio::task::JoinHandle<()>>);
+
+impl Scrapers {
+    /// Stop the tasks of targets that are gone, restart any that panicked, start new ones.
+    fn sync(&mut self, targets: &[Target], shared: &Arc<ScrapeShared>, readings: &Readings) {
+        self.0.retain(|t, handle| {
+            let keep = targets.contains(t);
+            if !keep {
+                handle.abort();
+            }
+            // A target's task never returns: one that has ended panicked, and is started again
+            // below (meanwhile its last reading only ages, into stale).
+            if keep && handle.is_finished() {
+                if let Some(Err(e)) = futures_util::FutureExt::now_or_never(&mut *handle)
+                    && e.is_panic()
+                {
+                    tracing::error!(target = %gpuscale_contract::redact_url(&t.url), error = %e, "scrape task panicked; restarting it");
+                }
+                return false;
+            }
+            keep
+        });
+        if let Ok(mut r) = readings.write() {
+            r.retain(|t, _| targets.contains(t));
+        }
+        for t in targets {
+            self.0
+                .entry(t.clone())
+                .or_insert_with(|| tokio::spawn(scrape_target(t.clone(), shared.clone(), readings.clone())));
+        }
+    }
+}
+
+/// Each target's latest reading, or `pending` for one that has none yet.
+fn queue_readings(targets: Vec<Target>, readings: &Readings) -> Vec<QueueReading> {
+    let r = readings.read().unwrap_or_else(|e| e.into_inner());
+    targets
+        .into_iter()
+        .map(|t| {
+            r.get(&t).cloned().unwrap_or_else(|| QueueReading {
+                fault: Some(Fault::Pending),
+                ..QueueReading::unread(t)
+            })
+        })
+        .collect()
+}
+
+/// Render `snapshot` in every form `/metrics` serves and swap the pages in, waking held reads.
+fn publish(pages: &SharedPages, snapshot: &Snapshot, dcgm_compat: bool) {
+    let prometheus = render(snapshot, Format::Prometheus, dcgm_compat);
+    let openmetrics = render(snapshot, Format::OpenMetrics, dcgm_compat);
+    let contract_page = gpuscale_expfmt::write::only_families(&openmetrics, &contract::SCALER_FAMILIES);
+    if let Ok(mut p) = pages.write() {
+        p.prometheus = prometheus;
+        p.openmetrics = openmetrics;
+        p.contract = contract_page;
+        p.ready = true;
+        p.rendered = snapshot.timestamp_seconds;
+        p.changed.notify_waiters();
+    }
+}
+
 /// Run ticks forever, publishing each snapshot into `pages`; an error only when it cannot
 /// start (no HTTP client, no GPU thread), for the process to end on.
 pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPages) -> anyhow::Result<()> {
@@ -343,25 +472,7 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
         })
     };
     let mut refreshing = refresh();
-    // NVML calls block: they run on one dedicated thread, fed through a channel. A request is
-    // sent only when the previous one has been answered, so a call wedged in the driver holds
-    // one request, not a growing queue, and the tick never waits on it beyond `gpu_wait`.
-    let (gpu_tx, mut gpu_rx) = tokio::sync::mpsc::channel(1);
-    let (req_tx, req_rx) = std::sync::mpsc::channel::<()>();
-    let mut gpus = gpus;
-    std::thread::Builder::new()
-        .name("gpu-source".into())
-        .spawn(move || {
-            while req_rx.recv().is_ok() {
-                if gpu_tx.blocking_send(gpus.read()).is_err() {
-                    break;
-                }
-            }
-        })
-        .map_err(|e| anyhow::anyhow!("cannot start the GPU thread: {e}"))?;
-    let gpu_wait = (config.interval / 2).min(Duration::from_secs(1));
-    // When the request in flight was sent, if one is.
-    let mut gpu_asked: Option<Instant> = None;
+    let mut gpu = GpuThread::start(gpus, (config.interval / 2).min(Duration::from_secs(1)))?;
     let shared = Arc::new(ScrapeShared {
         client,
         limit: Semaphore::new(config.max_concurrent_scrapes.max(1)),
@@ -377,7 +488,7 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
     // The GPU part of the page between ticks: re-renders for new queue readings reuse it.
     let mut gpu_part: (Vec<crate::gpu::GpuReading>, Option<&'static str>) = (Vec::new(), Some("error"));
     let readings: Readings = Arc::default();
-    let mut tasks: HashMap<Target, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut scrapers = Scrapers::default();
     let mut ticks: u64 = 0;
     let mut interval = tokio::time::interval(config.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -391,8 +502,8 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
             tokio::time::sleep(RENDER_COALESCE).await;
         }
         let started = Instant::now();
-        if full && gpu_asked.is_none() && req_tx.send(()).is_ok() {
-            gpu_asked = Some(started);
+        if full {
+            gpu.ask(started);
         }
         // Static targets plus whatever the pod watch found (bounded like static ones).
         let mut targets = config.targets.clone();
@@ -401,23 +512,7 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
         {
             targets.extend(f.iter().take(1024).cloned());
         }
-        tasks.retain(|t, handle| {
-            let keep = targets.contains(t);
-            if !keep {
-                handle.abort();
-            }
-            // A target's task never returns: one that has ended panicked, and is started again
-            // below (meanwhile its last reading only ages, into stale).
-            if keep && handle.is_finished() {
-                if let Some(Err(e)) = futures_util::FutureExt::now_or_never(&mut *handle)
-                    && e.is_panic()
-                {
-                    tracing::error!(target = %gpuscale_contract::redact_url(&t.url), error = %e, "scrape task panicked; restarting it");
-                }
-                return false;
-            }
-            keep
-        });
+        scrapers.sync(&targets, &shared, &readings);
         if let Some(h) = refreshing.as_mut().filter(|h| h.is_finished()) {
             if let Some(Err(e)) = futures_util::FutureExt::now_or_never(h)
                 && e.is_panic()
@@ -425,14 +520,6 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
                 tracing::error!(error = %e, "PodResources refresh panicked; restarting it");
             }
             refreshing = refresh();
-        }
-        if let Ok(mut r) = readings.write() {
-            r.retain(|t, _| targets.contains(t));
-        }
-        for t in &targets {
-            tasks
-                .entry(t.clone())
-                .or_insert_with(|| tokio::spawn(scrape_target(t.clone(), shared.clone(), readings.clone())));
         }
         if ticks == 0 {
             // The first page waits (up to one interval, so a hung target cannot hold back
@@ -447,55 +534,10 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        let answer = match gpu_asked {
-            Some(_) if full => tokio::time::timeout(gpu_wait, gpu_rx.recv()).await.ok(),
-            _ => None,
-        };
-        if answer.is_some() {
-            gpu_asked = None;
-        }
-        let (gpu_readings, gpu_error) = match answer {
-            _ if !full => gpu_part.clone(),
-            Some(Some(Ok(g))) => (g, None),
-            Some(Some(Err(e))) => {
-                tracing::warn!(error = %e, "GPU read failed");
-                (Vec::new(), Some(e.reason()))
-            }
-            Some(None) => (Vec::new(), Some("error")),
-            // Still waiting: a driver call has not returned. Its answer, when it comes, is
-            // taken at a later tick as that tick's reading.
-            None => match gpu_asked {
-                Some(at) => {
-                    tracing::warn!(
-                        waited_s = at.elapsed().as_secs_f64(),
-                        "an NVML call has not returned; GPU series are reported as down until it does"
-                    );
-                    (Vec::new(), Some("blocked"))
-                }
-                None => (Vec::new(), Some("error")),
-            },
-        };
-        let queues: Vec<QueueReading> = {
-            let r = readings.read().unwrap_or_else(|e| e.into_inner());
-            targets
-                .into_iter()
-                .map(|t| {
-                    r.get(&t).cloned().unwrap_or(QueueReading {
-                        target: t,
-                        server: None,
-                        waiting: None,
-                        running: None,
-                        kv_cache: None,
-                        prompt_tokens_rate: None,
-                        generation_tokens_rate: None,
-                        up: false,
-                        fault: Some(Fault::Pending),
-                        measured_at: None,
-                        duration_seconds: 0.0,
-                        errors_total: 0,
-                    })
-                })
-                .collect()
+        let (gpu_readings, gpu_error) = if full {
+            gpu.answer().await
+        } else {
+            gpu_part.clone()
         };
         if full {
             ticks += 1;
@@ -507,21 +549,11 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
             gpus: gpu_readings,
             gpu_error,
             attribution: attribution.read().map(|a| a.clone()).unwrap_or_default(),
-            queues,
+            queues: queue_readings(targets, &readings),
             timestamp_seconds: unix_now(),
             tick_seconds: started.elapsed().as_secs_f64(),
             ticks_total: ticks,
         };
-        let prometheus = render(&snapshot, Format::Prometheus, config.dcgm_compat);
-        let openmetrics = render(&snapshot, Format::OpenMetrics, config.dcgm_compat);
-        let contract_page = gpuscale_expfmt::write::only_families(&openmetrics, &contract::SCALER_FAMILIES);
-        if let Ok(mut p) = pages.write() {
-            p.prometheus = prometheus;
-            p.openmetrics = openmetrics;
-            p.contract = contract_page;
-            p.ready = true;
-            p.rendered = snapshot.timestamp_seconds;
-            p.changed.notify_waiters();
-        }
+        publish(&pages, &snapshot, config.dcgm_compat);
     }
 }

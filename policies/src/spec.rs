@@ -612,76 +612,129 @@ pub fn policy_names(spec: &str) -> Result<Vec<&str>, SpecError> {
     Ok(names)
 }
 
-/// Build an autoscaler from a policy spec and `key=value` parameters.
-pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Result<Autoscaler, SpecError> {
-    let names = policy_names(spec)?;
-    let mut min = 0u32;
-    let mut max = 100u32;
-    let mut keep_alive = KeepAliveConfig::default();
-    let mut adaptive_cold_start = Duration::ZERO;
-    let mut safety = Safety::default();
-    let mut demand = Metric::Load;
-    let mut queue = QueueConfig::default();
-    let mut slo = SloConfig::default();
-    let mut gpu = GpuConfig::default();
-    let mut tokens = TokensConfig::default();
-    let mut kpa = KpaConfig::default();
-    let mut kpa_target_set = false;
-    let mut hpa_metric = Metric::Load;
-    let mut hpa_target = 4.0;
-    // A variant's constructor: `targetType` is matched once, as text, where it is read.
-    let mut hpa_target_of: fn(f64) -> HpaTarget = HpaTarget::AverageValue;
-    let mut hpa_legacy = false;
-    let mut hpa_tolerance = crate::hpa::DEFAULT_TOLERANCE;
-    let mut behavior = Behavior::default();
+/// How a `hpa` target's value is read (`hpa.targetType`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum TargetType {
+    AverageValue,
+    Value,
+    PodAverage,
+}
 
-    for (k, v) in params {
-        let (k, v) = (k.as_ref(), v.as_ref());
-        let (policy, name) = k.split_once('.').unwrap_or(("", k));
-        if !policy.is_empty() && !names.contains(&policy) {
-            return Err(unused_key(k, spec, &names));
+/// Every parameter while a spec is read: the defaults, each `key=value` set over them. The
+/// defaults are the policies' `Config::default()`s; a test holds [`KEYS`] (what the docs
+/// print) to them.
+#[derive(Clone, Debug)]
+struct Params {
+    min: u32,
+    max: u32,
+    keep_alive: KeepAliveConfig,
+    cold_start: Duration,
+    safety: Safety,
+    demand: Metric,
+    queue: QueueConfig,
+    slo: SloConfig,
+    gpu: GpuConfig,
+    tokens: TokensConfig,
+    kpa: KpaConfig,
+    /// `kpa.target` when given; else it follows `kpa.metric` (100 concurrent, 200 rps).
+    kpa_target: Option<f64>,
+    hpa_metric: Metric,
+    hpa_target: f64,
+    hpa_target_type: TargetType,
+    hpa_legacy: bool,
+    hpa_tolerance: f64,
+    behavior: Behavior,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            min: 0,
+            max: 100,
+            keep_alive: KeepAliveConfig::default(),
+            cold_start: Duration::ZERO,
+            safety: Safety::default(),
+            demand: Metric::Load,
+            queue: QueueConfig::default(),
+            slo: SloConfig::default(),
+            gpu: GpuConfig::default(),
+            tokens: TokensConfig::default(),
+            kpa: KpaConfig::default(),
+            kpa_target: None,
+            hpa_metric: Metric::Load,
+            hpa_target: 4.0,
+            hpa_target_type: TargetType::AverageValue,
+            hpa_legacy: false,
+            hpa_tolerance: crate::hpa::DEFAULT_TOLERANCE,
+            behavior: Behavior::default(),
         }
+    }
+}
+
+/// What the parameters come to, per policy.
+#[derive(Debug, PartialEq)]
+struct Resolved {
+    bounds: Bounds,
+    keep_alive: KeepAliveConfig,
+    safety: Safety,
+    demand: Metric,
+    queue: QueueConfig,
+    slo: SloConfig,
+    gpu: GpuConfig,
+    tokens: TokensConfig,
+    kpa: KpaConfig,
+    hpa: HpaConfig,
+}
+
+impl Params {
+    /// Set `k` (`policy.name`, or `name` for the common keys) to `v`. An unknown key comes
+    /// back as [`SpecError::UnknownKey`] without the allowed list, which the caller knows.
+    fn set(&mut self, policy: &str, name: &str, k: &str, v: &str) -> Result<(), SpecError> {
         match (policy, name) {
-            ("", "minReplicas") => min = parse_u32(k, v, 0, 100_000)?,
-            ("", "maxReplicas") => max = parse_u32(k, v, 1, 100_000)?,
+            ("", "minReplicas") => self.min = parse_u32(k, v, 0, 100_000)?,
+            ("", "maxReplicas") => self.max = parse_u32(k, v, 1, 100_000)?,
             ("", "keepAlive") if v.trim() == "adaptive" => {
-                keep_alive = KeepAliveConfig::Adaptive(AdaptiveConfig::default());
+                self.keep_alive = KeepAliveConfig::Adaptive(AdaptiveConfig::default());
             }
-            ("", "keepAlive") => keep_alive = KeepAliveConfig::Fixed(parse_duration(k, v)?),
-            ("", "coldStart") => adaptive_cold_start = window(k, v)?,
-            ("", "maxSignalAge") => safety.max_signal_age = parse_duration(k, v)?,
-            ("", "holdWhileStarting") => safety.hold_while_starting = parse_bool(k, v)?,
-            ("", "demand") => demand = parse_metric(k, v, &[Metric::Load, Metric::Waiting, Metric::Running])?,
+            ("", "keepAlive") => self.keep_alive = KeepAliveConfig::Fixed(parse_duration(k, v)?),
+            ("", "coldStart") => self.cold_start = window(k, v)?,
+            ("", "maxSignalAge") => self.safety.max_signal_age = parse_duration(k, v)?,
+            ("", "holdWhileStarting") => self.safety.hold_while_starting = parse_bool(k, v)?,
+            ("", "demand") => {
+                self.demand = parse_metric(k, v, &[Metric::Load, Metric::Waiting, Metric::Running])?
+            }
             ("queue", "metric") => {
-                queue.metric = parse_metric(k, v, &[Metric::Load, Metric::Waiting, Metric::Running])?
+                self.queue.metric = parse_metric(k, v, &[Metric::Load, Metric::Waiting, Metric::Running])?
             }
-            ("queue", "target") => queue.target = positive(k, v)?,
+            ("queue", "target") => self.queue.target = positive(k, v)?,
             ("queue", "tolerance") => {
-                queue.tolerance = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?
+                self.queue.tolerance = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?
             }
-            ("queue", "scaleDownWindow") => queue.scale_down_window = window(k, v)?,
-            ("slo", "wait") => slo.wait = parse_duration(k, v)?,
+            ("queue", "scaleDownWindow") => self.queue.scale_down_window = window(k, v)?,
+            ("slo", "wait") => self.slo.wait = parse_duration(k, v)?,
             ("slo", "quantile") => {
-                slo.quantile = parse_f64(k, v, 0.5, 0.9999, "a probability from 0.5 to 0.9999, e.g. 0.95")?
+                self.slo.quantile =
+                    parse_f64(k, v, 0.5, 0.9999, "a probability from 0.5 to 0.9999, e.g. 0.95")?
             }
-            ("slo", "slots") => slo.slots = parse_u32(k, v, 1, 4096)?,
+            ("slo", "slots") => self.slo.slots = parse_u32(k, v, 1, 4096)?,
             ("slo", "metric") => {
-                slo.fallback.metric = parse_metric(k, v, &[Metric::Load, Metric::Waiting, Metric::Running])?
+                self.slo.fallback.metric =
+                    parse_metric(k, v, &[Metric::Load, Metric::Waiting, Metric::Running])?
             }
-            ("slo", "target") => slo.fallback.target = positive(k, v)?,
+            ("slo", "target") => self.slo.fallback.target = positive(k, v)?,
             ("slo", "tolerance") => {
-                slo.fallback.tolerance = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?
+                self.slo.fallback.tolerance = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?
             }
-            ("slo", "scaleDownWindow") => slo.fallback.scale_down_window = window(k, v)?,
-            ("tokens", "prefillCapacity") => tokens.prefill_capacity = capacity(k, v)?,
-            ("tokens", "decodeCapacity") => tokens.decode_capacity = capacity(k, v)?,
-            ("tokens", "prefillDecodeRatio") => tokens.prefill_decode_ratio = positive(k, v)?,
+            ("slo", "scaleDownWindow") => self.slo.fallback.scale_down_window = window(k, v)?,
+            ("tokens", "prefillCapacity") => self.tokens.prefill_capacity = capacity(k, v)?,
+            ("tokens", "decodeCapacity") => self.tokens.decode_capacity = capacity(k, v)?,
+            ("tokens", "prefillDecodeRatio") => self.tokens.prefill_decode_ratio = positive(k, v)?,
             ("tokens", "utilization") => {
-                tokens.utilization = parse_f64(k, v, 0.05, 1.0, "a fraction from 0.05 to 1")?
+                self.tokens.utilization = parse_f64(k, v, 0.05, 1.0, "a fraction from 0.05 to 1")?
             }
             ("tokens", "window") => {
-                tokens.window = window(k, v)?;
-                if tokens.window < Duration::from_secs(1) {
+                self.tokens.window = window(k, v)?;
+                if self.tokens.window < Duration::from_secs(1) {
                     return Err(SpecError::Invalid {
                         key: k.into(),
                         value: v.into(),
@@ -690,27 +743,29 @@ pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Res
                 }
             }
             ("tokens", "kvTarget") => {
-                tokens.kv_target = parse_f64(k, v, 0.05, 1.0, "a fraction from 0.05 to 1")?
+                self.tokens.kv_target = parse_f64(k, v, 0.05, 1.0, "a fraction from 0.05 to 1")?
             }
-            ("tokens", "slots") => tokens.slots = capacity(k, v)?,
-            ("tokens", "backlogWindow") => tokens.backlog_window = window(k, v)?,
+            ("tokens", "slots") => self.tokens.slots = capacity(k, v)?,
+            ("tokens", "backlogWindow") => self.tokens.backlog_window = window(k, v)?,
             ("tokens", "tolerance") => {
-                tokens.tolerance = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?
+                self.tokens.tolerance = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?
             }
-            ("tokens", "scaleDownWindow") => tokens.scale_down_window = window(k, v)?,
+            ("tokens", "scaleDownWindow") => self.tokens.scale_down_window = window(k, v)?,
             ("gpu", "metric") => {
-                gpu.metric = parse_metric(k, v, &[Metric::GpuUtilization, Metric::KvCacheUsage])?
+                self.gpu.metric = parse_metric(k, v, &[Metric::GpuUtilization, Metric::KvCacheUsage])?
             }
-            ("gpu", "target") => gpu.target = parse_f64(k, v, 0.01, 1.0, "a ratio from 0.01 to 1")?,
-            ("gpu", "tolerance") => gpu.tolerance = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?,
-            ("gpu", "scaleDownWindow") => gpu.scale_down_window = window(k, v)?,
-            ("hpa", "metric") => hpa_metric = parse_metric(k, v, &Metric::ALL)?,
-            ("hpa", "target") => hpa_target = positive(k, v)?,
+            ("gpu", "target") => self.gpu.target = parse_f64(k, v, 0.01, 1.0, "a ratio from 0.01 to 1")?,
+            ("gpu", "tolerance") => {
+                self.gpu.tolerance = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?
+            }
+            ("gpu", "scaleDownWindow") => self.gpu.scale_down_window = window(k, v)?,
+            ("hpa", "metric") => self.hpa_metric = parse_metric(k, v, &Metric::ALL)?,
+            ("hpa", "target") => self.hpa_target = positive(k, v)?,
             ("hpa", "targetType") => {
-                hpa_target_of = match v.trim() {
-                    "averageValue" => HpaTarget::AverageValue,
-                    "value" => HpaTarget::Value,
-                    "podAverage" => HpaTarget::PodAverage,
+                self.hpa_target_type = match v.trim() {
+                    "averageValue" => TargetType::AverageValue,
+                    "value" => TargetType::Value,
+                    "podAverage" => TargetType::PodAverage,
                     _ => {
                         return Err(SpecError::Invalid {
                             key: k.into(),
@@ -721,7 +776,7 @@ pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Res
                 }
             }
             ("hpa", "behavior") => {
-                hpa_legacy = match v.trim() {
+                self.hpa_legacy = match v.trim() {
                     "default" => false,
                     "legacy" => true,
                     _ => {
@@ -734,18 +789,18 @@ pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Res
                 }
             }
             ("hpa", "tolerance") => {
-                hpa_tolerance = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?;
-                behavior.scale_up.tolerance = hpa_tolerance;
-                behavior.scale_down.tolerance = hpa_tolerance;
+                self.hpa_tolerance = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?;
+                self.behavior.scale_up.tolerance = self.hpa_tolerance;
+                self.behavior.scale_down.tolerance = self.hpa_tolerance;
             }
-            ("hpa", "scaleUpWindow") => behavior.scale_up.stabilization_window = window(k, v)?,
-            ("hpa", "scaleDownWindow") => behavior.scale_down.stabilization_window = window(k, v)?,
-            ("hpa", "scaleUpPolicies") => behavior.scale_up.policies = parse_scaling_policies(k, v)?,
-            ("hpa", "scaleDownPolicies") => behavior.scale_down.policies = parse_scaling_policies(k, v)?,
-            ("hpa", "scaleUpSelect") => behavior.scale_up.select_policy = parse_select(k, v)?,
-            ("hpa", "scaleDownSelect") => behavior.scale_down.select_policy = parse_select(k, v)?,
+            ("hpa", "scaleUpWindow") => self.behavior.scale_up.stabilization_window = window(k, v)?,
+            ("hpa", "scaleDownWindow") => self.behavior.scale_down.stabilization_window = window(k, v)?,
+            ("hpa", "scaleUpPolicies") => self.behavior.scale_up.policies = parse_scaling_policies(k, v)?,
+            ("hpa", "scaleDownPolicies") => self.behavior.scale_down.policies = parse_scaling_policies(k, v)?,
+            ("hpa", "scaleUpSelect") => self.behavior.scale_up.select_policy = parse_select(k, v)?,
+            ("hpa", "scaleDownSelect") => self.behavior.scale_down.select_policy = parse_select(k, v)?,
             ("kpa", "metric") => {
-                kpa.metric = match v.trim() {
+                self.kpa.metric = match v.trim() {
                     "concurrency" => Metric::Load,
                     "rps" => Metric::ArrivalRate,
                     _ => {
@@ -758,11 +813,10 @@ pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Res
                 }
             }
             ("kpa", "target") => {
-                kpa.target = positive(k, v)?;
-                kpa_target_set = true;
+                self.kpa_target = Some(positive(k, v)?);
             }
             ("kpa", "targetUtilization") => {
-                kpa.target_utilization = parse_f64(k, v, 0.01, 1.0, "a fraction from 0.01 to 1")?
+                self.kpa.target_utilization = parse_f64(k, v, 0.01, 1.0, "a fraction from 0.01 to 1")?
             }
             ("kpa", "stableWindow") => {
                 let d = parse_duration(k, v)?;
@@ -773,23 +827,24 @@ pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Res
                         expected: "whole seconds from 6s to 1h".into(),
                     });
                 }
-                kpa.stable_window = d;
+                self.kpa.stable_window = d;
             }
             ("kpa", "panicWindowPercentage") => {
-                kpa.panic_window_percentage = parse_f64(k, v, 1.0, 100.0, "a percentage from 1 to 100")?
+                self.kpa.panic_window_percentage = parse_f64(k, v, 1.0, 100.0, "a percentage from 1 to 100")?
             }
             ("kpa", "panicThresholdPercentage") => {
-                kpa.panic_threshold = parse_f64(k, v, 110.0, 1000.0, "a percentage from 110 to 1000")? / 100.0
+                self.kpa.panic_threshold =
+                    parse_f64(k, v, 110.0, 1000.0, "a percentage from 110 to 1000")? / 100.0
             }
             ("kpa", "maxScaleUpRate") => {
-                kpa.max_scale_up_rate = parse_f64(k, v, 1.000_001, 1e9, "a number > 1")?
+                self.kpa.max_scale_up_rate = parse_f64(k, v, 1.000_001, 1e9, "a number > 1")?
             }
             ("kpa", "maxScaleDownRate") => {
-                kpa.max_scale_down_rate = parse_f64(k, v, 1.000_001, 1e9, "a number > 1")?
+                self.kpa.max_scale_down_rate = parse_f64(k, v, 1.000_001, 1e9, "a number > 1")?
             }
             ("kpa", "scaleToZeroGrace") => {
-                kpa.scale_to_zero_grace = window(k, v)?;
-                if kpa.scale_to_zero_grace.is_zero() {
+                self.kpa.scale_to_zero_grace = window(k, v)?;
+                if self.kpa.scale_to_zero_grace.is_zero() {
                     return Err(SpecError::Invalid {
                         key: k.into(),
                         value: v.into(),
@@ -797,52 +852,92 @@ pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Res
                     });
                 }
             }
-            ("kpa", "scaleDownDelay") => kpa.scale_down_delay = window(k, v)?,
-            ("kpa", "activationScale") => kpa.activation_scale = parse_u32(k, v, 1, 100_000)?,
+            ("kpa", "scaleDownDelay") => self.kpa.scale_down_delay = window(k, v)?,
+            ("kpa", "activationScale") => self.kpa.activation_scale = parse_u32(k, v, 1, 100_000)?,
             _ => {
                 return Err(SpecError::UnknownKey {
                     key: k.into(),
-                    allowed: allowed_keys(&names),
+                    allowed: String::new(),
                 });
             }
         }
+        Ok(())
     }
 
-    let bounds = Bounds::new(min, max)?;
-    if let KeepAliveConfig::Adaptive(a) = &mut keep_alive {
-        a.cold_start = adaptive_cold_start;
+    /// The settings each policy gets, with the rules between keys applied.
+    fn resolve(mut self) -> Result<Resolved, SpecError> {
+        if let KeepAliveConfig::Adaptive(a) = &mut self.keep_alive {
+            a.cold_start = self.cold_start;
+        }
+        let metric_default = if self.kpa.metric == Metric::ArrivalRate {
+            200.0
+        } else {
+            self.kpa.target
+        };
+        self.kpa.target = self.kpa_target.unwrap_or(metric_default);
+        let target = match self.hpa_target_type {
+            TargetType::AverageValue => HpaTarget::AverageValue(self.hpa_target),
+            TargetType::Value => HpaTarget::Value(self.hpa_target),
+            TargetType::PodAverage => HpaTarget::PodAverage(self.hpa_target),
+        };
+        Ok(Resolved {
+            bounds: Bounds::new(self.min, self.max)?,
+            keep_alive: self.keep_alive,
+            safety: self.safety,
+            demand: self.demand,
+            queue: self.queue,
+            slo: self.slo,
+            gpu: self.gpu,
+            tokens: self.tokens,
+            kpa: self.kpa,
+            hpa: HpaConfig {
+                metrics: vec![HpaMetric {
+                    metric: self.hpa_metric,
+                    target,
+                }],
+                behavior: (!self.hpa_legacy).then_some(self.behavior),
+                legacy_tolerance: self.hpa_tolerance,
+                ..HpaConfig::default()
+            },
+        })
     }
-    if kpa.metric == Metric::ArrivalRate && !kpa_target_set {
-        kpa.target = 200.0;
+}
+
+/// Build an autoscaler from a policy spec and `key=value` parameters.
+pub fn build<K: AsRef<str>, V: AsRef<str>>(spec: &str, params: &[(K, V)]) -> Result<Autoscaler, SpecError> {
+    let names = policy_names(spec)?;
+    let mut p = Params::default();
+    for (k, v) in params {
+        let (k, v) = (k.as_ref(), v.as_ref());
+        let (policy, name) = k.split_once('.').unwrap_or(("", k));
+        if !policy.is_empty() && !names.contains(&policy) {
+            return Err(unused_key(k, spec, &names));
+        }
+        p.set(policy, name, k, v).map_err(|e| match e {
+            SpecError::UnknownKey { key, .. } => SpecError::UnknownKey {
+                key,
+                allowed: allowed_keys(&names),
+            },
+            e => e,
+        })?;
     }
+    let r = p.resolve()?;
     let mut policies: Vec<Box<dyn Policy>> = Vec::with_capacity(names.len());
     for part in spec.split('+') {
-        let part = part.trim();
-        let p: Box<dyn Policy> = match part {
-            "hpa" => {
-                let target = hpa_target_of(hpa_target);
-                Box::new(Hpa::new(HpaConfig {
-                    metrics: vec![HpaMetric {
-                        metric: hpa_metric,
-                        target,
-                    }],
-                    behavior: (!hpa_legacy).then(|| behavior.clone()),
-                    legacy_tolerance: hpa_tolerance,
-                    ..HpaConfig::default()
-                }))
-            }
-            "kpa" => Box::new(Kpa::new(kpa.clone())),
-            "queue" => Box::new(Queue::new(queue.clone())),
-            "slo" => Box::new(Slo::new(slo.clone())),
-            "gpu" => Box::new(Gpu::new(gpu.clone())),
-            "tokens" | DEFAULT_POLICY => Box::new(Tokens::new(tokens.clone())),
+        let p: Box<dyn Policy> = match part.trim() {
+            "hpa" => Box::new(Hpa::new(r.hpa.clone())),
+            "kpa" => Box::new(Kpa::new(r.kpa.clone())),
+            "queue" => Box::new(Queue::new(r.queue.clone())),
+            "slo" => Box::new(Slo::new(r.slo.clone())),
+            "gpu" => Box::new(Gpu::new(r.gpu.clone())),
+            "tokens" | DEFAULT_POLICY => Box::new(Tokens::new(r.tokens.clone())),
             p => Box::new(Fixed(parse_u32("fixed", &p[6..], 0, 100_000)?)),
         };
         policies.push(p);
     }
-    Ok(Autoscaler::new(policies, bounds, keep_alive)
-        .with_safety(safety)
-        .with_demand(demand))
+    Ok(Autoscaler::new(policies, r.bounds, r.keep_alive)
+        .with_safety(r.safety)
+        .with_demand(r.demand))
 }
 
 /// Parse `key=value` words (as given on a command line) into pairs.
@@ -864,8 +959,26 @@ pub fn parse_params<'a>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Every documented default (what docs/configuration.md and docs/policies.md print), given
+    /// explicitly, reads the same as leaving the key out: the table cannot drift from the code.
+    #[test]
+    fn the_documented_defaults_are_the_defaults() {
+        let mut explicit = Params::default();
+        for k in KEYS {
+            explicit
+                .set(k.policy, k.name, k.name, k.default)
+                .unwrap_or_else(|e| panic!("{}.{} = {}: {e}", k.policy, k.name, k.default));
+        }
+        assert_eq!(explicit.resolve().unwrap(), Params::default().resolve().unwrap());
+        // The comparison sees a changed value.
+        let mut changed = Params::default();
+        changed.set("queue", "target", "queue.target", "5").unwrap();
+        assert_ne!(changed.resolve().unwrap(), Params::default().resolve().unwrap());
+    }
 
     #[test]
     fn quotes_are_bounded() {

@@ -101,6 +101,15 @@ async fn start(
     (a, addr, stop_tx)
 }
 
+/// Wait (at most 10 s) until `done` holds, naming `what` if it never does.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn free_addr() -> SocketAddr {
     format!("127.0.0.1:{}", common::free_port()).parse().unwrap()
 }
@@ -140,15 +149,19 @@ async fn held_until_the_upstream_starts_then_released_in_order_one_at_a_time() {
 
     let client = reqwest::Client::new();
     let mut tasks = Vec::new();
+    let gate = a.gates()[0].1.clone();
     for i in 0..20 {
         let c = client.clone();
         tasks.push(tokio::spawn(async move {
             post(&c, proxy, format!("req{i:02}")).await
         }));
-        // Spaced so that arrival order is the index order.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The next is sent once this one is held, so arrival order is the index order.
+        until(&format!("req{i:02} held"), || gate.held() == i + 1).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until("the scaler hears of 20 held", || {
+        lock(&w).held.map(|h| h.requests) == Some(20.0)
+    })
+    .await;
     let key = WorkloadKey {
         namespace: "llm".into(),
         name: "qwen".into(),

@@ -217,7 +217,7 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Trace, TraceError> {
     parse(path, &text, opts)
 }
 
-/// Parse trace text (the file's contents).
+/// Parse trace text (the file's contents): the header, then the rows in the trace's format.
 pub fn parse(path: &Path, text: &str, opts: &ReadOptions) -> Result<Trace, TraceError> {
     let p = path.display().to_string();
     // Spreadsheet exports often start with a UTF-8 byte-order mark.
@@ -226,182 +226,54 @@ pub fn parse(path: &Path, text: &str, opts: &ReadOptions) -> Result<Trace, Trace
         .split('\n')
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
         .enumerate();
-    let header: Vec<String> = match lines.next() {
+    let names: Vec<String> = match lines.next() {
         Some((_, h)) if !h.trim().is_empty() => split(h).map(|c| c.trim().to_string()).collect(),
-        _ => {
-            return Err(TraceError::Format {
-                path: p,
-                message: "empty file: expected a CSV header row".into(),
-            });
-        }
+        _ => return Err(format_error(&p, "empty file: expected a CSV header row")),
     };
     let format = match opts.format {
         Some(f) => f,
-        None => detect(&header).ok_or_else(|| TraceError::Format {
-            path: p.clone(),
-            message: format!(
-                "cannot tell the format from the header `{}`; pass --format \
-                 azure-llm|alibaba-genai|azure-functions|csv|rate (csv with --time-col)",
-                header.join(",")
-            ),
+        None => detect(&names).ok_or_else(|| {
+            format_error(
+                &p,
+                format!(
+                    "cannot tell the format from the header `{}`; pass --format \
+                     azure-llm|alibaba-genai|azure-functions|csv|rate (csv with --time-col)",
+                    names.join(",")
+                ),
+            )
         })?,
     };
-    let col = |name: &str| header.iter().position(|h| h == name);
-    let need = |name: &str| {
-        col(name).ok_or_else(|| TraceError::Format {
-            path: p.clone(),
-            message: format!(
-                "format {format}: header has no column `{name}` (header: `{}`)",
-                header.join(",")
-            ),
-        })
+    let header = Header {
+        path: &p,
+        names: &names,
+        format,
     };
-    let named =
-        |flag: &str, name: &Option<String>, default: Option<usize>| -> Result<Option<usize>, TraceError> {
-            match name {
-                Some(n) => col(n).map(Some).ok_or_else(|| TraceError::Format {
-                    path: p.clone(),
-                    message: format!(
-                        "{flag} `{n}`: no such column; the header has `{}`",
-                        header.join(",")
-                    ),
-                }),
-                None => Ok(default),
-            }
-        };
-
     let mut reader = RowReader {
         path: &p,
-        header: &header,
+        header: &names,
         skip: opts.skip_bad_rows,
         skipped: 0,
         first: None,
     };
-    let mut requests = Vec::new();
-    match format {
-        Format::AzureLlm => {
-            let (t, i, o) = (
-                need("TIMESTAMP")?,
-                need("ContextTokens")?,
-                need("GeneratedTokens")?,
-            );
-            for (n, line) in lines {
-                reader
-                    .row(n, line, |f| {
-                        Ok(Request {
-                            arrival: field(f, t, "a date-time YYYY-MM-DD HH:MM:SS.fffffff", parse_datetime)?,
-                            service: f32::NAN,
-                            input_tokens: field(f, i, "a token count", |s| s.parse().ok())?,
-                            output_tokens: field(f, o, "a token count", |s| s.parse().ok())?,
-                        })
-                    })
-                    .map(|r| requests.extend(r))?;
-            }
-        }
-        Format::AlibabaGenai => {
-            let (t, e) = (need("gmt_create")?, need("exec_time_seconds")?);
-            for (n, line) in lines {
-                reader
-                    .row(n, line, |f| {
-                        Ok(Request {
-                            arrival: field(f, t, "a date-time YYYY-MM-DD HH:MM:SS", parse_datetime)?,
-                            service: field(f, e, "seconds >= 0", nonneg)? as f32,
-                            input_tokens: 0,
-                            output_tokens: 0,
-                        })
-                    })
-                    .map(|r| requests.extend(r))?;
-            }
-        }
-        Format::AzureFunctions => {
-            let (e, d) = (need("end_timestamp")?, need("duration")?);
-            for (n, line) in lines {
-                reader
-                    .row(n, line, |f| {
-                        let end = field(f, e, "seconds", |s| {
-                            s.parse::<f64>().ok().filter(|x| x.is_finite())
-                        })?;
-                        let dur = field(f, d, "seconds >= 0", nonneg)?;
-                        Ok(Request {
-                            arrival: end - dur,
-                            service: dur as f32,
-                            input_tokens: 0,
-                            output_tokens: 0,
-                        })
-                    })
-                    .map(|r| requests.extend(r))?;
-            }
-        }
-        Format::Csv => {
-            let t = named("--time-col", &opts.time_col, Some(0))?.unwrap_or(0);
-            let s = named("--service-col", &opts.service_col, None)?;
-            let i = named("--input-tokens-col", &opts.input_tokens_col, None)?;
-            let o = named("--output-tokens-col", &opts.output_tokens_col, None)?;
-            let unit = opts.time_unit;
-            for (n, line) in lines {
-                reader
-                    .row(n, line, |f| {
-                        let arrival = time_field(f, t, unit)?;
-                        let service = match s {
-                            Some(c) => field(f, c, "seconds >= 0", nonneg)? as f32,
-                            None => f32::NAN,
-                        };
-                        let tokens = |c: Option<usize>| match c {
-                            Some(c) => field(f, c, "a token count", |s| s.parse().ok()),
-                            None => Ok(0),
-                        };
-                        Ok(Request {
-                            arrival,
-                            service,
-                            input_tokens: tokens(i)?,
-                            output_tokens: tokens(o)?,
-                        })
-                    })
-                    .map(|r| requests.extend(r))?;
-            }
-        }
-        Format::Rate => {
-            let t = named("--time-col", &opts.time_col, Some(0))?.unwrap_or(0);
-            let r = named("--rate-col", &opts.rate_col, Some(1))?.unwrap_or(1);
-            if r >= header.len() {
-                return Err(TraceError::Format {
-                    path: p,
-                    message: "a rate series needs two columns: time and requests/s (--rate-col)".into(),
-                });
-            }
-            let mut series: Vec<(f64, f64)> = Vec::new();
-            for (n, line) in lines {
-                reader
-                    .row(n, line, |f| {
-                        Ok((
-                            time_field(f, t, opts.time_unit)?,
-                            field(f, r, "requests/s >= 0", nonneg)?,
-                        ))
-                    })
-                    .map(|x| series.extend(x))?;
-            }
-            requests =
-                expand_rate(series, opts.seed, opts.max_requests).map_err(|message| TraceError::Format {
-                    path: p.clone(),
-                    message,
-                })?;
-        }
-    }
+    let mut requests = match format {
+        Format::AzureLlm => azure_llm(&header, &mut reader, lines)?,
+        Format::AlibabaGenai => alibaba_genai(&header, &mut reader, lines)?,
+        Format::AzureFunctions => azure_functions(&header, &mut reader, lines)?,
+        Format::Csv => csv(&header, &mut reader, lines, opts)?,
+        Format::Rate => rate(&header, &mut reader, lines, opts)?,
+    };
     if requests.len() > opts.max_requests {
-        return Err(TraceError::Format {
-            path: p,
-            message: format!(
+        return Err(format_error(
+            &p,
+            format!(
                 "{} requests exceed the limit of {}",
                 requests.len(),
                 opts.max_requests
             ),
-        });
+        ));
     }
     if requests.is_empty() {
-        return Err(TraceError::Format {
-            path: p,
-            message: "no requests in the trace".into(),
-        });
+        return Err(format_error(&p, "no requests in the trace"));
     }
     // Traces are sorted by arrival, except per-invocation Azure Functions rows, which are sorted
     // by arrival too but only after the subtraction; a stable sort keeps equal times in file order.
@@ -415,6 +287,175 @@ pub fn parse(path: &Path, text: &str, opts: &ReadOptions) -> Result<Trace, Trace
         skipped_rows: reader.skipped,
         first_skipped: reader.first,
     })
+}
+
+fn format_error(path: &str, message: impl Into<String>) -> TraceError {
+    TraceError::Format {
+        path: path.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The header row, to find columns by name with errors that show it.
+struct Header<'a> {
+    path: &'a str,
+    names: &'a [String],
+    format: Format,
+}
+
+impl Header<'_> {
+    fn col(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|h| h == name)
+    }
+
+    /// A column the format requires.
+    fn need(&self, name: &str) -> Result<usize, TraceError> {
+        self.col(name).ok_or_else(|| {
+            format_error(
+                self.path,
+                format!(
+                    "format {}: header has no column `{name}` (header: `{}`)",
+                    self.format,
+                    self.names.join(",")
+                ),
+            )
+        })
+    }
+
+    /// The column a flag names, or `default` when the flag is not given.
+    fn named(
+        &self,
+        flag: &str,
+        name: &Option<String>,
+        default: Option<usize>,
+    ) -> Result<Option<usize>, TraceError> {
+        match name {
+            Some(n) => self.col(n).map(Some).ok_or_else(|| {
+                format_error(
+                    self.path,
+                    format!(
+                        "{flag} `{n}`: no such column; the header has `{}`",
+                        self.names.join(",")
+                    ),
+                )
+            }),
+            None => Ok(default),
+        }
+    }
+}
+
+/// Azure LLM inference traces: arrival date-time and token counts; service from the model.
+fn azure_llm<'t>(
+    h: &Header,
+    reader: &mut RowReader,
+    lines: impl Iterator<Item = (usize, &'t str)>,
+) -> Result<Vec<Request>, TraceError> {
+    let (t, i, o) = (
+        h.need("TIMESTAMP")?,
+        h.need("ContextTokens")?,
+        h.need("GeneratedTokens")?,
+    );
+    reader.rows(lines, |f| {
+        Ok(Request {
+            arrival: field(f, t, "a date-time YYYY-MM-DD HH:MM:SS.fffffff", parse_datetime)?,
+            service: f32::NAN,
+            input_tokens: field(f, i, "a token count", |s| s.parse().ok())?,
+            output_tokens: field(f, o, "a token count", |s| s.parse().ok())?,
+        })
+    })
+}
+
+/// Alibaba's GenAI trace: arrival date-time and measured execution time.
+fn alibaba_genai<'t>(
+    h: &Header,
+    reader: &mut RowReader,
+    lines: impl Iterator<Item = (usize, &'t str)>,
+) -> Result<Vec<Request>, TraceError> {
+    let (t, e) = (h.need("gmt_create")?, h.need("exec_time_seconds")?);
+    reader.rows(lines, |f| {
+        Ok(Request {
+            arrival: field(f, t, "a date-time YYYY-MM-DD HH:MM:SS", parse_datetime)?,
+            service: field(f, e, "seconds >= 0", nonneg)? as f32,
+            input_tokens: 0,
+            output_tokens: 0,
+        })
+    })
+}
+
+/// Azure Functions invocations: end time and duration, so arrival is their difference.
+fn azure_functions<'t>(
+    h: &Header,
+    reader: &mut RowReader,
+    lines: impl Iterator<Item = (usize, &'t str)>,
+) -> Result<Vec<Request>, TraceError> {
+    let (e, d) = (h.need("end_timestamp")?, h.need("duration")?);
+    reader.rows(lines, |f| {
+        let end = field(f, e, "seconds", |s| {
+            s.parse::<f64>().ok().filter(|x| x.is_finite())
+        })?;
+        let dur = field(f, d, "seconds >= 0", nonneg)?;
+        Ok(Request {
+            arrival: end - dur,
+            service: dur as f32,
+            input_tokens: 0,
+            output_tokens: 0,
+        })
+    })
+}
+
+/// Any CSV: a time column, and service and token columns when named.
+fn csv<'t>(
+    h: &Header,
+    reader: &mut RowReader,
+    lines: impl Iterator<Item = (usize, &'t str)>,
+    opts: &ReadOptions,
+) -> Result<Vec<Request>, TraceError> {
+    let t = h.named("--time-col", &opts.time_col, Some(0))?.unwrap_or(0);
+    let s = h.named("--service-col", &opts.service_col, None)?;
+    let i = h.named("--input-tokens-col", &opts.input_tokens_col, None)?;
+    let o = h.named("--output-tokens-col", &opts.output_tokens_col, None)?;
+    let unit = opts.time_unit;
+    reader.rows(lines, |f| {
+        let arrival = time_field(f, t, unit)?;
+        let service = match s {
+            Some(c) => field(f, c, "seconds >= 0", nonneg)? as f32,
+            None => f32::NAN,
+        };
+        let tokens = |c: Option<usize>| match c {
+            Some(c) => field(f, c, "a token count", |s| s.parse().ok()),
+            None => Ok(0),
+        };
+        Ok(Request {
+            arrival,
+            service,
+            input_tokens: tokens(i)?,
+            output_tokens: tokens(o)?,
+        })
+    })
+}
+
+/// A requests/s series (a QPS gauge), expanded into Poisson arrivals.
+fn rate<'t>(
+    h: &Header,
+    reader: &mut RowReader,
+    lines: impl Iterator<Item = (usize, &'t str)>,
+    opts: &ReadOptions,
+) -> Result<Vec<Request>, TraceError> {
+    let t = h.named("--time-col", &opts.time_col, Some(0))?.unwrap_or(0);
+    let r = h.named("--rate-col", &opts.rate_col, Some(1))?.unwrap_or(1);
+    if r >= h.names.len() {
+        return Err(format_error(
+            h.path,
+            "a rate series needs two columns: time and requests/s (--rate-col)",
+        ));
+    }
+    let series = reader.rows(lines, |f| {
+        Ok((
+            time_field(f, t, opts.time_unit)?,
+            field(f, r, "requests/s >= 0", nonneg)?,
+        ))
+    })?;
+    expand_rate(series, opts.seed, opts.max_requests).map_err(|message| format_error(h.path, message))
 }
 
 fn detect(header: &[String]) -> Option<Format> {
@@ -450,6 +491,19 @@ struct FieldError {
 }
 
 impl RowReader<'_> {
+    /// Parse every line with `parse`, blank and skipped rows left out.
+    fn rows<'t, T>(
+        &mut self,
+        lines: impl Iterator<Item = (usize, &'t str)>,
+        parse: impl Fn(&[&str]) -> Result<T, FieldError>,
+    ) -> Result<Vec<T>, TraceError> {
+        let mut out = Vec::new();
+        for (n, line) in lines {
+            out.extend(self.row(n, line, &parse)?);
+        }
+        Ok(out)
+    }
+
     /// Parse one line; `Ok(None)` for blank or skipped rows.
     fn row<T>(
         &mut self,
