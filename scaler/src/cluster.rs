@@ -339,10 +339,8 @@ async fn direct(
     loop {
         tick.tick().await;
         let now = clock.now();
-        let mut annotated: BTreeMap<
-            WorkloadKey,
-            (Arc<Deployment>, Arc<std::sync::Mutex<crate::workloads::Workload>>),
-        > = BTreeMap::new();
+        let mut annotated: BTreeMap<WorkloadKey, (Arc<Deployment>, Arc<crate::workloads::Tracked>)> =
+            BTreeMap::new();
         for d in store.state() {
             let Some(md) = annotations_to_metadata(&d) else {
                 continue;
@@ -389,7 +387,7 @@ async fn direct(
         for (key, (d, w)) in annotated {
             let (desired, reason) = {
                 let g = lock(&w);
-                match (&g.answer.value, &g.decision) {
+                match (&w.answer().value, &g.decision) {
                     (Ok(_), Some((dec, _))) => (
                         dec.desired,
                         match &g.capacity {

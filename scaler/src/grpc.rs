@@ -6,8 +6,8 @@
 //! lookup and a fingerprint comparison.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -25,7 +25,7 @@ use gpuscale_contract::Clock;
 use gpuscale_policies::spec::brief_to as quote;
 
 use crate::trigger::{Trigger, TriggerError, fingerprint};
-use crate::workloads::{RegisterError, Workload, Workloads, lock};
+use crate::workloads::{RegisterError, Tracked, Workloads};
 use gpuscale_contract::WorkloadKey;
 
 /// The gRPC service.
@@ -47,7 +47,7 @@ impl Scaler {
     }
 
     /// The workload a ScaledObjectRef names, registering it (or its changed metadata).
-    fn resolve(&self, r: &ScaledObjectRef) -> Result<Arc<Mutex<Workload>>, Status> {
+    fn resolve(&self, r: &ScaledObjectRef) -> Result<Arc<Tracked>, Status> {
         let md = &r.scaler_metadata;
         let name = md
             .get("deployment")
@@ -58,7 +58,7 @@ impl Scaler {
         };
         let now = self.clock.now();
         if let Some(w) = self.workloads.get(&key, fingerprint(&r.namespace, md)) {
-            lock(&w).last_asked = now;
+            w.touch(now);
             return Ok(w);
         }
         let so = format!(
@@ -94,13 +94,13 @@ impl ExternalScaler for Scaler {
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<IsActiveResponse>, Status> {
         let started = Instant::now();
-        let r = self.resolve(request.get_ref()).and_then(|w| {
-            let g = lock(&w);
-            match &g.answer.active {
+        // The published answer: read without the workload's lock, which a decision holds.
+        let r = self
+            .resolve(request.get_ref())
+            .and_then(|w| match &w.answer().active {
                 Ok(a) => Ok(Response::new(IsActiveResponse { result: *a })),
-                Err(why) => Err(unavailable(&g.trigger.workload, why)),
-            }
-        });
+                Err(why) => Err(unavailable(&w.trigger.workload, why)),
+            });
         self.timed(2, started, r)
     }
 
@@ -115,7 +115,7 @@ impl ExternalScaler for Scaler {
             Ok(w) => w,
             Err(e) => return self.timed(3, started, Err(e)),
         };
-        let mut rx = lock(&w).subscribe();
+        let mut rx = w.subscribe();
         drop(w);
         let (tx, out) = mpsc::channel(4);
         let telemetry = self.telemetry.clone();
@@ -161,11 +161,10 @@ impl ExternalScaler for Scaler {
     ) -> Result<Response<GetMetricSpecResponse>, Status> {
         let started = Instant::now();
         let r = self.resolve(request.get_ref()).map(|w| {
-            let g = lock(&w);
-            let target = g.trigger.target();
+            let target = w.trigger.target();
             Response::new(GetMetricSpecResponse {
                 metric_specs: vec![MetricSpec {
-                    metric_name: g.trigger.metric_name(),
+                    metric_name: w.trigger.metric_name(),
                     // The deprecated integer field for KEDA < 2.17; never 0, which KEDA rejects.
                     target_size: (target.ceil() as i64).max(1),
                     target_size_float: target,
@@ -186,15 +185,14 @@ impl ExternalScaler for Scaler {
                 "GetMetricsRequest.scaledObjectRef is missing: KEDA always sends it; check the client",
             )),
             Some(so) => self.resolve(so).and_then(|w| {
-                let g = lock(&w);
-                let name = g.trigger.metric_name();
+                let name = w.trigger.metric_name();
                 if !req.metric_name.is_empty() && req.metric_name != name {
                     return Err(Status::not_found(format!(
                         "metric `{}` is not served for {}: its metric is `{name}` (from GetMetricSpec)",
-                        req.metric_name, g.trigger.workload
+                        req.metric_name, w.trigger.workload
                     )));
                 }
-                match &g.answer.value {
+                match &w.answer().value {
                     Ok(v) => Ok(Response::new(GetMetricsResponse {
                         metric_values: vec![MetricValue {
                             metric_name: name,
@@ -202,7 +200,7 @@ impl ExternalScaler for Scaler {
                             metric_value_float: *v,
                         }],
                     })),
-                    Err(why) => Err(unavailable(&g.trigger.workload, why)),
+                    Err(why) => Err(unavailable(&w.trigger.workload, why)),
                 }
             }),
         };

@@ -199,6 +199,7 @@ async fn debug(State(s): State<AppState>) -> Response {
     let mut out = Vec::with_capacity(all.len());
     for (_, w) in &all {
         let g = lock(w);
+        let answer = w.answer();
         let decision = g.decision.as_ref().map(|(d, at)| DebugDecision {
             desired: d.desired,
             recommended: d.recommended,
@@ -227,10 +228,10 @@ async fn debug(State(s): State<AppState>) -> Response {
             capacity: &g.capacity,
             held: &g.held,
             replicas: &g.replicas,
-            value: g.answer.value.as_ref().ok().copied(),
-            active: g.answer.active.as_ref().ok().copied(),
-            unavailable: g.answer.value.as_ref().err().map(String::as_str),
-            seconds_since_asked: now.saturating_sub(g.last_asked).as_secs_f64(),
+            value: answer.value.as_ref().ok().copied(),
+            active: answer.active.as_ref().ok().copied(),
+            unavailable: answer.value.as_ref().err().map(String::as_str),
+            seconds_since_asked: now.saturating_sub(w.last_asked()).as_secs_f64(),
             asked_by: &g.asker,
             fingerprint: format!("{:016x}", g.trigger.fingerprint),
             triggers: all.iter().filter(|(k, _)| *k == g.trigger.workload).count(),
@@ -402,13 +403,13 @@ pub fn render(s: &AppState, format: Format) -> String {
     // One row per Deployment: when several triggers name it (see /debug/workloads), the one
     // asked about most recently; gpuscale_scaler_workload_triggers counts them.
     let mut triggers: Vec<(WorkloadKey, usize)> = Vec::new();
-    let mut latest: Vec<(WorkloadKey, Arc<std::sync::Mutex<crate::workloads::Workload>>)> = Vec::new();
+    let mut latest: Vec<(WorkloadKey, Arc<crate::workloads::Tracked>)> = Vec::new();
     for (k, wl) in &all {
         match triggers.last_mut() {
             Some((last, n)) if last == k => {
                 *n += 1;
                 if let Some(l) = latest.last_mut()
-                    && lock(wl).last_asked > lock(&l.1).last_asked
+                    && wl.last_asked() > l.1.last_asked()
                 {
                     l.1 = wl.clone();
                 }
@@ -430,17 +431,18 @@ pub fn render(s: &AppState, format: Format) -> String {
                 f64::from(d.desired),
             ));
         }
-        if let Ok(v) = g.answer.value {
+        let answer = wl.answer();
+        if let Ok(v) = answer.value {
             values.push((ns.clone(), name.clone(), String::new(), v));
         }
-        if let Ok(a) = g.answer.active {
+        if let Ok(a) = answer.active {
             actives.push((ns.clone(), name.clone(), String::new(), f64::from(u8::from(a))));
         }
         unavailable.push((
             ns.clone(),
             name.clone(),
             String::new(),
-            f64::from(u8::from(g.answer.value.is_err())),
+            f64::from(u8::from(answer.value.is_err())),
         ));
         if let Some(sig) = &g.signals {
             ready.push((ns.clone(), name.clone(), String::new(), f64::from(sig.ready)));

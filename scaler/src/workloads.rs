@@ -8,6 +8,7 @@
 //! drive this module with a virtual clock.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -64,13 +65,71 @@ pub struct Workload {
     pub held: Option<Held>,
     /// From the API server (kube mode).
     pub replicas: Option<Replicas>,
-    /// Last time KEDA (or direct mode) asked about it.
-    pub last_asked: Duration,
     /// Who asked last: `ScaledObject ns/name`, or `Deployment ns/name` in direct mode.
     pub asker: String,
-    /// The published answers.
-    pub answer: Answer,
+    /// What the RPCs read without this workload's lock: written by [`Workload::publish`].
+    published: Arc<Published>,
+}
+
+/// The part of a workload the RPCs read, without the lock its decision holds: the trigger,
+/// the last published answer (swapped whole after each decision), when it was last asked, and
+/// the activity stream. A decision over every workload never delays an answer.
+pub struct Published {
+    /// Its trigger (fixed for the entry: a changed trigger is another entry).
+    pub trigger: Trigger,
+    answer: RwLock<Arc<Answer>>,
+    /// Nanoseconds on the scaler's clock.
+    last_asked_ns: AtomicU64,
     active: watch::Sender<Option<(bool, u64)>>,
+}
+
+impl Published {
+    fn new(trigger: Trigger, now: Duration) -> Self {
+        let p = Published {
+            trigger,
+            answer: RwLock::new(Arc::new(Answer::default())),
+            last_asked_ns: AtomicU64::new(0),
+            active: watch::channel(None).0,
+        };
+        p.touch(now);
+        p
+    }
+
+    /// The answer published last.
+    pub fn answer(&self) -> Arc<Answer> {
+        self.answer.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// KEDA (or direct mode) asked about it now.
+    pub fn touch(&self, now: Duration) {
+        let ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        self.last_asked_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// When it was last asked about.
+    pub fn last_asked(&self) -> Duration {
+        Duration::from_nanos(self.last_asked_ns.load(Ordering::Relaxed))
+    }
+
+    /// Subscribe to the activity (for StreamIsActive): whether active, and how many
+    /// inactive-to-active edges there have been.
+    pub fn subscribe(&self) -> watch::Receiver<Option<(bool, u64)>> {
+        self.active.subscribe()
+    }
+}
+
+/// A tracked workload: what the RPCs read ([`Published`], through `Deref`) and the state its
+/// decisions change, behind a lock ([`lock`]).
+pub struct Tracked {
+    published: Arc<Published>,
+    state: Mutex<Workload>,
+}
+
+impl std::ops::Deref for Tracked {
+    type Target = Published;
+    fn deref(&self) -> &Published {
+        &self.published
+    }
 }
 
 /// What GetMetrics and IsActive return until the next tick.
@@ -95,6 +154,7 @@ impl Default for Answer {
 
 impl Workload {
     fn new(trigger: Trigger, asker: &str, autoscaler: Autoscaler, now: Duration) -> Self {
+        let trigger_copy = trigger.clone();
         Workload {
             asker: asker.to_string(),
             trigger,
@@ -106,9 +166,7 @@ impl Workload {
             capacity: None,
             held: None,
             replicas: None,
-            last_asked: now,
-            answer: Answer::default(),
-            active: watch::channel(None).0,
+            published: Arc::new(Published::new(trigger_copy, now)),
         }
     }
 
@@ -155,10 +213,9 @@ impl Workload {
         }
     }
 
-    /// Subscribe to the activity (for StreamIsActive): whether active, and how many
-    /// inactive-to-active edges there have been.
-    pub fn subscribe(&self) -> watch::Receiver<Option<(bool, u64)>> {
-        self.active.subscribe()
+    /// The answer published last (also readable without the lock, from [`Published`]).
+    pub fn answer(&self) -> Arc<Answer> {
+        self.published.answer()
     }
 
     /// Build signals from the view and decide.
@@ -281,7 +338,7 @@ impl Workload {
         if let Ok(a) = active {
             // Count inactive-to-active edges, so a stream that wakes up late (after a quick
             // true-false-true) still pushes the edge it did not see.
-            self.active.send_if_modified(|s| {
+            self.published.active.send_if_modified(|s| {
                 let (prev, edges) = s.map_or((None, 0), |(p, e)| (Some(p), e));
                 let edges = edges + u64::from(a && prev != Some(true));
                 let next = Some((a, edges));
@@ -290,7 +347,8 @@ impl Workload {
                 changed
             });
         }
-        self.answer = Answer { value, active };
+        *self.published.answer.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(Answer { value, active });
     }
 }
 
@@ -333,12 +391,12 @@ pub struct Workloads {
     idle_ttl: Duration,
 }
 
-type Entry = (u64, Arc<Mutex<Workload>>);
+type Entry = (u64, Arc<Tracked>);
 
-/// Lock a workload; a panic elsewhere while holding it leaves data that is still consistent
-/// enough to read (every write is a whole-field assignment), so poisoning is ignored.
-pub fn lock(w: &Mutex<Workload>) -> MutexGuard<'_, Workload> {
-    w.lock().unwrap_or_else(|e| e.into_inner())
+/// Lock a workload's state; a panic elsewhere while holding it leaves data that is still
+/// consistent enough to read (every write is a whole-field assignment), so poisoning is ignored.
+pub fn lock(w: &Tracked) -> MutexGuard<'_, Workload> {
+    w.state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Workloads {
@@ -356,14 +414,14 @@ impl Workloads {
     }
 
     /// The workload a trigger with this fingerprint registered, if tracked.
-    pub fn get(&self, key: &WorkloadKey, fingerprint: u64) -> Option<Arc<Mutex<Workload>>> {
+    pub fn get(&self, key: &WorkloadKey, fingerprint: u64) -> Option<Arc<Tracked>> {
         self.read()
             .get(key)
             .and_then(|v| v.iter().find(|(f, _)| *f == fingerprint).map(|(_, w)| w.clone()))
     }
 
     /// Every trigger's entry for one Deployment.
-    pub fn entries(&self, key: &WorkloadKey) -> Vec<Arc<Mutex<Workload>>> {
+    pub fn entries(&self, key: &WorkloadKey) -> Vec<Arc<Tracked>> {
         self.read()
             .get(key)
             .map(|v| v.iter().map(|(_, w)| w.clone()).collect())
@@ -381,7 +439,7 @@ impl Workloads {
     }
 
     /// Every entry, sorted by Deployment.
-    pub fn all(&self) -> Vec<(WorkloadKey, Arc<Mutex<Workload>>)> {
+    pub fn all(&self) -> Vec<(WorkloadKey, Arc<Tracked>)> {
         let mut v: Vec<_> = self
             .read()
             .iter()
@@ -398,10 +456,10 @@ impl Workloads {
         trigger: Trigger,
         asker: &str,
         now: Duration,
-    ) -> Result<Arc<Mutex<Workload>>, RegisterError> {
+    ) -> Result<Arc<Tracked>, RegisterError> {
         if let Some(w) = self.get(&trigger.workload, trigger.fingerprint) {
+            w.touch(now);
             let mut g = lock(&w);
-            g.last_asked = now;
             if g.asker != asker {
                 g.asker = asker.to_string();
             }
@@ -440,7 +498,11 @@ impl Workloads {
             tracing::info!(workload = %trigger.workload, policy = %trigger.policy, %asker, "tracking a new workload");
         }
         let fingerprint = trigger.fingerprint;
-        let w = Arc::new(Mutex::new(Workload::new(trigger, asker, autoscaler, now)));
+        let state = Workload::new(trigger, asker, autoscaler, now);
+        let w = Arc::new(Tracked {
+            published: state.published.clone(),
+            state: Mutex::new(state),
+        });
         entries.push((fingerprint, w.clone()));
         Ok(w)
     }
@@ -453,18 +515,17 @@ impl Workloads {
         // would meanwhile hold up every RPC's read of the map (std's RwLock queues readers
         // behind a waiting writer). Each workload's own lock is held only for its decision.
         // (A workload is keyed by its trigger's workload, so only the Arcs are copied.)
-        let all: Vec<(u64, Arc<Mutex<Workload>>)> = self
+        let all: Vec<(u64, Arc<Tracked>)> = self
             .read()
             .values()
             .flat_map(|entries| entries.iter().map(|(f, w)| (*f, w.clone())))
             .collect();
         for (f, w) in all {
-            let mut g = lock(&w);
-            if now.saturating_sub(g.last_asked) > self.idle_ttl {
-                expired.push((g.trigger.workload.clone(), f));
+            if now.saturating_sub(w.last_asked()) > self.idle_ttl {
+                expired.push((w.trigger.workload.clone(), f));
                 continue;
             }
-            g.decide(view, now);
+            lock(&w).decide(view, now);
         }
         if !expired.is_empty() {
             let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
@@ -575,8 +636,8 @@ mod tests {
         let t = |s: u64| Duration::from_secs(s);
         // Never seen: unknown, never IsActive=false.
         ws.tick(&absent(1), t(1));
-        let a = lock(&w).answer.clone();
-        let why = a.active.unwrap_err();
+        let a = w.answer().clone();
+        let why = a.active.clone().unwrap_err();
         assert!(
             why.contains("no collector reports llm/qwen") && why.contains("no activator"),
             "{why}"
@@ -585,20 +646,12 @@ mod tests {
         // An activator that does not say whether replicas are ready: still unknown.
         ws.held(&key, 0.0, None, t(2));
         ws.tick(&absent(2), t(2));
-        assert!(
-            lock(&w)
-                .answer
-                .active
-                .clone()
-                .unwrap_err()
-                .contains("does not say")
-        );
+        assert!(&w.answer().active.clone().unwrap_err().contains("does not say"));
         // The activator sees ready replicas that no collector reports: misattributed, unknown.
         ws.held(&key, 0.0, Some(2), t(3));
         ws.tick(&absent(3), t(3));
         assert!(
-            lock(&w)
-                .answer
+            &w.answer()
                 .active
                 .clone()
                 .unwrap_err()
@@ -607,11 +660,11 @@ mod tests {
         // At zero replicas with a fresh report of nothing held: a known zero.
         ws.held(&key, 0.0, Some(0), t(4));
         ws.tick(&absent(4), t(4));
-        assert_eq!(lock(&w).answer.active, Ok(false));
-        assert_eq!(lock(&w).answer.value, Ok(0.0));
+        assert_eq!(w.answer().active, Ok(false));
+        assert_eq!(w.answer().value, Ok(0.0));
         // The report goes stale: unknown again.
         ws.tick(&absent(20), t(20));
-        assert!(lock(&w).answer.active.clone().unwrap_err().contains("s old"));
+        assert!(w.answer().active.clone().unwrap_err().contains("s old"));
         // --kube says zero replicas; a fresh report is still needed, and then it is known.
         ws.set_replicas(
             &key,
@@ -623,10 +676,10 @@ mod tests {
         );
         ws.held(&key, 0.0, None, t(21));
         ws.tick(&absent(21), t(21));
-        assert_eq!(lock(&w).answer.active, Ok(false));
+        assert_eq!(w.answer().active, Ok(false));
         // Held requests at zero: active, with the held count as demand.
         ws.held(&key, 3.0, None, t(22));
-        assert_eq!(lock(&w).answer.active, Ok(true));
+        assert_eq!(w.answer().active, Ok(true));
     }
 
     #[test]
@@ -639,14 +692,14 @@ mod tests {
                 Duration::ZERO,
             )
             .unwrap();
-        assert!(lock(&w).answer.value.is_err());
+        assert!(w.answer().value.is_err());
         ws.tick(&view(1, 6.0, 2.0, 1), Duration::from_secs(1));
-        assert_eq!(lock(&w).answer.value, Ok(4.0));
-        assert_eq!(lock(&w).answer.active, Ok(true));
+        assert_eq!(w.answer().value, Ok(4.0));
+        assert_eq!(w.answer().active, Ok(true));
         // The same page, 60 s later: stale; no number, no activity verdict.
         ws.tick(&view(1, 6.0, 2.0, 1), Duration::from_secs(61));
-        let a = lock(&w).answer.clone();
-        assert!(a.value.unwrap_err().contains("signal_stale"));
+        let a = w.answer().clone();
+        assert!(a.value.clone().unwrap_err().contains("signal_stale"));
         assert!(a.active.is_err());
     }
 
@@ -660,24 +713,24 @@ mod tests {
                 Duration::ZERO,
             )
             .unwrap();
-        let mut rx = lock(&w).subscribe();
+        let mut rx = w.subscribe();
         ws.tick(&view(1, 0.0, 0.0, 0), Duration::from_secs(1));
-        assert_eq!(lock(&w).answer.active, Ok(false));
+        assert_eq!(w.answer().active, Ok(false));
         assert_eq!(*rx.borrow_and_update(), Some((false, 0)));
         let key = lock(&w).trigger.workload.clone();
         assert!(ws.held(&key, 1.0, None, Duration::from_millis(1500)));
-        assert_eq!(lock(&w).answer.active, Ok(true));
+        assert_eq!(w.answer().active, Ok(true));
         assert!(rx.has_changed().unwrap());
         assert_eq!(*rx.borrow_and_update(), Some((true, 1)));
         // true -> false -> true before a reader looks: the edge count still shows the new edge.
         ws.held(&key, 0.0, None, Duration::from_millis(1600));
         ws.tick(&view(2, 0.0, 0.0, 0), Duration::from_millis(1700));
-        assert_eq!(lock(&w).answer.active, Ok(false));
+        assert_eq!(w.answer().active, Ok(false));
         ws.held(&key, 1.0, None, Duration::from_millis(1800));
         assert_eq!(*rx.borrow_and_update(), Some((true, 2)));
         // Held requests are demand for the policy too.
         ws.tick(&view(2, 0.0, 0.0, 0), Duration::from_secs(2));
-        assert_eq!(lock(&w).answer.value, Ok(1.0));
+        assert_eq!(w.answer().value, Ok(1.0));
         // Unknown workloads are refused.
         let other = WorkloadKey {
             namespace: "x".into(),
@@ -697,12 +750,12 @@ mod tests {
             )
             .unwrap();
         ws.tick(&view(1, 2.0, 0.0, 0), Duration::from_secs(1));
-        assert_eq!(lock(&w).answer.active, Ok(false));
+        assert_eq!(w.answer().active, Ok(false));
         ws.tick(&view(2, 4.0, 0.0, 0), Duration::from_secs(2));
-        assert_eq!(lock(&w).answer.active, Ok(true));
+        assert_eq!(w.answer().active, Ok(true));
         // Awake with one busy replica and demand under the threshold: still active.
         ws.tick(&view(3, 0.0, 1.0, 1), Duration::from_secs(3));
-        assert_eq!(lock(&w).answer.active, Ok(true));
+        assert_eq!(w.answer().active, Ok(true));
     }
 
     #[test]
@@ -733,8 +786,8 @@ mod tests {
             }
         }
         ws.tick(&view(1, 7.0, 0.0, 1), Duration::from_secs(1));
-        assert_eq!(lock(&a).answer.value, Ok(4.0));
-        assert_eq!(lock(&b).answer.value, Ok(2.0));
+        assert_eq!(a.answer().value, Ok(4.0));
+        assert_eq!(b.answer().value, Ok(2.0));
         // Held reports and replica counts reach every entry of the Deployment.
         let key = lock(&a).trigger.workload.clone();
         assert!(ws.held(&key, 9.0, None, Duration::from_secs(1)));
@@ -801,11 +854,60 @@ mod tests {
         t.join().unwrap();
         r.join().unwrap();
         assert_eq!(registered, Ok(true), "registration waited for the tick");
-        let decided = lock(&w).answer.value.clone();
+        let decided = w.answer().value.clone();
         assert!(
             decided.is_ok(),
             "the held workload was still decided: {decided:?}"
         );
+    }
+
+    /// KEDA's RPCs read the published answer: a decision holding the workload's lock (here held
+    /// by the test) never delays GetMetrics or IsActive.
+    #[test]
+    fn rpcs_answer_while_a_decision_holds_the_workload() {
+        use crate::pb::external_scaler_server::ExternalScaler as _;
+        let ws = Arc::new(Workloads::new(10, Duration::from_secs(600)));
+        let w = ws.register(trigger(&[]), "t", Duration::ZERO).unwrap();
+        ws.tick(&view(1, 3.0, 1.0, 1), Duration::from_secs(1));
+        let fingerprint = w.trigger.fingerprint;
+        let held = lock(&w);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let rpc = {
+            let ws = ws.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let scaler =
+                    crate::grpc::Scaler::new(ws.clone(), Arc::default(), gpuscale_contract::Clock::start());
+                // The same metadata the entry was registered with, so it resolves to it.
+                let md: Map<String, String> = [("deployment".to_string(), "qwen".to_string())].into();
+                let key = crate::trigger::Trigger::parse("llm", &md).unwrap().workload;
+                assert!(ws.get(&key, fingerprint).is_some());
+                let so = crate::pb::ScaledObjectRef {
+                    name: "qwen".into(),
+                    namespace: "llm".into(),
+                    scaler_metadata: md,
+                };
+                let active = rt.block_on(scaler.is_active(tonic::Request::new(so.clone())));
+                let metric = rt.block_on(scaler.get_metrics(tonic::Request::new(
+                    crate::pb::GetMetricsRequest {
+                        scaled_object_ref: Some(so),
+                        metric_name: String::new(),
+                    },
+                )));
+                let _ = tx.send((
+                    active.map(|r| r.into_inner().result).map_err(|e| e.to_string()),
+                    metric
+                        .map(|r| r.into_inner().metric_values[0].metric_value_float)
+                        .map_err(|e| e.to_string()),
+                ));
+            })
+        };
+        let answered = rx.recv_timeout(Duration::from_secs(5));
+        drop(held);
+        rpc.join().unwrap();
+        let (active, metric) = answered.unwrap_or_else(|_| panic!("the RPCs waited for the workload's lock"));
+        assert_eq!(active, Ok(true));
+        assert!(metric.is_ok_and(|v| v >= 1.0));
     }
 
     #[test]
@@ -829,7 +931,7 @@ mod tests {
         ws.tick(&v, Duration::from_secs(1));
         let g = lock(&w);
         assert_eq!(
-            g.answer.value,
+            g.answer().value,
             Ok(5.0),
             "still asked for: the cluster autoscaler may add nodes"
         );
@@ -851,7 +953,7 @@ mod tests {
             },
         );
         ws.tick(&view(1, 0.0, 0.0, 0), Duration::from_secs(1));
-        let e = lock(&w).answer.value.clone().unwrap_err();
+        let e = w.answer().value.clone().unwrap_err();
         assert!(e.contains("no collector reports them"), "{e}");
     }
 }

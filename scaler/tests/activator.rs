@@ -176,7 +176,7 @@ async fn held_until_the_upstream_starts_then_released_in_order_one_at_a_time() {
         Some(20.0),
         "the scaler learned of the demand"
     );
-    assert_eq!(lock(&w).answer.active, Ok(true), "and wants {key} awake");
+    assert_eq!(w.answer().active, Ok(true), "and wants {key} awake");
 
     upstream_on(up_addr, upstream.clone()).await;
     let started = Instant::now();
