@@ -16,11 +16,23 @@ pub struct Demand {
     pub held: f64,
 }
 
-/// Why activity is not known: the decision itself is missing or was a safety hold. KEDA hears
-/// this as an error, which never deactivates a workload.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct NotKnown(pub String);
+/// Why an answer (the metric value, or activity) is not known. KEDA hears it as UNAVAILABLE
+/// with this text, which never deactivates a workload; callers act on the variant, never on
+/// the text.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum NotKnown {
+    /// Nothing has been decided since the workload was registered.
+    #[error(
+        "no decision yet: the scaler has not completed a poll of the collectors since this workload was registered"
+    )]
+    NoDecision,
+    /// The signals are not known, and why (which collector or target, how old, what is missing).
+    #[error("{0}")]
+    Unobserved(String),
+    /// The policy held its count on a missing, stale or invalid signal.
+    #[error("{0}")]
+    Hold(Rule),
+}
 
 /// Whether the workload should be awake, given the last decision (or why there is none) and
 /// the current replica count.
@@ -44,7 +56,7 @@ pub fn activity(
     }
     let d = decision?;
     if d.rule.is_safety_hold() {
-        return Err(NotKnown(d.rule.to_string()));
+        return Err(NotKnown::Hold(d.rule));
     }
     let total = demand.waiting + demand.running + demand.held;
     Ok(if current == 0 {
@@ -79,11 +91,11 @@ mod tests {
 
     #[test]
     fn held_requests_wake_whatever_else_is_known() {
-        let none = || Err(NotKnown("no decision yet".into()));
+        let none = || Err(NotKnown::NoDecision);
         assert_eq!(activity(none(), 0, demand(0.0, 0.0, 1.0), 0.0), Ok(true));
         assert_eq!(
-            activity(none(), 0, demand(0.0, 0.0, 1.0), 1.0).map_err(|e| e.0),
-            Err("no decision yet".into())
+            activity(none(), 0, demand(0.0, 0.0, 1.0), 1.0),
+            Err(NotKnown::NoDecision)
         );
         let hold = decision(0, Rule::SignalStale(SignalKind::Waiting));
         assert_eq!(activity(Ok(&hold), 0, demand(0.0, 0.0, 3.0), 2.0), Ok(true));
@@ -92,7 +104,10 @@ mod tests {
     #[test]
     fn a_safety_hold_is_not_an_answer() {
         let hold = decision(3, Rule::SignalMissing(SignalKind::Waiting));
-        assert!(activity(Ok(&hold), 3, demand(5.0, 1.0, 0.0), 0.0).is_err());
+        assert_eq!(
+            activity(Ok(&hold), 3, demand(5.0, 1.0, 0.0), 0.0),
+            Err(NotKnown::Hold(Rule::SignalMissing(SignalKind::Waiting)))
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::pb::{
 };
 use crate::telemetry::Telemetry;
 use gpuscale_contract::Clock;
+use gpuscale_policies::answer::NotKnown;
 use gpuscale_policies::spec::brief_to as quote;
 
 use crate::trigger::{Trigger, TriggerError, fingerprint};
@@ -81,7 +82,7 @@ impl Scaler {
     }
 }
 
-fn unavailable(key: &WorkloadKey, why: &str) -> Status {
+fn unavailable(key: &WorkloadKey, why: &NotKnown) -> Status {
     Status::unavailable(format!("{key}: {why}"))
 }
 

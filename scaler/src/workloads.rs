@@ -136,18 +136,16 @@ impl std::ops::Deref for Tracked {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Answer {
     /// The metric value, or why there is none.
-    pub value: Result<f64, String>,
+    pub value: Result<f64, NotKnown>,
     /// Whether the workload should be awake, or why that is not known.
-    pub active: Result<bool, String>,
+    pub active: Result<bool, NotKnown>,
 }
-
-const NO_DECISION: &str = "no decision yet: the scaler has not completed a poll of the collectors since this workload was registered";
 
 impl Default for Answer {
     fn default() -> Self {
         Answer {
-            value: Err(NO_DECISION.to_string()),
-            active: Err(NO_DECISION.to_string()),
+            value: Err(NotKnown::NoDecision),
+            active: Err(NotKnown::NoDecision),
         }
     }
 }
@@ -306,11 +304,14 @@ impl Workload {
         let threshold = self.trigger.activation_threshold;
         // A decision on fresh data, or why there is none. `observed` is set whenever
         // `unknown` is clear after a decision.
-        let decided = match (&self.unknown, &self.decision) {
-            (Some(why), _) => Err(why.clone()),
-            (None, None) => Err(NO_DECISION.to_string()),
-            (None, Some((d, _))) if d.rule.is_safety_hold() => Err(d.rule.to_string()),
-            (None, Some((d, _))) => Ok(*d),
+        let decision = match (&self.unknown, &self.decision) {
+            (Some(why), _) => Err(NotKnown::Unobserved(why.clone())),
+            (None, None) => Err(NotKnown::NoDecision),
+            (None, Some((d, _))) => Ok(d),
+        };
+        let decided = match decision.clone() {
+            Ok(d) if d.rule.is_safety_hold() => Err(NotKnown::Hold(d.rule)),
+            other => other,
         };
         let o = self.observed.clone().unwrap_or_default();
         let value = decided.clone().map(|d| match self.trigger.mode {
@@ -329,12 +330,7 @@ impl Workload {
             running: o.running,
             held,
         };
-        let decision = match (&self.unknown, &self.decision) {
-            (Some(why), _) => Err(NotKnown(why.clone())),
-            (None, None) => Err(NotKnown(NO_DECISION.to_string())),
-            (None, Some((d, _))) => Ok(d),
-        };
-        let active = activity(decision, current, demand, threshold).map_err(|e| e.0);
+        let active = activity(decision, current, demand, threshold);
         if let Ok(a) = active {
             // Count inactive-to-active edges, so a stream that wakes up late (after a quick
             // true-false-true) still pushes the edge it did not see.
@@ -637,7 +633,7 @@ mod tests {
         // Never seen: unknown, never IsActive=false.
         ws.tick(&absent(1), t(1));
         let a = w.answer().clone();
-        let why = a.active.clone().unwrap_err();
+        let why = a.active.clone().unwrap_err().to_string();
         assert!(
             why.contains("no collector reports llm/qwen") && why.contains("no activator"),
             "{why}"
@@ -646,7 +642,14 @@ mod tests {
         // An activator that does not say whether replicas are ready: still unknown.
         ws.held(&key, 0.0, None, t(2));
         ws.tick(&absent(2), t(2));
-        assert!(&w.answer().active.clone().unwrap_err().contains("does not say"));
+        assert!(
+            &w.answer()
+                .active
+                .clone()
+                .unwrap_err()
+                .to_string()
+                .contains("does not say")
+        );
         // The activator sees ready replicas that no collector reports: misattributed, unknown.
         ws.held(&key, 0.0, Some(2), t(3));
         ws.tick(&absent(3), t(3));
@@ -655,6 +658,7 @@ mod tests {
                 .active
                 .clone()
                 .unwrap_err()
+                .to_string()
                 .contains("2 ready replicas")
         );
         // At zero replicas with a fresh report of nothing held: a known zero.
@@ -664,7 +668,14 @@ mod tests {
         assert_eq!(w.answer().value, Ok(0.0));
         // The report goes stale: unknown again.
         ws.tick(&absent(20), t(20));
-        assert!(w.answer().active.clone().unwrap_err().contains("s old"));
+        assert!(
+            w.answer()
+                .active
+                .clone()
+                .unwrap_err()
+                .to_string()
+                .contains("s old")
+        );
         // --kube says zero replicas; a fresh report is still needed, and then it is known.
         ws.set_replicas(
             &key,
@@ -699,7 +710,15 @@ mod tests {
         // The same page, 60 s later: stale; no number, no activity verdict.
         ws.tick(&view(1, 6.0, 2.0, 1), Duration::from_secs(61));
         let a = w.answer().clone();
-        assert!(a.value.clone().unwrap_err().contains("signal_stale"));
+        assert!(
+            matches!(
+                a.value,
+                Err(NotKnown::Hold(gpuscale_policies::Rule::SignalStale(_)))
+            ),
+            "a stale signal is a hold: {:?}",
+            a.value
+        );
+        assert!(a.value.clone().unwrap_err().to_string().contains("signal_stale"));
         assert!(a.active.is_err());
     }
 
@@ -954,6 +973,8 @@ mod tests {
         );
         ws.tick(&view(1, 0.0, 0.0, 0), Duration::from_secs(1));
         let e = w.answer().value.clone().unwrap_err();
+        assert!(matches!(e, NotKnown::Unobserved(_)), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("no collector reports them"), "{e}");
     }
 }
