@@ -880,6 +880,29 @@ mod tests {
         );
     }
 
+    /// The in-process activator's reports reach the workload at once: held requests at zero
+    /// replicas make it active without waiting for a tick.
+    #[test]
+    fn the_in_process_activator_wakes_a_workload_at_zero() {
+        use gpuscale_activator::HeldSink as _;
+        let clock = Clock::start();
+        let ws = Arc::new(Workloads::new(10, Duration::from_secs(600)));
+        let w = ws.register(trigger(&[]), "t", clock.now()).unwrap();
+        let key = w.trigger.workload.clone();
+        InProcess(ws.clone(), clock).held(&key, 20, Some(0));
+        assert_eq!(
+            lock(&w).held.map(|h| (h.requests, h.ready)),
+            Some((20.0, Some(0)))
+        );
+        assert_eq!(w.answer().active, Ok(true), "20 held wake {key}");
+        InProcess(ws.clone(), clock).held(&key, 0, Some(0));
+        assert_ne!(
+            w.answer().active,
+            Ok(true),
+            "nothing held, nothing decided: not active"
+        );
+    }
+
     /// KEDA's RPCs read the published answer: a decision holding the workload's lock (here held
     /// by the test) never delays GetMetrics or IsActive.
     #[test]

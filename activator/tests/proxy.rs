@@ -4,19 +4,25 @@
 //! for clients that leave, and HTTP/2 clients.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use gpuscale_activator::{Activator, Config, Reporter, Route};
-use gpuscale_contract::Clock;
+use gpuscale_activator::{Activator, Config, HeldSink, Reporter, Route};
 use gpuscale_contract::WorkloadKey;
-use gpuscale_scaler::trigger::Trigger;
-use gpuscale_scaler::workloads::{Workloads, lock};
+
+/// A scaler stand-in: the last held count reported per workload (the scaler's own sink is
+/// tested in gpuscale-scaler, `workloads::tests`).
+#[derive(Default)]
+struct Reports(Mutex<std::collections::HashMap<WorkloadKey, usize>>);
+
+impl HeldSink for Reports {
+    fn held(&self, workload: &WorkloadKey, held: usize, _ready: Option<u32>) {
+        self.0.lock().unwrap().insert(workload.clone(), held);
+    }
+}
 
 #[derive(Default)]
 struct Upstream {
@@ -111,7 +117,9 @@ async fn until(what: &str, done: impl Fn() -> bool) {
 }
 
 fn free_addr() -> SocketAddr {
-    format!("127.0.0.1:{}", common::free_port()).parse().unwrap()
+    format!("127.0.0.1:{}", gpuscale_testkit::free_port())
+        .parse()
+        .unwrap()
 }
 
 async fn post(client: &reqwest::Client, proxy: SocketAddr, body: String) -> (u16, String) {
@@ -129,23 +137,9 @@ async fn post(client: &reqwest::Client, proxy: SocketAddr, body: String) -> (u16
 async fn held_until_the_upstream_starts_then_released_in_order_one_at_a_time() {
     let up_addr = free_addr();
     let upstream = Arc::new(Upstream::default());
-    // The scaler in-process: held requests make the workload active at once.
-    let clock = Clock::start();
-    let ws = Arc::new(Workloads::new(10, Duration::from_secs(600)));
-    let mut md = std::collections::HashMap::new();
-    md.insert("deployment".to_string(), "qwen".to_string());
-    let w = ws
-        .register(
-            Trigger::parse("llm", &md).unwrap(),
-            "ScaledObject llm/qwen",
-            clock.now(),
-        )
-        .unwrap();
-    let (a, proxy, _stop) = start(
-        config(up_addr, 1),
-        Reporter::InProcess(Arc::new(gpuscale_scaler::workloads::InProcess(ws.clone(), clock))),
-    )
-    .await;
+    // Held requests are reported at once, so the scaler can wake the workload.
+    let reports = Arc::new(Reports::default());
+    let (a, proxy, _stop) = start(config(up_addr, 1), Reporter::InProcess(reports.clone())).await;
 
     let client = reqwest::Client::new();
     let mut tasks = Vec::new();
@@ -158,25 +152,19 @@ async fn held_until_the_upstream_starts_then_released_in_order_one_at_a_time() {
         // The next is sent once this one is held, so arrival order is the index order.
         until(&format!("req{i:02} held"), || gate.held() == i + 1).await;
     }
-    until("the scaler hears of 20 held", || {
-        lock(&w).held.map(|h| h.requests) == Some(20.0)
-    })
-    .await;
     let key = WorkloadKey {
         namespace: "llm".into(),
         name: "qwen".into(),
     };
+    until("the scaler hears of 20 held", || {
+        reports.0.lock().unwrap().get(&key) == Some(&20)
+    })
+    .await;
     assert_eq!(
         a.gates()[0].1.held(),
         20,
         "all 20 held while the upstream is down"
     );
-    assert_eq!(
-        lock(&w).held.map(|h| h.requests),
-        Some(20.0),
-        "the scaler learned of the demand"
-    );
-    assert_eq!(w.answer().active, Ok(true), "and wants {key} awake");
 
     upstream_on(up_addr, upstream.clone()).await;
     let started = Instant::now();
