@@ -10,9 +10,10 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 
-use gpuscale_policies::answer::{Demand, activity};
-use gpuscale_policies::hpa::{Hpa, HpaConfig, HpaMetric, HpaTarget};
-use gpuscale_policies::{Autoscaler, Bounds, Context, Metric, Reading, Signals};
+use gpuscale_policies::answer::Demand;
+
+use crate::keda::{Keda, KedaConfig};
+use gpuscale_policies::{Autoscaler, Reading, Signals};
 
 use crate::llm::{LlmConfig, LlmReplica, Phase, Requests, Router, StepEvents};
 use crate::rng::Rng;
@@ -270,9 +271,8 @@ pub struct Engine<'a> {
     windows: Windows,
     arrivals_this_second: u32,
     last_scrape: Option<Scrape>,
-    // KEDA loop model
-    keda_hpa: Hpa,
-    keda_last_active: Option<u64>,
+    /// KEDA's model, in `--loop keda`.
+    keda: Option<Keda>,
     // iteration-level LLM model
     llm: Vec<LlmReplica>,
     /// Replicas that may be idle (checked when taken; duplicates and stale entries are fine).
@@ -350,14 +350,18 @@ impl<'a> Engine<'a> {
             windows: Windows::new(),
             arrivals_this_second: 0,
             last_scrape: None,
-            keda_hpa: Hpa::new(HpaConfig {
-                metrics: vec![HpaMetric {
-                    metric: Metric::Load,
-                    target: HpaTarget::AverageValue(1.0),
-                }],
-                ..HpaConfig::default()
-            }),
-            keda_last_active: None,
+            keda: match control.loop_model {
+                LoopModel::Keda {
+                    polling,
+                    hpa_sync,
+                    cooldown,
+                } => Some(Keda::new(KedaConfig {
+                    polling,
+                    hpa_sync,
+                    cooldown,
+                })),
+                LoopModel::Direct { .. } => None,
+            },
             llm: match serving.serving {
                 Serving::Llm(_) => (0..initial).map(|_| LlmReplica::default()).collect(),
                 _ => Vec::new(),
@@ -983,70 +987,36 @@ impl<'a> Engine<'a> {
                 self.apply(d.desired);
                 true
             }
-            LoopModel::Keda {
-                polling,
-                hpa_sync,
-                cooldown,
-            } => {
-                let poll = sec.is_multiple_of(polling.max(1));
-                let sync = sec.is_multiple_of(hpa_sync.max(1));
-                if !(poll || sync && self.desired > 0) {
+            LoopModel::Keda { .. } => {
+                if !self.keda.as_ref().is_some_and(|k| k.reads(sec, self.desired)) {
                     return false;
                 }
                 // One decision a second, whichever loops read it: the scaler decides on its own
                 // clock and answers every RPC from the last decision.
                 let d = self.autoscaler.decide(now, signals);
                 self.out.last_rule = d.rule.code().to_string();
-                if poll {
-                    // What the scaler would answer IsActive, from the same function. The
-                    // simulator has no activator: requests queued at zero replicas are the
-                    // ones an activator would hold.
-                    let queued = self.waiting_now() as f64;
-                    let demand = if self.desired == 0 {
-                        Demand {
-                            held: queued,
-                            ..Demand::default()
-                        }
-                    } else {
-                        Demand {
-                            waiting: queued,
-                            running: f64::from(self.running_now()),
-                            held: 0.0,
-                        }
-                    };
-                    match activity(Ok(&d), self.desired, demand, 0.0) {
-                        Ok(true) => {
-                            self.keda_last_active = Some(sec);
-                            if self.desired == 0 {
-                                self.apply(1); // KEDA activation: 0 -> max(minReplicaCount, 1)
-                            }
-                        }
-                        Ok(false)
-                            if self.desired > 0
-                                // Before any activity KEDA counts the cooldown from the
-                                // ScaledObject's creation (t = 0 here), not from nothing.
-                                && sec.saturating_sub(self.keda_last_active.unwrap_or(0)) >= cooldown =>
-                        {
-                            self.apply(0);
-                        }
-                        // Not known (a safety hold): KEDA hears an error and changes nothing.
-                        Ok(false) | Err(_) => {}
+                // What the scaler sees. The simulator has no activator: requests queued at zero
+                // replicas are the ones an activator would hold.
+                let queued = self.waiting_now() as f64;
+                let demand = if self.desired == 0 {
+                    Demand {
+                        held: queued,
+                        ..Demand::default()
                     }
-                }
-                if sync && self.desired > 0 {
-                    let bounds = self.autoscaler.bounds();
-                    let ctx = Context {
-                        now,
-                        bounds: Bounds {
-                            min: bounds.min.max(1),
-                            max: bounds.max,
-                        },
-                        max_signal_age: self.autoscaler.safety().max_signal_age,
-                    };
-                    let mut s = signals.clone();
-                    s.current = self.desired;
-                    let r = self.keda_hpa.recommend_value(&ctx, &s, f64::from(d.desired));
-                    self.apply(r.replicas);
+                } else {
+                    Demand {
+                        waiting: queued,
+                        running: f64::from(self.running_now()),
+                        held: 0.0,
+                    }
+                };
+                let (bounds, age) = (self.autoscaler.bounds(), self.autoscaler.safety().max_signal_age);
+                let actions = match self.keda.as_mut() {
+                    Some(keda) => keda.step(sec, now, &d, self.desired, demand, signals, bounds, age),
+                    None => return false,
+                };
+                for n in [actions.activation, actions.hpa].into_iter().flatten() {
+                    self.apply(n);
                 }
                 true
             }

@@ -2,13 +2,15 @@
 //!
 //! It owns the trace readers ([`trace`]), the serving model ([`serving`]: replicas with a
 //! concurrency limit or LLM continuous batching, cold starts, GPU cost), the replay engine and
-//! its control-loop models ([`engine`]: gpuscale scaling directly, or KEDA polling an HPA), and
+//! its control-loop models ([`engine`]: gpuscale scaling directly, or [`keda`]: KEDA polling the
+//! scaler and driving an HPA), and
 //! the reports ([`report`]: table, JSON, HTML with SVG charts, sweeps with a Pareto frontier).
 //! Every decision comes from [`gpuscale_policies`], unchanged, and so does what KEDA is told
 //! of it (`gpuscale_policies::answer::activity`), so a replay shows what the scaler would have
 //! done.
 
 pub mod engine;
+pub mod keda;
 pub mod llm;
 pub mod oracle;
 pub mod perf;
