@@ -30,7 +30,10 @@ fn main() {
     let page_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/fixtures/metrics/vllm-v1-k8s-ai-conformance-kops-qwen2.5-0.5b.txt");
     let Ok(page) = std::fs::read_to_string(&page_path) else {
-        println!("SKIPPED: {} not found", page_path.display());
+        gpuscale_testkit::missing(
+            format_args!("{} not found", page_path.display()),
+            "CI clones main with shared/ beside it",
+        );
         return;
     };
     let (mut gpus, _h) = FakeGpus::new(8);

@@ -387,7 +387,7 @@ fn bad_flags_fail_with_the_fix() {
 fn nvml_reads_a_real_gpu() {
     // Needs a GPU node. CI has none: skipped there too, explicitly, never faked.
     match gpuscale_collector::gpu::NvmlGpus::new() {
-        Err(e) => eprintln!("SKIPPED: no NVML on this machine: {e}"),
+        Err(e) => gpuscale_testkit::skipped(format_args!("no NVML on this machine: {e}")),
         Ok(mut g) => {
             use gpuscale_collector::gpu::GpuSource;
             let gpus = g.read().unwrap_or_else(|e| panic!("{e}"));

@@ -1,8 +1,8 @@
 //! Test support shared by the workspace's tests and benches. It owns one rule: what a test
 //! does when a peer it needs (a data file beside the checkout, a Python package, Prometheus)
 //! is missing. Under `CI=true` the test fails, since `.ci/run` installs every peer and clones
-//! `shared/` beside the checkout; elsewhere it prints `SKIPPED: ...`, so a skip shows in the
-//! output instead of reading as a pass.
+//! `shared/` beside the checkout; elsewhere it prints `SKIPPED <test name>: ...`, so a skip shows
+//! in the output, naming the test, instead of reading as a pass.
 //!
 //! Also what several crates' tests do the same way: a free loopback port ([`free_port`]), a
 //! child process that dies with the test ([`Kill`]), a binary's flags from its `--help`
@@ -18,12 +18,22 @@ pub fn ci() -> bool {
 }
 
 /// A peer is missing: panics under CI, naming it and `fix` (how CI provides it); elsewhere
-/// prints `SKIPPED: what`. The caller then returns without testing what needs the peer.
+/// prints `SKIPPED <test>: what`, with the test's name (libtest names each test's thread), so
+/// `grep SKIPPED` lists which tests did not run. The caller then returns without testing what
+/// needs the peer.
 pub fn missing(what: impl Display, fix: &str) {
     if ci() {
         panic!("{what} (CI=true: {fix})");
     }
-    eprintln!("SKIPPED: {what}");
+    skipped(what);
+}
+
+/// Report this test as skipped, CI or not: only for a peer no CI machine has (a GPU), where the
+/// skip is the expected outcome. Prints `SKIPPED <test>: what`.
+pub fn skipped(what: impl Display) {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("(unnamed thread)");
+    eprintln!("SKIPPED {test}: {what}");
 }
 
 /// A loopback port that was free a moment ago (bound, read, released), for a server a test
