@@ -214,7 +214,20 @@ async fn token_rates_drive_the_answer_and_their_loss_is_unknown() {
         c.base = (0.0, 0.0);
     });
     let (m, a) = until(&mut c, "recovery", |(m, _)| m.is_ok()).await;
-    assert_eq!((m.unwrap(), a.unwrap()), (6.0, true));
+    // A reset read as a rate would be negative or near zero (1 replica at most); the first
+    // span after it may carry scheduling jitter on a loaded machine (5.1 busy read as 4.x: 5),
+    // so the first answer is 5 or 6, and then 6.
+    let first = m.unwrap();
+    assert!(
+        first == 6.0 || first == 5.0,
+        "first answer after the reset: {first}"
+    );
+    assert!(a.unwrap(), "active after recovery");
+    let (m, _) = until(&mut c, "the true answer after recovery", |(m, _)| {
+        m.as_ref().is_ok_and(|v| *v == 6.0)
+    })
+    .await;
+    assert_eq!(m.unwrap(), 6.0);
 
     // A fifth of the load, known: 900 / 1,000 = 0.9 replicas busy, so 1.
     for s in &servers {
