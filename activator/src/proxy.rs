@@ -179,7 +179,8 @@ impl Activator {
     }
 
     /// How many workloads have a gate (routed, or unrouted but still holding requests).
-    pub fn gate_count(&self) -> usize {
+    #[cfg(test)]
+    fn gate_count(&self) -> usize {
         self.gates.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 

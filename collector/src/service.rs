@@ -403,10 +403,8 @@ impl Scrapers {
             }
             // A target's task never returns: one that has ended panicked, and is started again
             // below (meanwhile its last reading only ages, into stale).
-            if keep && handle.is_finished() {
-                if let Some(Err(e)) = futures_util::FutureExt::now_or_never(&mut *handle)
-                    && e.is_panic()
-                {
+            if keep && let Some(panic) = gpuscale_edge::tasks::ended(handle) {
+                if let Some(e) = panic {
                     tracing::error!(target = %gpuscale_contract::redact_url(&t.url), error = %e, "scrape task panicked; restarting it");
                 }
                 return false;
@@ -513,10 +511,8 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
             targets.extend(f.iter().take(1024).cloned());
         }
         scrapers.sync(&targets, &shared, &readings);
-        if let Some(h) = refreshing.as_mut().filter(|h| h.is_finished()) {
-            if let Some(Err(e)) = futures_util::FutureExt::now_or_never(h)
-                && e.is_panic()
-            {
+        if let Some(panic) = refreshing.as_mut().and_then(gpuscale_edge::tasks::ended) {
+            if let Some(e) = panic {
                 tracing::error!(error = %e, "PodResources refresh panicked; restarting it");
             }
             refreshing = refresh();

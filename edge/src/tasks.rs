@@ -104,6 +104,19 @@ impl Tasks {
     }
 }
 
+/// For an owner that restarts its per-item tasks (a scrape target, a collector reader) rather
+/// than supervise them in a [`Tasks`] set: whether `handle`'s task has ended, and the panic it
+/// ended with, if it did (`Some(None)`: ended without one, e.g. aborted at shutdown).
+pub fn ended<T>(handle: &mut tokio::task::JoinHandle<T>) -> Option<Option<JoinError>> {
+    if !handle.is_finished() {
+        return None;
+    }
+    match futures_util::FutureExt::now_or_never(handle) {
+        Some(Err(e)) if e.is_panic() => Some(Some(e)),
+        _ => Some(None),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -165,6 +178,20 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.to_string(), "bind failed");
+    }
+
+    #[tokio::test]
+    async fn an_ended_task_tells_a_panic_from_a_clean_end() {
+        let mut running = tokio::spawn(std::future::pending::<()>());
+        assert!(ended(&mut running).is_none());
+        let mut panicked = tokio::spawn(async { panic!("boom") });
+        let mut returned = tokio::spawn(async {});
+        while !(panicked.is_finished() && returned.is_finished()) {
+            tokio::task::yield_now().await;
+        }
+        assert!(ended(&mut panicked).is_some_and(|p| p.is_some_and(|e| e.is_panic())));
+        assert!(ended(&mut returned).is_some_and(|p| p.is_none()));
+        running.abort();
     }
 
     #[tokio::test]

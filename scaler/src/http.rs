@@ -212,15 +212,15 @@ async fn debug(State(s): State<AppState>) -> Response {
             seconds_ago: now.saturating_sub(*at).as_secs_f64(),
         });
         let item = DebugWorkload {
-            namespace: &g.trigger.workload.namespace,
-            name: &g.trigger.workload.name,
-            policy: &g.trigger.policy,
-            mode: match g.trigger.mode {
+            namespace: &w.trigger.workload.namespace,
+            name: &w.trigger.workload.name,
+            policy: &w.trigger.policy,
+            mode: match w.trigger.mode {
                 Mode::Replicas => "replicas",
                 Mode::Signal { .. } => "signal",
             },
-            metric_name: g.trigger.metric_name(),
-            params: &g.trigger.params,
+            metric_name: w.trigger.metric_name(),
+            params: &w.trigger.params,
             observed: &g.observed,
             unknown: &g.unknown,
             signals: &g.signals,
@@ -233,8 +233,8 @@ async fn debug(State(s): State<AppState>) -> Response {
             unavailable: answer.value.as_ref().err().map(ToString::to_string),
             seconds_since_asked: now.saturating_sub(w.last_asked()).as_secs_f64(),
             asked_by: &g.asker,
-            fingerprint: format!("{:016x}", g.trigger.fingerprint),
-            triggers: all.iter().filter(|(k, _)| *k == g.trigger.workload).count(),
+            fingerprint: format!("{:016x}", w.trigger.fingerprint),
+            triggers: all.iter().filter(|(k, _)| *k == w.trigger.workload).count(),
         };
         out.push(serde_json::to_value(&item).unwrap_or_default());
     }

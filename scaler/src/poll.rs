@@ -253,10 +253,8 @@ pub async fn run(
             }
             // A reader never returns: one that has ended panicked, and is started again below
             // (meanwhile its last page only ages, into stale).
-            if keep && handle.is_finished() {
-                if let Some(Err(e)) = futures_util::FutureExt::now_or_never(&mut *handle)
-                    && e.is_panic()
-                {
+            if keep && let Some(panic) = gpuscale_edge::tasks::ended(handle) {
+                if let Some(e) = panic {
                     tracing::error!(collector = %redact_url(addr), error = %e, "collector reader panicked; restarting it");
                 }
                 return false;

@@ -48,8 +48,6 @@ pub const HELD_TTL: Duration = Duration::from_secs(5);
 
 /// One workload.
 pub struct Workload {
-    /// Its trigger.
-    pub trigger: Trigger,
     autoscaler: Autoscaler,
     /// The last observation, if known.
     pub observed: Option<Observed>,
@@ -152,10 +150,8 @@ impl Default for Answer {
 
 impl Workload {
     fn new(trigger: Trigger, asker: &str, autoscaler: Autoscaler, now: Duration) -> Self {
-        let trigger_copy = trigger.clone();
         Workload {
             asker: asker.to_string(),
-            trigger,
             autoscaler,
             observed: None,
             unknown: None,
@@ -164,7 +160,7 @@ impl Workload {
             capacity: None,
             held: None,
             replicas: None,
-            published: Arc::new(Published::new(trigger_copy, now)),
+            published: Arc::new(Published::new(trigger, now)),
         }
     }
 
@@ -211,15 +207,10 @@ impl Workload {
         }
     }
 
-    /// The answer published last (also readable without the lock, from [`Published`]).
-    pub fn answer(&self) -> Arc<Answer> {
-        self.published.answer()
-    }
-
     /// Build signals from the view and decide.
     fn decide(&mut self, view: &View, now: Duration) {
         let held = self.fresh_held(now);
-        let seen = view.observe(&self.trigger.workload);
+        let seen = view.observe(&self.published.trigger.workload);
         let (observed, at) = match seen {
             Seen::Known { observed, at } => match self.replicas {
                 // The API server says pods are ready, but no collector reports them yet.
@@ -278,13 +269,13 @@ impl Workload {
         let d = self.autoscaler.decide(now, &signals);
         self.capacity = None;
         if d.desired > current && !view.capacity.is_empty() {
-            let need = (d.desired - current).saturating_mul(self.trigger.gpus_per_replica);
-            let free = view.free_gpus(&self.trigger.gpu_model);
+            let need = (d.desired - current).saturating_mul(self.published.trigger.gpus_per_replica);
+            let free = view.free_gpus(&self.published.trigger.gpu_model);
             if need > free {
-                let model = if self.trigger.gpu_model.is_empty() {
+                let model = if self.published.trigger.gpu_model.is_empty() {
                     "GPUs"
                 } else {
-                    self.trigger.gpu_model.as_str()
+                    self.published.trigger.gpu_model.as_str()
                 };
                 self.capacity = Some(format!(
                     "capacity: scaling {current} -> {} needs {need} {model} but the collectors report {free} free",
@@ -301,7 +292,7 @@ impl Workload {
     /// Recompute the answers from the last decision and the held requests.
     fn publish(&mut self, now: Duration) {
         let held = self.fresh_held(now);
-        let threshold = self.trigger.activation_threshold;
+        let threshold = self.published.trigger.activation_threshold;
         // A decision on fresh data, or why there is none. `observed` is set whenever
         // `unknown` is clear after a decision.
         let decision = match (&self.unknown, &self.decision) {
@@ -314,7 +305,7 @@ impl Workload {
             other => other,
         };
         let o = self.observed.clone().unwrap_or_default();
-        let value = decided.clone().map(|d| match self.trigger.mode {
+        let value = decided.clone().map(|d| match self.published.trigger.mode {
             Mode::Replicas => f64::from(d.desired),
             Mode::Signal { metric, .. } => match metric {
                 gpuscale_policies::Metric::Waiting => o.waiting + held,
@@ -628,7 +619,7 @@ mod tests {
                 Duration::ZERO,
             )
             .unwrap();
-        let key = lock(&w).trigger.workload.clone();
+        let key = w.trigger.workload.clone();
         let t = |s: u64| Duration::from_secs(s);
         // Never seen: unknown, never IsActive=false.
         ws.tick(&absent(1), t(1));
@@ -736,7 +727,7 @@ mod tests {
         ws.tick(&view(1, 0.0, 0.0, 0), Duration::from_secs(1));
         assert_eq!(w.answer().active, Ok(false));
         assert_eq!(*rx.borrow_and_update(), Some((false, 0)));
-        let key = lock(&w).trigger.workload.clone();
+        let key = w.trigger.workload.clone();
         assert!(ws.held(&key, 1.0, None, Duration::from_millis(1500)));
         assert_eq!(w.answer().active, Ok(true));
         assert!(rx.has_changed().unwrap());
@@ -808,7 +799,7 @@ mod tests {
         assert_eq!(a.answer().value, Ok(4.0));
         assert_eq!(b.answer().value, Ok(2.0));
         // Held reports and replica counts reach every entry of the Deployment.
-        let key = lock(&a).trigger.workload.clone();
+        let key = a.trigger.workload.clone();
         assert!(ws.held(&key, 9.0, None, Duration::from_secs(1)));
         assert_eq!(lock(&b).held.map(|h| h.requests), Some(9.0));
         // Bounded per Deployment.
@@ -973,7 +964,7 @@ mod tests {
         ws.tick(&v, Duration::from_secs(1));
         let g = lock(&w);
         assert_eq!(
-            g.answer().value,
+            w.answer().value,
             Ok(5.0),
             "still asked for: the cluster autoscaler may add nodes"
         );
@@ -985,7 +976,7 @@ mod tests {
     fn kube_replicas_without_collector_series_are_unknown() {
         let ws = Workloads::new(10, Duration::from_secs(600));
         let w = ws.register(trigger(&[]), "t", Duration::ZERO).unwrap();
-        let key = lock(&w).trigger.workload.clone();
+        let key = w.trigger.workload.clone();
         ws.set_replicas(
             &key,
             Replicas {
