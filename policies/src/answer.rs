@@ -4,6 +4,7 @@
 //! made KEDA do, not what a simpler rule would.
 
 use crate::decision::{Decision, Rule};
+use crate::signals::Metric;
 
 /// The demand a workload's activity is judged on, in requests.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -63,6 +64,64 @@ pub fn activity(
         total > threshold || (d.rule == Rule::Prewarm && d.desired > 0)
     } else {
         d.desired > 0 || demand.running > 0.0 || total > threshold
+    })
+}
+
+/// What GetMetrics reports for a workload.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Reported {
+    /// The policy's desired replica count (KEDA's HPA, with target 1, passes it through).
+    Replicas,
+    /// The raw signal, for HPA's own formula against a per-replica target.
+    Signal(Metric),
+}
+
+/// What the collectors measured for a workload, summed or averaged over its replicas.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Measured {
+    /// Requests queued, in service, and held at an activator.
+    pub demand: Demand,
+    /// Mean KV-cache usage, 0-1, when every replica reports it.
+    pub kv_cache_usage: Option<f64>,
+    /// Mean GPU utilization, 0-1, when the pods' GPUs are attributed.
+    pub gpu_utilization: Option<f64>,
+}
+
+/// The number GetMetrics reports, given the last decision (or why there is none).
+///
+/// A safety hold is not a number, and neither is a signal no collector reported: a missing
+/// KV-cache or GPU reading read as 0 would let KEDA's HPA scale the workload down on nothing.
+pub fn value(
+    decision: Result<&Decision, NotKnown>,
+    reported: Reported,
+    seen: &Measured,
+) -> Result<f64, NotKnown> {
+    let d = decision?;
+    if d.rule.is_safety_hold() {
+        return Err(NotKnown::Hold(d.rule));
+    }
+    let Demand {
+        waiting,
+        running,
+        held,
+    } = seen.demand;
+    let unreported = |what: &str| {
+        NotKnown::Unobserved(format!(
+            "{what} is not reported for this workload (no model server page carries it, or its pods' GPUs are not attributed); report another metric or fix the collector's targets"
+        ))
+    };
+    Ok(match reported {
+        Reported::Replicas => f64::from(d.desired),
+        Reported::Signal(Metric::Waiting) => waiting + held,
+        Reported::Signal(Metric::Running) => running,
+        Reported::Signal(Metric::KvCacheUsage) => {
+            seen.kv_cache_usage.ok_or_else(|| unreported("kv_cache_usage"))?
+        }
+        Reported::Signal(Metric::GpuUtilization) => seen
+            .gpu_utilization
+            .ok_or_else(|| unreported("gpu_utilization"))?,
+        // `load`; the trigger refuses `arrival_rate` in signal mode.
+        Reported::Signal(Metric::Load | Metric::ArrivalRate) => waiting + running + held,
     })
 }
 
@@ -131,6 +190,39 @@ mod tests {
         assert_eq!(
             activity(Ok(&decision(1, Rule::QueueTarget)), 2, demand(0.0, 0.0, 0.0), 5.0),
             Ok(true)
+        );
+    }
+
+    #[test]
+    fn the_reported_value_is_a_number_only_when_it_is_known() {
+        let seen = Measured {
+            demand: demand(3.0, 2.0, 1.0),
+            kv_cache_usage: None,
+            gpu_utilization: Some(0.5),
+        };
+        let d = decision(4, Rule::QueueTarget);
+        assert_eq!(value(Ok(&d), Reported::Replicas, &seen), Ok(4.0));
+        assert_eq!(value(Ok(&d), Reported::Signal(Metric::Load), &seen), Ok(6.0));
+        assert_eq!(value(Ok(&d), Reported::Signal(Metric::Waiting), &seen), Ok(4.0));
+        assert_eq!(value(Ok(&d), Reported::Signal(Metric::Running), &seen), Ok(2.0));
+        assert_eq!(
+            value(Ok(&d), Reported::Signal(Metric::GpuUtilization), &seen),
+            Ok(0.5)
+        );
+        // An unreported KV-cache reading is unknown, not an idle cache.
+        let kv = value(Ok(&d), Reported::Signal(Metric::KvCacheUsage), &seen);
+        assert!(
+            matches!(&kv, Err(NotKnown::Unobserved(why)) if why.contains("kv_cache_usage")),
+            "{kv:?}"
+        );
+        let hold = decision(4, Rule::SignalStale(SignalKind::Waiting));
+        assert_eq!(
+            value(Ok(&hold), Reported::Replicas, &seen),
+            Err(NotKnown::Hold(Rule::SignalStale(SignalKind::Waiting)))
+        );
+        assert_eq!(
+            value(Err(NotKnown::NoDecision), Reported::Replicas, &seen),
+            Err(NotKnown::NoDecision)
         );
     }
 }

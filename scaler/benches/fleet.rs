@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
-use gpuscale_scaler::pb::{GetMetricsRequest, ScaledObjectRef};
+use gpuscale_scaler::keda::pb::external_scaler_client::ExternalScalerClient;
+use gpuscale_scaler::keda::pb::{GetMetricsRequest, ScaledObjectRef};
 
 mod common;
 use common::{GPUS, PLACEHOLDER, TARGETS, page};

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use gpuscale_collector::scrape::{CustomNames, Preset, Target};
 use gpuscale_collector::service::{Config, Pages, router, tick_loop};
-use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
-use gpuscale_scaler::pb::{GetMetricsRequest, ScaledObjectRef};
+use gpuscale_scaler::keda::pb::external_scaler_client::ExternalScalerClient;
+use gpuscale_scaler::keda::pb::{GetMetricsRequest, ScaledObjectRef};
 use gpuscale_testkit::{Kill, free_port};
 
 /// A vLLM-shaped page whose waiting count the bench sets.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gpuscale_expfmt::text::{Limits, parse_openmetrics};
-use gpuscale_scaler::aggregate::{Page, Received, Source, View};
+use gpuscale_scaler::sources::aggregate::{Page, Received, Source, View};
 
 mod common;
 

@@ -12,9 +12,9 @@ use axum::routing::{get, post};
 use gpuscale_expfmt::write::{Format, Writer};
 use serde::{Deserialize, Serialize};
 
-use crate::poll::Polled;
+use crate::keda::trigger::Mode;
+use crate::sources::poll::Polled;
 use crate::telemetry::{METHODS, Telemetry};
-use crate::trigger::Mode;
 use crate::workloads::{Workloads, lock};
 use gpuscale_contract::Clock;
 use gpuscale_contract::WorkloadKey;
@@ -166,7 +166,7 @@ struct DebugWorkload<'a> {
     mode: &'static str,
     metric_name: String,
     params: &'a [(String, String)],
-    observed: &'a Option<crate::aggregate::Observed>,
+    observed: &'a Option<crate::sources::aggregate::Observed>,
     unknown: &'a Option<String>,
     signals: &'a Option<gpuscale_policies::Signals>,
     decision: Option<DebugDecision>,

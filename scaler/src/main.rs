@@ -10,10 +10,10 @@ use clap::Parser;
 use gpuscale_contract::Clock;
 use gpuscale_edge::tasks::Tasks;
 use gpuscale_policies::spec::parse_duration;
-use gpuscale_scaler::grpc::Scaler;
 use gpuscale_scaler::http::{AppState, router};
-use gpuscale_scaler::pb::external_scaler_server::ExternalScalerServer;
-use gpuscale_scaler::poll::{self, PollConfig, Polled};
+use gpuscale_scaler::keda::grpc::Scaler;
+use gpuscale_scaler::keda::pb::external_scaler_server::ExternalScalerServer;
+use gpuscale_scaler::sources::poll::{self, PollConfig, Polled};
 use gpuscale_scaler::telemetry::Telemetry;
 use gpuscale_scaler::tls::{self, TlsFiles};
 use gpuscale_scaler::workloads::{InProcess, Workloads};
@@ -135,7 +135,7 @@ struct Args {
     log_format: String,
 
     #[command(flatten)]
-    kube: gpuscale_scaler::cluster::KubeArgs,
+    kube: gpuscale_scaler::kube::KubeArgs,
 
     #[command(flatten)]
     activator: gpuscale_activator::ActivatorArgs,
@@ -178,8 +178,9 @@ async fn run() -> anyhow::Result<()> {
 
     let mut statics = Vec::new();
     for w in args.static_workloads.iter().filter(|w| !w.trim().is_empty()) {
-        statics
-            .push(gpuscale_scaler::trigger::parse_static(w).map_err(|e| anyhow::anyhow!("--workload {e}"))?);
+        statics.push(
+            gpuscale_scaler::keda::trigger::parse_static(w).map_err(|e| anyhow::anyhow!("--workload {e}"))?,
+        );
     }
     if let Some(path) = &args.workloads_file {
         let text =
@@ -190,7 +191,7 @@ async fn run() -> anyhow::Result<()> {
                 continue;
             }
             statics.push(
-                gpuscale_scaler::trigger::parse_static(line)
+                gpuscale_scaler::keda::trigger::parse_static(line)
                     .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?,
             );
         }
@@ -220,7 +221,7 @@ async fn run() -> anyhow::Result<()> {
     let polled = Arc::new(Polled::default());
     let (collectors_tx, collectors_rx) = watch::channel(collectors.clone());
 
-    let leader = gpuscale_scaler::cluster::start(
+    let leader = gpuscale_scaler::kube::start(
         &mut tasks,
         &args.kube,
         &collectors,

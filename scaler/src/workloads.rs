@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use gpuscale_policies::answer::{Demand, NotKnown, activity};
+use gpuscale_policies::answer::{self, Demand, Measured, NotKnown, Reported, activity};
 use gpuscale_policies::{Autoscaler, Decision, Reading, Signals};
 use tokio::sync::watch;
 
-use crate::aggregate::{Observed, Seen, View};
-use crate::trigger::{Mode, Trigger, TriggerError};
+use crate::keda::trigger::{Mode, Trigger, TriggerError};
+use crate::sources::aggregate::{Observed, Seen, View};
 use gpuscale_contract::{Clock, WorkloadKey};
 
 /// Replica counts of a Deployment as the API server reports them (kube mode).
@@ -300,27 +300,23 @@ impl Workload {
             (None, None) => Err(NotKnown::NoDecision),
             (None, Some((d, _))) => Ok(d),
         };
-        let decided = match decision.clone() {
-            Ok(d) if d.rule.is_safety_hold() => Err(NotKnown::Hold(d.rule)),
-            other => other,
-        };
         let o = self.observed.clone().unwrap_or_default();
-        let value = decided.clone().map(|d| match self.published.trigger.mode {
-            Mode::Replicas => f64::from(d.desired),
-            Mode::Signal { metric, .. } => match metric {
-                gpuscale_policies::Metric::Waiting => o.waiting + held,
-                gpuscale_policies::Metric::Running => o.running,
-                gpuscale_policies::Metric::KvCacheUsage => o.kv_cache_usage.unwrap_or(0.0),
-                gpuscale_policies::Metric::GpuUtilization => o.gpu_utilization.unwrap_or(0.0),
-                _ => o.waiting + o.running + held,
-            },
-        });
-        let current = self.signals.as_ref().map_or(0, |s| s.current);
+        let reported = match self.published.trigger.mode {
+            Mode::Replicas => Reported::Replicas,
+            Mode::Signal { metric, .. } => Reported::Signal(metric),
+        };
         let demand = Demand {
             waiting: o.waiting,
             running: o.running,
             held,
         };
+        let seen = Measured {
+            demand,
+            kv_cache_usage: o.kv_cache_usage,
+            gpu_utilization: o.gpu_utilization,
+        };
+        let value = answer::value(decision.clone(), reported, &seen);
+        let current = self.signals.as_ref().map_or(0, |s| s.current);
         let active = activity(decision, current, demand, threshold);
         if let Ok(a) = active {
             // Count inactive-to-active edges, so a stream that wakes up late (after a quick
@@ -528,6 +524,17 @@ impl Workloads {
         }
     }
 
+    /// Decide only the workloads in `keys`, from a view brought up to date for them (a pushed
+    /// page changed them): the cost of a push grows with what changed. Forgetting idle triggers
+    /// and deciding the rest (readings age, keep-alives expire) is left to [`Workloads::tick`].
+    pub fn tick_only<'a>(&self, view: &View, keys: impl IntoIterator<Item = &'a WorkloadKey>, now: Duration) {
+        for k in keys {
+            for w in self.entries(k) {
+                lock(&w).decide(view, now);
+            }
+        }
+    }
+
     /// An activator reports held requests: update the activity at once, without waiting for
     /// the next tick, so StreamIsActive pushes within milliseconds. Returns false for an
     /// unknown workload.
@@ -566,7 +573,7 @@ impl gpuscale_activator::HeldSink for InProcess {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::aggregate::{Page, Source};
+    use crate::sources::aggregate::{Page, Source};
     use std::collections::HashMap as Map;
 
     fn trigger(extra: &[(&str, &str)]) -> Trigger {
@@ -711,6 +718,37 @@ mod tests {
         );
         assert!(a.value.clone().unwrap_err().to_string().contains("signal_stale"));
         assert!(a.active.is_err());
+    }
+
+    #[test]
+    fn signal_mode_reports_a_missing_kv_reading_as_unknown_not_zero() {
+        let ws = Workloads::new(10, Duration::from_secs(600));
+        let kv = ws
+            .register(
+                trigger(&[("mode", "signal"), ("metric", "kv_cache_usage")]),
+                "ScaledObject llm/qwen",
+                Duration::ZERO,
+            )
+            .unwrap();
+        // The page carries queue series but no KV-cache reading (a server that exports none).
+        ws.tick(&view(1, 6.0, 2.0, 1), Duration::from_secs(1));
+        let a = kv.answer().clone();
+        assert!(
+            matches!(&a.value, Err(NotKnown::Unobserved(why)) if why.contains("kv_cache_usage")),
+            "an unreported KV cache is not an idle one: {:?}",
+            a.value
+        );
+        // Activity is still judged on the queue, which is known.
+        assert_eq!(a.active, Ok(true));
+        let load = ws
+            .register(
+                trigger(&[("mode", "signal"), ("metric", "load")]),
+                "ScaledObject llm/qwen-load",
+                Duration::ZERO,
+            )
+            .unwrap();
+        ws.tick(&view(2, 6.0, 2.0, 1), Duration::from_secs(2));
+        assert_eq!(load.answer().value, Ok(8.0));
     }
 
     #[test]
@@ -898,7 +936,7 @@ mod tests {
     /// by the test) never delays GetMetrics or IsActive.
     #[test]
     fn rpcs_answer_while_a_decision_holds_the_workload() {
-        use crate::pb::external_scaler_server::ExternalScaler as _;
+        use crate::keda::pb::external_scaler_server::ExternalScaler as _;
         let ws = Arc::new(Workloads::new(10, Duration::from_secs(600)));
         let w = ws.register(trigger(&[]), "t", Duration::ZERO).unwrap();
         ws.tick(&view(1, 3.0, 1.0, 1), Duration::from_secs(1));
@@ -909,20 +947,23 @@ mod tests {
             let ws = ws.clone();
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-                let scaler =
-                    crate::grpc::Scaler::new(ws.clone(), Arc::default(), gpuscale_contract::Clock::start());
+                let scaler = crate::keda::grpc::Scaler::new(
+                    ws.clone(),
+                    Arc::default(),
+                    gpuscale_contract::Clock::start(),
+                );
                 // The same metadata the entry was registered with, so it resolves to it.
                 let md: Map<String, String> = [("deployment".to_string(), "qwen".to_string())].into();
-                let key = crate::trigger::Trigger::parse("llm", &md).unwrap().workload;
+                let key = crate::keda::trigger::Trigger::parse("llm", &md).unwrap().workload;
                 assert!(ws.get(&key, fingerprint).is_some());
-                let so = crate::pb::ScaledObjectRef {
+                let so = crate::keda::pb::ScaledObjectRef {
                     name: "qwen".into(),
                     namespace: "llm".into(),
                     scaler_metadata: md,
                 };
                 let active = rt.block_on(scaler.is_active(tonic::Request::new(so.clone())));
                 let metric = rt.block_on(scaler.get_metrics(tonic::Request::new(
-                    crate::pb::GetMetricsRequest {
+                    crate::keda::pb::GetMetricsRequest {
                         scaled_object_ref: Some(so),
                         metric_name: String::new(),
                     },
@@ -956,7 +997,7 @@ mod tests {
         let mut v = view(1, 5.0, 0.0, 1);
         v.capacity.insert(
             ("n1".into(), "NVIDIA H100".into()),
-            crate::aggregate::Capacity {
+            crate::sources::aggregate::Capacity {
                 allocatable: 8,
                 allocated: 5,
             },

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use gpuscale_scaler::pb::ScaledObjectRef;
-use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
+use gpuscale_scaler::keda::pb::ScaledObjectRef;
+use gpuscale_scaler::keda::pb::external_scaler_client::ExternalScalerClient;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 

@@ -26,7 +26,7 @@ fn every_flag_and_env_twin_is_in_the_reference() {
 #[test]
 fn every_trigger_key_and_policy_parameter_is_in_the_reference() {
     let doc = page();
-    for k in gpuscale_scaler::trigger::TRIGGER_KEYS {
+    for k in gpuscale_scaler::keda::trigger::TRIGGER_KEYS {
         assert!(
             doc.contains(&format!("| `{}` |", k.name)),
             "trigger key `{}` missing",

@@ -34,7 +34,7 @@ fn every_flag_is_documented_with_an_env_twin() {
 #[test]
 fn every_trigger_key_is_documented_with_its_default() {
     let doc = doc();
-    for k in gpuscale_scaler::trigger::TRIGGER_KEYS {
+    for k in gpuscale_scaler::keda::trigger::TRIGGER_KEYS {
         let row = doc
             .lines()
             .find(|l| l.starts_with(&format!("| `{}` |", k.name)))

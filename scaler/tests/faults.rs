@@ -13,8 +13,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use common::{Answer, ask};
-use gpuscale_scaler::pb::ScaledObjectRef;
-use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
+use gpuscale_scaler::keda::pb::ScaledObjectRef;
+use gpuscale_scaler::keda::pb::external_scaler_client::ExternalScalerClient;
 use tonic::Code;
 use tonic::transport::Channel;
 

@@ -8,8 +8,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
-use gpuscale_scaler::pb::{GetMetricsRequest, ScaledObjectRef};
+use gpuscale_scaler::keda::pb::external_scaler_client::ExternalScalerClient;
+use gpuscale_scaler::keda::pb::{GetMetricsRequest, ScaledObjectRef};
 use tonic::Code;
 use tonic::transport::Channel;
 

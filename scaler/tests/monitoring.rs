@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
-use gpuscale_scaler::pb::{GetMetricsRequest, ScaledObjectRef};
+use gpuscale_scaler::keda::pb::external_scaler_client::ExternalScalerClient;
+use gpuscale_scaler::keda::pb::{GetMetricsRequest, ScaledObjectRef};
 use serde_json::Value;
 
 fn root() -> PathBuf {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use gpuscale_scaler::pb::ScaledObjectRef;
-use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
+use gpuscale_scaler::keda::pb::ScaledObjectRef;
+use gpuscale_scaler::keda::pb::external_scaler_client::ExternalScalerClient;
 
 fn so() -> ScaledObjectRef {
     let md: HashMap<String, String> = [

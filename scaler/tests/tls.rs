@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gpuscale_scaler::pb::ScaledObjectRef;
-use gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient;
+use gpuscale_scaler::keda::pb::ScaledObjectRef;
+use gpuscale_scaler::keda::pb::external_scaler_client::ExternalScalerClient;
 use rcgen::{CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 

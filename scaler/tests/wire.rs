@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use gpuscale_scaler::pb::{
+use gpuscale_scaler::keda::pb::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
     ScaledObjectRef,
 };

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use gpuscale_policies::answer::{Demand, activity};
+use gpuscale_policies::answer::{Demand, Measured, Reported, activity, value};
 use gpuscale_policies::hpa::{Hpa, HpaConfig, HpaMetric, HpaTarget};
 use gpuscale_policies::{Bounds, Context, Decision, Metric, Signals};
 
@@ -115,9 +115,13 @@ impl Keda {
                 },
                 max_signal_age,
             };
-            let mut s = signals.clone();
-            s.current = current;
-            out.hpa = Some(self.hpa.recommend_value(&ctx, &s, f64::from(d.desired)).replicas);
+            // GetMetrics reports what the scaler publishes; an error (a safety hold) leaves the
+            // HPA where it is, as a failed external-metric fetch does.
+            if let Ok(v) = value(Ok(d), Reported::Replicas, &Measured::default()) {
+                let mut s = signals.clone();
+                s.current = current;
+                out.hpa = Some(self.hpa.recommend_value(&ctx, &s, v).replicas);
+            }
         }
         out
     }
@@ -194,9 +198,9 @@ mod tests {
         let hold = decision(1, Rule::SignalStale(SignalKind::Waiting));
         let mut k = keda();
         assert_eq!(
-            step(&mut k, 600, &hold, 1, 0.0).activation,
-            None,
-            "unknown is not inactive"
+            step(&mut k, 600, &hold, 1, 0.0),
+            Actions::default(),
+            "unknown is not inactive, and GetMetrics' error leaves the HPA where it is"
         );
     }
 }

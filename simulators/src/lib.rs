@@ -6,8 +6,8 @@
 //! scaler and driving an HPA), and
 //! the reports ([`report`]: table, JSON, HTML with SVG charts, sweeps with a Pareto frontier).
 //! Every decision comes from [`gpuscale_policies`], unchanged, and so does what KEDA is told
-//! of it (`gpuscale_policies::answer::activity`), so a replay shows what the scaler would have
-//! done.
+//! of it (`gpuscale_policies::answer::activity` and `answer::value`), so a replay shows what
+//! the scaler would have done.
 
 pub mod engine;
 pub mod keda;

@@ -29,11 +29,15 @@ pub fn missing(what: impl Display, fix: &str) {
 }
 
 /// Report this test as skipped, CI or not: only for a peer no CI machine has (a GPU), where the
-/// skip is the expected outcome. Prints `SKIPPED <test>: what`.
+/// skip is the expected outcome. Prints `SKIPPED <test>: what`, past libtest's output capture,
+/// so a plain `cargo test` shows it.
 pub fn skipped(what: impl Display) {
+    use std::io::Write as _;
     let thread = std::thread::current();
     let test = thread.name().unwrap_or("(unnamed thread)");
-    eprintln!("SKIPPED {test}: {what}");
+    // Written to the process's stderr itself: libtest captures `eprintln!` of a passing test
+    // and would hide the skip.
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {what}");
 }
 
 /// A loopback port that was free a moment ago (bound, read, released), for a server a test
@@ -184,5 +188,32 @@ mod tests {
             ]
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Run by [`a_skip_shows_past_the_output_capture`] in a child test process.
+    #[test]
+    fn skip_in_a_child() {
+        if std::env::var_os("GPUSCALE_TESTKIT_CHILD").is_some() {
+            skipped("the peer this child pretends to need");
+        }
+    }
+
+    #[test]
+    fn a_skip_shows_past_the_output_capture() {
+        let exe = std::env::current_exe().unwrap();
+        // libtest captures a passing test's output unless told not to: run it the way
+        // `cargo test` does.
+        let out = std::process::Command::new(exe)
+            .args(["tests::skip_in_a_child", "--exact", "--test-threads=1"])
+            .env("GPUSCALE_TESTKIT_CHILD", "1")
+            .env_remove("RUST_TEST_NOCAPTURE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("SKIPPED tests::skip_in_a_child: the peer this child pretends to need"),
+            "a plain `cargo test` must show the skip; stderr: {stderr}"
+        );
     }
 }

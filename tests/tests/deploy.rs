@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gpuscale_scaler::cluster::annotations_to_metadata;
-use gpuscale_scaler::trigger::Trigger;
+use gpuscale_scaler::keda::trigger::Trigger;
+use gpuscale_scaler::kube::direct::annotations_to_metadata;
 use gpuscale_tests::workspace_root;
 use serde_json::Value;
 

@@ -186,8 +186,10 @@ pub type Answer = (Result<f64, tonic::Status>, Result<bool, tonic::Status>);
 
 /// Ask the scaler as KEDA does.
 pub async fn ask(
-    c: &mut gpuscale_scaler::pb::external_scaler_client::ExternalScalerClient<tonic::transport::Channel>,
-    r: &gpuscale_scaler::pb::ScaledObjectRef,
+    c: &mut gpuscale_scaler::keda::pb::external_scaler_client::ExternalScalerClient<
+        tonic::transport::Channel,
+    >,
+    r: &gpuscale_scaler::keda::pb::ScaledObjectRef,
 ) -> Answer {
     let name = c
         .get_metric_spec(r.clone())
@@ -198,7 +200,7 @@ pub async fn ask(
         .metric_name
         .clone();
     let m = c
-        .get_metrics(gpuscale_scaler::pb::GetMetricsRequest {
+        .get_metrics(gpuscale_scaler::keda::pb::GetMetricsRequest {
             scaled_object_ref: Some(r.clone()),
             metric_name: name,
         })

@@ -1,207 +1,23 @@
-//! The collector process: a tick loop that reads GPUs and scrapes model servers into one
-//! snapshot, and an HTTP server that serves the last rendered snapshot. No NVML call and no
-//! scrape ever happens on the request path.
+//! The tick: every `--interval` the GPUs are read (on their own thread), every scrape target
+//! runs on its own clock in its own task, and each new reading re-renders the page, so a
+//! queue change reaches `/metrics` one scrape after it happens.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use tokio::sync::Semaphore;
 
-use crate::exposition::{QueueReading, Snapshot, render};
-use crate::gpu::GpuSource;
+use super::{Config, SharedPages, publish, unix_now};
+use crate::exposition::{QueueReading, Snapshot};
+use crate::gpu::{GpuError, GpuReading, GpuSource};
 use crate::rate::TokenRate;
 use crate::scrape::{CustomNames, Preset, Target, queue_depth};
 use gpuscale_contract::{self as contract, Fault};
 use gpuscale_edge::fetch::{Fetch, ScrapeError, fetch_page};
-use gpuscale_expfmt::write::Format;
-
-/// What the loop needs.
-pub struct Config {
-    /// This node's name (label on every series).
-    pub node: String,
-    /// Static scrape targets.
-    pub targets: Vec<Target>,
-    /// Server preset for the targets.
-    pub preset: Preset,
-    /// User-named queue metrics.
-    pub custom: CustomNames,
-    /// Time between ticks.
-    pub interval: Duration,
-    /// Per-scrape timeout.
-    pub scrape_timeout: Duration,
-    /// Largest page accepted from a target.
-    pub max_page_bytes: usize,
-    /// Scrapes in flight at once.
-    pub max_concurrent_scrapes: usize,
-    /// Bearer token sent to every target (from `--scrape-bearer-token-file`).
-    pub bearer: Option<String>,
-    /// Also export dcgm-exporter's names.
-    pub dcgm_compat: bool,
-    /// The kubelet's PodResources socket (`None`: no attribution).
-    pub pod_resources_socket: Option<std::path::PathBuf>,
-    /// How often to refresh the attribution.
-    pub pod_resources_interval: Duration,
-    /// Targets found by `--kube` discovery, updated by the pod watch.
-    pub discovered: Option<crate::discovery::SharedTargets>,
-}
-
-/// The last rendered pages, replaced at each render.
-#[derive(Default)]
-pub struct Pages {
-    prometheus: String,
-    openmetrics: String,
-    /// The OpenMetrics page with only the families the scaler reads (`?series=contract`).
-    contract: String,
-    ready: bool,
-    /// When the page was rendered (its `gpuscale_collector_last_tick_timestamp_seconds`).
-    rendered: f64,
-    /// Told at every render, for requests waiting for a newer page.
-    changed: Arc<tokio::sync::Notify>,
-    /// Requests waiting now.
-    waiters: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-/// The collector's default `--interval`, seconds: how often it reads GPUs and scrapes model
-/// servers (docs/operations.md says what it costs and what freshness it gives).
-pub const DEFAULT_INTERVAL_SECS: f64 = 1.0;
-
-/// Longest `wait` a `/metrics` request may ask for.
-pub const MAX_WAIT: Duration = Duration::from_secs(30);
-/// Requests waiting for a newer page at once; beyond it a request is answered at once (it
-/// falls back to polling), so waiters can never hold the server.
-pub const MAX_WAITERS: usize = 1024;
-
-/// What a `/metrics` request asks beyond the page: `wait=SECONDS&after=TIMESTAMP` holds it
-/// until a page rendered after `after` exists, or answers at `wait` with the current page (a
-/// heartbeat: silence is never "no change"); either alone, or neither, answers at once.
-/// `series=contract` asks for the scaler's families only. Other parameters are ignored.
-#[derive(Debug, Default, PartialEq)]
-struct MetricsQuery {
-    hold: Option<(Duration, f64)>,
-    contract: bool,
-}
-
-fn metrics_query(query: Option<&str>) -> Result<MetricsQuery, String> {
-    let (mut wait, mut after, mut contract) = (None, None, false);
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let bad = |what: &str| {
-            format!(
-                "`{k}={}`: expected {what}",
-                gpuscale_policies::spec::brief_to(v, 40)
-            )
-        };
-        match k {
-            "wait" => match v.parse::<f64>() {
-                Ok(x) if x.is_finite() && x >= 0.0 => wait = Some(Duration::from_secs_f64(x).min(MAX_WAIT)),
-                _ => return Err(bad("seconds >= 0 (at most 30 are waited)")),
-            },
-            "after" => match v.parse::<f64>() {
-                Ok(x) if x.is_finite() => after = Some(x),
-                _ => return Err(bad("the Unix time of the page already seen")),
-            },
-            "series" => contract = v == "contract",
-            _ => {}
-        }
-    }
-    Ok(MetricsQuery {
-        hold: wait.zip(after),
-        contract,
-    })
-}
-
-/// Shared between the loop and the server.
-pub type SharedPages = Arc<RwLock<Pages>>;
-
-async fn metrics(
-    State(pages): State<SharedPages>,
-    headers: HeaderMap,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
-) -> Response {
-    let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let asked = match metrics_query(query.as_deref()) {
-        Ok(q) => q,
-        Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
-    };
-    if let Some((wait, after)) = asked.hold {
-        wait_for_page(&pages, wait, after).await;
-    }
-    let contract = asked.contract;
-    let body = match pages.read() {
-        Ok(p) if p.ready => match (format, contract) {
-            (Format::OpenMetrics, true) => p.contract.clone(),
-            (Format::OpenMetrics, false) => p.openmetrics.clone(),
-            (Format::Prometheus, true) => {
-                gpuscale_expfmt::write::only_families(&p.prometheus, &contract::SCALER_FAMILIES)
-            }
-            (Format::Prometheus, false) => p.prometheus.clone(),
-        },
-        _ => return (StatusCode::SERVICE_UNAVAILABLE, "no complete tick yet\n").into_response(),
-    };
-    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
-}
-
-/// Wait up to `wait` for a page rendered after `after` (the scaler's push path).
-async fn wait_for_page(pages: &SharedPages, wait: Duration, after: f64) {
-    use std::sync::atomic::Ordering;
-    let (changed, waiters) = match pages.read() {
-        Ok(p) => (p.changed.clone(), p.waiters.clone()),
-        Err(_) => return,
-    };
-    if waiters.fetch_add(1, Ordering::Relaxed) >= MAX_WAITERS {
-        waiters.fetch_sub(1, Ordering::Relaxed);
-        return;
-    }
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let notified = changed.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let newer = pages
-            .read()
-            .map(|p| p.ready && p.rendered > after)
-            .unwrap_or(true);
-        if newer || tokio::time::timeout_at(deadline, notified).await.is_err() {
-            break;
-        }
-    }
-    waiters.fetch_sub(1, Ordering::Relaxed);
-}
-
-async fn readyz(State(pages): State<SharedPages>) -> Response {
-    match pages.read() {
-        Ok(p) if p.ready => (StatusCode::OK, "ready\n").into_response(),
-        _ => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the first complete tick\n",
-        )
-            .into_response(),
-    }
-}
-
-/// `/metrics`, `/healthz`, `/readyz`.
-pub fn router(pages: SharedPages) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(pages)
-}
 
 /// The latest reading of every target, written by the target's own task.
 type Readings = Arc<RwLock<HashMap<Target, QueueReading>>>;
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
 
 /// What one scrape of one target says.
 fn reading_of(
@@ -322,7 +138,7 @@ struct ScrapeShared {
 /// beyond `wait`.
 struct GpuThread {
     ask: std::sync::mpsc::Sender<()>,
-    answers: tokio::sync::mpsc::Receiver<Result<Vec<crate::gpu::GpuReading>, crate::gpu::GpuError>>,
+    answers: tokio::sync::mpsc::Receiver<Result<Vec<GpuReading>, GpuError>>,
     /// When the request in flight was sent, if one is.
     asked: Option<Instant>,
     wait: Duration,
@@ -358,7 +174,7 @@ impl GpuThread {
     }
 
     /// The reading asked for, within the wait, or why there is none (the reason label).
-    async fn answer(&mut self) -> (Vec<crate::gpu::GpuReading>, Option<&'static str>) {
+    async fn answer(&mut self) -> (Vec<GpuReading>, Option<&'static str>) {
         let answer = match self.asked {
             Some(_) => tokio::time::timeout(self.wait, self.answers.recv()).await.ok(),
             None => None,
@@ -436,21 +252,6 @@ fn queue_readings(targets: Vec<Target>, readings: &Readings) -> Vec<QueueReading
         .collect()
 }
 
-/// Render `snapshot` in every form `/metrics` serves and swap the pages in, waking held reads.
-fn publish(pages: &SharedPages, snapshot: &Snapshot, dcgm_compat: bool) {
-    let prometheus = render(snapshot, Format::Prometheus, dcgm_compat);
-    let openmetrics = render(snapshot, Format::OpenMetrics, dcgm_compat);
-    let contract_page = gpuscale_expfmt::write::only_families(&openmetrics, &contract::SCALER_FAMILIES);
-    if let Ok(mut p) = pages.write() {
-        p.prometheus = prometheus;
-        p.openmetrics = openmetrics;
-        p.contract = contract_page;
-        p.ready = true;
-        p.rendered = snapshot.timestamp_seconds;
-        p.changed.notify_waiters();
-    }
-}
-
 /// Run ticks forever, publishing each snapshot into `pages`; an error only when it cannot
 /// start (no HTTP client, no GPU thread), for the process to end on.
 pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPages) -> anyhow::Result<()> {
@@ -484,7 +285,7 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
         fresh: tokio::sync::Notify::new(),
     });
     // The GPU part of the page between ticks: re-renders for new queue readings reuse it.
-    let mut gpu_part: (Vec<crate::gpu::GpuReading>, Option<&'static str>) = (Vec::new(), Some("error"));
+    let mut gpu_part: (Vec<GpuReading>, Option<&'static str>) = (Vec::new(), Some("error"));
     let readings: Readings = Arc::default();
     let mut scrapers = Scrapers::default();
     let mut ticks: u64 = 0;

@@ -15,8 +15,8 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::pb::external_scaler_server::ExternalScaler;
-use crate::pb::{
+use crate::keda::pb::external_scaler_server::ExternalScaler;
+use crate::keda::pb::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
     ScaledObjectRef,
 };
@@ -25,7 +25,7 @@ use gpuscale_contract::Clock;
 use gpuscale_policies::answer::NotKnown;
 use gpuscale_policies::spec::brief_to as quote;
 
-use crate::trigger::{Trigger, TriggerError, fingerprint};
+use crate::keda::trigger::{Trigger, TriggerError, fingerprint};
 use crate::workloads::{RegisterError, Tracked, Workloads};
 use gpuscale_contract::WorkloadKey;
 

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use gpuscale_contract::{Clock, redact_url};
 
-use crate::aggregate::{Page, Received, Source, View};
+use crate::sources::aggregate::{Page, Received, Source, View};
 use crate::telemetry::Telemetry;
 use crate::workloads::Workloads;
 
