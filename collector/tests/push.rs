@@ -1,6 +1,7 @@
 //! The push path on the collector's side: `/metrics?wait=W&after=T` answers as soon as a page
-//! newer than `T` is rendered, or at `W` with the current page (a heartbeat), over a real
-//! socket, with the library loop reading a model server whose queue the test changes.
+//! whose readings changed after `T` is rendered, or at `W` with the current page (a heartbeat),
+//! over a real socket, with the library loop reading a model server whose queue the test
+//! changes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -139,6 +140,54 @@ async fn a_held_read_answers_with_the_next_page_or_a_heartbeat() {
     assert_eq!(status, 200);
     assert!(took >= Duration::from_millis(300), "{took:?}");
     assert_eq!(waiting(&page), Some(42.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_node_answers_held_reads_with_heartbeats_and_a_change_at_once() {
+    let queue = Arc::new(RwLock::new(3.0));
+    let server = model_server(queue.clone()).await;
+    // Read every 100 ms: a page is rendered ten times a second, with the same readings.
+    let c = collector(server, Duration::from_millis(100)).await;
+    let base = format!("http://{c}/metrics");
+    let start = Instant::now();
+    let page = loop {
+        let (status, page) = get(&base).await;
+        if status == 200 && waiting(&page) == Some(3.0) {
+            break page;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no page with a reading"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Nothing the scaler reads changes: the read is held to its wait, though newer pages
+    // (new times) are rendered meanwhile, and the heartbeat carries those times.
+    let t0 = Instant::now();
+    let (status, beat) = get(&format!("{base}?wait=1.5&after={}", rendered(&page))).await;
+    let took = t0.elapsed();
+    assert_eq!(status, 200);
+    assert!(
+        took >= Duration::from_millis(1400),
+        "answered before the heartbeat: {took:?}"
+    );
+    assert!(
+        rendered(&beat) > rendered(&page),
+        "the heartbeat has the latest render"
+    );
+    assert_eq!(waiting(&beat), Some(3.0));
+    // A reading that changes is news at once.
+    let after = rendered(&beat);
+    let held = tokio::spawn(async move {
+        let t0 = Instant::now();
+        let (_, page) = get(&format!("http://{c}/metrics?wait=20&after={after}")).await;
+        (page, t0.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    *queue.write().unwrap() = 4.0;
+    let (page, took) = held.await.unwrap();
+    assert_eq!(waiting(&page), Some(4.0), "answered with the changed reading");
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,13 +3,17 @@
 //! targets, one workload per target; the `series=contract` page the scaler asks for) that is
 //! rendered anew every second and that holds the
 //! scaler's read until then (`?wait=&after=`, as a collector does), with every workload
-//! registered (`--workloads-file`). Reported per fleet size: the scaler's CPU (share of one
+//! registered (`--workloads-file`). As a collector does, a node answers a held read when its
+//! readings change, not when a render only re-dates them: a `busy` share of the nodes has new
+//! readings at every render, the rest send heartbeats (every 5 s, the scaler's
+//! `--collector-wait`). Reported per fleet size and busy share: the scaler's CPU (share of one
 //! core) and RSS while it keeps up, the synthetic fleet's own CPU (the bench process, the
 //! baseline the scaler's figure sits beside on this 2-core machine), and freshness: a queue
 //! change on one node to the value KEDA reads from GetMetrics.
 //!
 //! `cargo bench -p gpuscale-scaler --bench fleet` (env: FLEET_NODES="100,1000,5000",
-//! FLEET_SECONDS=15 for the CPU window, FLEET_CHANGES=10).
+//! FLEET_BUSY="1,0" (shares of nodes whose readings change every second), FLEET_SECONDS=15 for
+//! the CPU window, FLEET_CHANGES=10).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
@@ -36,6 +40,8 @@ fn unix_now() -> f64 {
 struct Fleet {
     templates: Vec<RwLock<String>>,
     rendered: Vec<AtomicU64>,
+    /// When each node's readings last changed: what a held read waits for.
+    values_at: Vec<AtomicU64>,
     changed: tokio::sync::Notify,
     /// Requests answered.
     answers: AtomicU64,
@@ -49,17 +55,30 @@ impl Fleet {
     fn render(&self, i: usize, at: f64) {
         self.rendered[i].store(at.to_bits(), Ordering::Relaxed);
     }
+
+    fn values_at(&self, i: usize) -> f64 {
+        f64::from_bits(self.values_at[i].load(Ordering::Relaxed))
+    }
+
+    /// Node `i` rendered new readings at `at`.
+    fn change(&self, i: usize, at: f64) {
+        self.render(i, at);
+        self.values_at[i].store(at.to_bits(), Ordering::Relaxed);
+    }
 }
 
-async fn serve_fleet(n: usize) -> (Arc<Fleet>, u16) {
+async fn serve_fleet(n: usize, busy: f64) -> (Arc<Fleet>, u16) {
     let now = unix_now();
     let fleet = Arc::new(Fleet {
         templates: (0..n).map(|i| RwLock::new(page(i, 0.0))).collect(),
         rendered: (0..n).map(|_| AtomicU64::new(now.to_bits())).collect(),
+        values_at: (0..n).map(|_| AtomicU64::new(now.to_bits())).collect(),
         changed: tokio::sync::Notify::new(),
         answers: AtomicU64::new(0),
     });
-    // Every node renders once a second, at its own phase.
+    // Every node renders once a second, at its own phase; the first `busy` share of them with
+    // new readings each time.
+    let busy_nodes = (busy * n as f64).round() as usize;
     let f = fleet.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -68,7 +87,11 @@ async fn serve_fleet(n: usize) -> (Arc<Fleet>, u16) {
             tick.tick().await;
             let now = unix_now();
             for i in (k % 10..n).step_by(10) {
-                f.render(i, now);
+                if i < busy_nodes {
+                    f.change(i, now);
+                } else {
+                    f.render(i, now);
+                }
             }
             k += 1;
             f.changed.notify_waiters();
@@ -93,7 +116,7 @@ async fn serve_fleet(n: usize) -> (Arc<Fleet>, u16) {
                             let n = f.changed.notified();
                             tokio::pin!(n);
                             n.as_mut().enable();
-                            if f.rendered(i) > after || tokio::time::timeout_at(deadline, n).await.is_err() {
+                            if f.values_at(i) > after || tokio::time::timeout_at(deadline, n).await.is_err() {
                                 break;
                             }
                         }
@@ -160,8 +183,8 @@ async fn scaler_metric(http: u16, name: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-async fn run(n: usize, seconds: u64, changes: usize) {
-    let (fleet, port) = serve_fleet(n).await;
+async fn run(n: usize, busy: f64, seconds: u64, changes: usize) {
+    let (fleet, port) = serve_fleet(n, busy).await;
     let dir = std::env::temp_dir().join(format!("gpuscale-fleet-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("workloads.txt");
@@ -272,7 +295,7 @@ async fn run(n: usize, seconds: u64, changes: usize) {
         let (waiting, want) = if k % 2 == 0 { (100.0, 11.0) } else { (0.0, 1.0) };
         *fleet.templates[0].write().unwrap() = page(0, waiting);
         // The node renders the change at once, as a collector does when a reading comes in.
-        fleet.render(0, unix_now());
+        fleet.change(0, unix_now());
         fleet.changed.notify_waiters();
         let t = Instant::now();
         let mut seen = false;
@@ -303,9 +326,10 @@ async fn run(n: usize, seconds: u64, changes: usize) {
         }
     };
     println!(
-        "  {n:>5} nodes ({:>6} workloads): scaler {:>5.1} % of a core, RSS {:>6.1} MiB; fleet server {:>5.1} % ({:>6.0} pages/s); \
+        "  {n:>5} nodes ({:>6} workloads), {:>3.0} % busy: scaler {:>5.1} % of a core, RSS {:>6.1} MiB; fleet server {:>5.1} % ({:>6.0} pages/s); \
          {per_s:.1} decisions/s of {decide_ms:.2} ms; change -> GetMetrics p50 {}, p99 {}; first answer after {ready_s:.1} s",
         n * TARGETS,
+        busy * 100.0,
         scaler_cpu * 100.0,
         rss,
         fleet_cpu * 100.0,
@@ -328,10 +352,18 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
+    let busy: Vec<f64> = std::env::var("FLEET_BUSY")
+        .unwrap_or_else(|_| "1,0".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .filter(|b| (0.0..=1.0).contains(b))
+        .collect();
     println!(
-        "a fleet of synthetic collectors ({GPUS} GPUs, {TARGETS} vLLM targets each, every page rendered once a second), the scaler binary at its defaults (MIMALLOC_PURGE_DELAY=0, as in its image):"
+        "a fleet of synthetic collectors ({GPUS} GPUs, {TARGETS} vLLM targets each, every page rendered once a second; `busy`: the share with new readings at each render, the rest answering held reads with 5 s heartbeats), the scaler binary at its defaults (MIMALLOC_PURGE_DELAY=0, as in its image):"
     );
     for n in nodes.split(',').filter_map(|v| v.trim().parse::<usize>().ok()) {
-        run(n, seconds, changes).await;
+        for &b in &busy {
+            run(n, b, seconds, changes).await;
+        }
     }
 }

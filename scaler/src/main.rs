@@ -67,9 +67,10 @@ struct Args {
     #[arg(long, env = "GPUSCALE_SCALER_POLL_INTERVAL", default_value = "500ms", value_parser = duration)]
     poll_interval: Duration,
 
-    /// How long a collector may hold a read until it has rendered a newer page (a model
-    /// server's reading changed): the push path, which decides the workloads at once. The
-    /// collector answers at the latest after this (a heartbeat). 0 turns it off (plain polling).
+    /// How long a collector may hold a read until it has rendered a page with changed readings:
+    /// the push path, which decides the workloads on that page at once. The collector answers
+    /// at the latest after this (a heartbeat, with the readings' new times; keep it well under
+    /// `maxSignalAge`). 0 turns it off (plain polling).
     #[arg(long, env = "GPUSCALE_SCALER_COLLECTOR_WAIT", default_value = "5s", value_parser = duration)]
     collector_wait: Duration,
 

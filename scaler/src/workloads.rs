@@ -752,6 +752,58 @@ mod tests {
     }
 
     #[test]
+    fn a_pushed_decision_decides_only_the_workloads_it_names() {
+        let ws = Workloads::new(10, Duration::from_secs(600));
+        let params = [("keepAlive", "0s"), ("queue.target", "2")];
+        let qwen = ws
+            .register(trigger(&params), "ScaledObject llm/qwen", Duration::ZERO)
+            .unwrap();
+        let llama = ws
+            .register(
+                trigger(&[params[0], params[1], ("deployment", "llama")]),
+                "ScaledObject llm/llama",
+                Duration::ZERO,
+            )
+            .unwrap();
+        let both = |at: u64, waiting: f64| {
+            let mut page = Page::default();
+            for name in ["qwen", "llama"] {
+                let o = Observed {
+                    waiting,
+                    running: 2.0,
+                    up: 1,
+                    measured: at as f64,
+                    ..Observed::default()
+                };
+                page.workloads.insert(
+                    WorkloadKey {
+                        namespace: "llm".into(),
+                        name: name.into(),
+                    },
+                    o,
+                );
+            }
+            let src = Source {
+                last_ok: Some((Duration::from_secs(at), page)),
+                error: None,
+            };
+            View::combine([("c", &src)])
+        };
+        ws.tick(&both(1, 6.0), Duration::from_secs(1));
+        assert_eq!(
+            (qwen.answer().value.clone(), llama.answer().value.clone()),
+            (Ok(4.0), Ok(4.0))
+        );
+        ws.tick_only(&both(2, 14.0), [&qwen.trigger.workload], Duration::from_secs(2));
+        assert_eq!(qwen.answer().value, Ok(8.0));
+        assert_eq!(
+            llama.answer().value,
+            Ok(4.0),
+            "llama was not named, so not decided"
+        );
+    }
+
+    #[test]
     fn idle_goes_inactive_and_held_requests_wake_at_once() {
         let ws = Workloads::new(10, Duration::from_secs(600));
         let w = ws

@@ -1,7 +1,8 @@
 //! The push path through the scaler binary: a queue change at a model server reaches KEDA's
 //! GetMetrics through a real collector holding the scaler's read until it has a newer page,
 //! long before the next periodic decision; a collector that does not hold reads (an older one)
-//! is read at the poll interval, not in a loop.
+//! is read at the poll interval, not in a loop. A pushed decision brings only the changed
+//! workloads up to date, and still sums every collector's part and shows a failed target.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -36,12 +37,8 @@ async fn value(c: &mut ExternalScalerClient<tonic::transport::Channel>) -> Optio
     common::ask(c, &so()).await.0.ok()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queue_change_arrives_between_periodic_decisions() {
-    let model = common::ModelServer::start().await;
-    model.set(5.0, 0.0);
-    let collector = common::collector(&[("llm/qwen", model.addr)]).await;
-    // The collector is up before the scaler's first read, so no read fails into the slow path.
+/// Wait until a collector has its first complete tick.
+async fn ready(collector: std::net::SocketAddr) {
     let start = Instant::now();
     while !reqwest::get(format!("http://{collector}/readyz"))
         .await
@@ -50,6 +47,15 @@ async fn a_queue_change_arrives_between_periodic_decisions() {
         assert!(start.elapsed() < Duration::from_secs(10), "collector never ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_change_arrives_between_periodic_decisions() {
+    let model = common::ModelServer::start().await;
+    model.set(5.0, 0.0);
+    let collector = common::collector(&[("llm/qwen", model.addr)]).await;
+    // The collector is up before the scaler's first read, so no read fails into the slow path.
+    ready(collector).await;
     // Periodic decisions every 30 s: only the push path can carry a change sooner.
     let scaler = common::scaler(&["--collector", &collector.to_string(), "--poll-interval", "30s"]).await;
     let mut c = ExternalScalerClient::connect(scaler.grpc.clone()).await.unwrap();
@@ -81,6 +87,72 @@ async fn a_queue_change_arrives_between_periodic_decisions() {
     );
     assert!(common::scaler_metric(&scaler, "gpuscale_scaler_pushed_decisions_total").await >= 1.0);
     eprintln!("queue change to GetMetrics through the push path: {took:?}");
+}
+
+/// Poll GetMetrics until `want` says the answer is there, within 10 s; the last answer.
+async fn until(
+    c: &mut ExternalScalerClient<tonic::transport::Channel>,
+    what: &str,
+    want: impl Fn(&Result<f64, tonic::Status>) -> bool,
+) -> Result<f64, tonic::Status> {
+    let start = Instant::now();
+    loop {
+        let got = common::ask(c, &so()).await.0;
+        if want(&got) {
+            return got;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}: {got:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_page_is_summed_with_the_other_collectors_and_a_failed_target_is_unknown() {
+    // qwen has a replica on each of two nodes; another workload lives on the first only.
+    let (a, b, other) = (
+        common::ModelServer::start().await,
+        common::ModelServer::start().await,
+        common::ModelServer::start().await,
+    );
+    a.set(5.0, 0.0);
+    b.set(10.0, 0.0);
+    let ca = common::collector(&[("llm/qwen", a.addr), ("llm/llama", other.addr)]).await;
+    let cb = common::collector(&[("llm/qwen", b.addr)]).await;
+    ready(ca).await;
+    ready(cb).await;
+    let scaler = common::scaler(&[
+        "--collector",
+        &ca.to_string(),
+        "--collector",
+        &cb.to_string(),
+        "--poll-interval",
+        "30s",
+    ])
+    .await;
+    let mut c = ExternalScalerClient::connect(scaler.grpc.clone()).await.unwrap();
+    // 5 + 10 waiting: ceil(15 / 10) = 2.
+    let first = until(&mut c, "first answer", |v| v.as_ref().ok() == Some(&2.0)).await;
+    assert_eq!(first.ok(), Some(2.0));
+    let polls = common::scaler_metric(&scaler, "gpuscale_scaler_polls_total").await;
+    // Only the first node's page changes; the pushed decision must still add the second's part.
+    a.set(35.0, 0.0);
+    let summed = until(&mut c, "35 + 10 waiting: 5 replicas", |v| {
+        v.as_ref().ok() == Some(&5.0)
+    })
+    .await;
+    assert_eq!(summed.ok(), Some(5.0));
+    // The first node's replica stops answering: its collector's next page says so, and the
+    // pushed decision makes the workload unknown, never a smaller number.
+    a.fail();
+    let got = until(&mut c, "a failed target", |v| v.is_err()).await;
+    let why = got.unwrap_err();
+    assert_eq!(why.code(), tonic::Code::Unavailable, "{why:?}");
+    assert!(why.message().contains("no valid reading"), "{why:?}");
+    assert_eq!(
+        common::scaler_metric(&scaler, "gpuscale_scaler_polls_total").await,
+        polls,
+        "a periodic decision carried the changes; they must come by push"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

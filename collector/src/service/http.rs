@@ -14,8 +14,9 @@ use gpuscale_contract as contract;
 use gpuscale_expfmt::write::Format;
 
 /// What a `/metrics` request asks beyond the page: `wait=SECONDS&after=TIMESTAMP` holds it
-/// until a page rendered after `after` exists, or answers at `wait` with the current page (a
-/// heartbeat: silence is never "no change"); either alone, or neither, answers at once.
+/// until a page whose readings changed after `after` exists, or answers at `wait` with the
+/// current page (a heartbeat: silence is never "no change", and it carries the readings' new
+/// times); either alone, or neither, answers at once.
 /// `series=contract` asks for the scaler's families only. Other parameters are ignored.
 #[derive(Debug, Default, PartialEq)]
 struct MetricsQuery {
@@ -80,7 +81,9 @@ async fn metrics(
     ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 
-/// Wait up to `wait` for a page rendered after `after` (the scaler's push path).
+/// Wait up to `wait` for a page whose values changed after `after`, the render time of the page
+/// the reader has (the scaler's push path). A page that only re-dates the same readings is not
+/// news: the heartbeat at `wait` carries the new times.
 async fn wait_for_page(pages: &SharedPages, wait: Duration, after: f64) {
     use std::sync::atomic::Ordering;
     let (changed, waiters) = match pages.read() {
@@ -98,7 +101,7 @@ async fn wait_for_page(pages: &SharedPages, wait: Duration, after: f64) {
         notified.as_mut().enable();
         let newer = pages
             .read()
-            .map(|p| p.ready && p.rendered > after)
+            .map(|p| p.ready && p.values_at > after)
             .unwrap_or(true);
         if newer || tokio::time::timeout_at(deadline, notified).await.is_err() {
             break;

@@ -56,6 +56,11 @@ pub struct Pages {
     ready: bool,
     /// When the page was rendered (its `gpuscale_collector_last_tick_timestamp_seconds`).
     rendered: f64,
+    /// What the scaler reads on the contract page, less the times every render changes.
+    values: u64,
+    /// When the last page whose `values` differ from the one before it was rendered: what a
+    /// held read waits for, so a steady node sends the scaler heartbeats, not a page a render.
+    values_at: f64,
     /// Told at every render, for requests waiting for a newer page.
     changed: Arc<tokio::sync::Notify>,
     /// Requests waiting now.
@@ -86,12 +91,55 @@ fn publish(pages: &SharedPages, snapshot: &Snapshot, dcgm_compat: bool) {
     let prometheus = render(snapshot, Format::Prometheus, dcgm_compat);
     let openmetrics = render(snapshot, Format::OpenMetrics, dcgm_compat);
     let contract_page = gpuscale_expfmt::write::only_families(&openmetrics, &contract::SCALER_FAMILIES);
+    let values = values_digest(&contract_page);
     if let Ok(mut p) = pages.write() {
         p.prometheus = prometheus;
         p.openmetrics = openmetrics;
         p.contract = contract_page;
+        if !p.ready || values != p.values {
+            p.values = values;
+            p.values_at = snapshot.timestamp_seconds;
+        }
         p.ready = true;
         p.rendered = snapshot.timestamp_seconds;
         p.changed.notify_waiters();
+    }
+}
+
+/// A digest of the contract page without the render time and the targets' scrape times, which
+/// change at every render while the readings they date may not.
+fn values_digest(contract_page: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for line in contract_page.lines() {
+        let name = line.split(['{', ' ']).next().unwrap_or("");
+        if name != contract::LAST_TICK && name != contract::SCRAPE_TIMESTAMP {
+            line.hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::values_digest;
+
+    #[test]
+    fn the_values_digest_leaves_out_the_times_only() {
+        let page = |tick: f64, scraped: f64, waiting: f64| {
+            format!(
+                "gpuscale_collector_last_tick_timestamp_seconds{{node=\"n1\"}} {tick}\n\
+                 gpuscale_scrape_timestamp_seconds{{workload=\"qwen\"}} {scraped}\n\
+                 gpuscale_workload_requests_waiting{{workload=\"qwen\"}} {waiting}\n# EOF\n"
+            )
+        };
+        assert_eq!(
+            values_digest(&page(1.0, 0.5, 3.0)),
+            values_digest(&page(2.0, 1.5, 3.0))
+        );
+        assert_ne!(
+            values_digest(&page(1.0, 0.5, 3.0)),
+            values_digest(&page(1.0, 0.5, 4.0))
+        );
     }
 }

@@ -7,7 +7,7 @@
 //! reading is aged from when the collector measured it, not from when its page arrived. The
 //! series and rules read here are the collector's contract ([`gpuscale_contract`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use gpuscale_contract::{self as contract, Fault, label as l};
@@ -401,37 +401,11 @@ impl View {
             }
             oldest = Some(oldest.map_or(*at, |o: Duration| o.min(*at)));
             for (w, o) in &page.workloads {
-                if let Some(why) = &failed {
-                    let t = view.workloads.entry(w.clone()).or_default();
-                    t.down += o.up + o.down;
-                    if t.faults.len() < MAX_FAULTS_NAMED {
-                        t.faults.push(why.clone());
-                    }
-                    continue;
-                }
-                let t = view.workloads.entry(w.clone()).or_insert_with(|| Observed {
-                    measured: f64::INFINITY,
-                    ..Observed::default()
-                });
-                t.waiting += o.waiting;
-                t.running += o.running;
-                // Rates add across collectors only while every part is known: the first part
-                // with valid targets makes the sum, a later one without a rate makes it unknown.
-                let first = t.up == 0;
-                t.prompt_tokens_rate = sum_known(first, t.prompt_tokens_rate, o.prompt_tokens_rate, o.up);
-                t.generation_tokens_rate =
-                    sum_known(first, t.generation_tokens_rate, o.generation_tokens_rate, o.up);
-                t.up += o.up;
-                t.down += o.down;
-                for f in &o.faults {
-                    if t.faults.len() < MAX_FAULTS_NAMED {
-                        t.faults.push(f.clone());
-                    }
-                }
-                t.measured = t.measured.min(o.measured);
-                // Means across collectors, weighted by replicas reporting.
-                t.kv_cache_usage = weighted(t.kv_cache_usage, t.up - o.up, o.kv_cache_usage, o.up);
-                t.gpu_utilization = weighted(t.gpu_utilization, t.up - o.up, o.gpu_utilization, o.up);
+                let t = view
+                    .workloads
+                    .entry(w.clone())
+                    .or_insert_with(|| part_zero(failed.is_some()));
+                add(t, o, failed.as_deref());
             }
             for (k, c) in &page.capacity {
                 let t = view.capacity.entry(k.clone()).or_default();
@@ -450,6 +424,75 @@ impl View {
         }
         view.oldest = if never || !any { None } else { oldest };
         view
+    }
+
+    /// Bring a view combined from `sources` up to date with `changed` (not `everything`):
+    /// only the workloads and nodes it names are combined again, from every source, in the
+    /// order [`View::combine`] takes them, so the result is the view `combine` would give.
+    /// Its cost grows with the change, not with the fleet: a newer page from one node
+    /// re-combines that node's workloads, not the 40,000 of a 5,000-node fleet.
+    pub fn update<'a>(
+        &mut self,
+        sources: impl IntoIterator<Item = (&'a str, &'a Source)> + Clone,
+        changed: &Changed,
+    ) {
+        debug_assert!(!changed.everything, "a change to everything needs View::combine");
+        for w in &changed.workloads {
+            let mut sum: Option<Observed> = None;
+            for (addr, src) in sources.clone() {
+                let Some((_, page)) = &src.last_ok else { continue };
+                if let Some(o) = page.workloads.get(w) {
+                    let failed = src
+                        .error
+                        .as_ref()
+                        .map(|e| format!("collector {}: {e}", contract::redact_url(addr)));
+                    add(
+                        sum.get_or_insert_with(|| part_zero(failed.is_some())),
+                        o,
+                        failed.as_deref(),
+                    );
+                }
+            }
+            match sum {
+                Some(o) => {
+                    let e = self.by_name.entry(w.name.clone()).or_default();
+                    if !e.contains(&w.namespace) {
+                        e.push(w.namespace.clone());
+                    }
+                    self.workloads.insert(w.clone(), o);
+                }
+                None => {
+                    self.workloads.remove(w);
+                    if let Some(e) = self.by_name.get_mut(&w.name) {
+                        e.retain(|ns| *ns != w.namespace);
+                        if e.is_empty() {
+                            self.by_name.remove(&w.name);
+                        }
+                    }
+                }
+            }
+        }
+        for k in &changed.capacity {
+            let mut sum: Option<Capacity> = None;
+            for (_, src) in sources.clone() {
+                let Some((_, page)) = &src.last_ok else { continue };
+                if let Some(c) = page.capacity.get(k) {
+                    let t = sum.get_or_insert_with(Capacity::default);
+                    t.allocatable += c.allocatable;
+                    t.allocated += c.allocated;
+                }
+            }
+            match sum {
+                Some(c) => self.capacity.insert(k.clone(), c),
+                None => self.capacity.remove(k),
+            };
+        }
+        if self.oldest.is_some() {
+            self.oldest = sources
+                .into_iter()
+                .filter_map(|(_, src)| src.last_ok.as_ref().map(|(at, _)| *at))
+                .min();
+        }
     }
 
     /// What is known of one workload.
@@ -525,6 +568,81 @@ fn weighted(a: Option<f64>, na: u32, b: Option<f64>, nb: u32) -> Option<f64> {
         (Some(a), Some(_)) => Some(a),
         (a, None) => a,
         (None, b) => b,
+    }
+}
+
+/// A workload's sum before any part is added: `measured` is the oldest of its parts' (a first
+/// part from a failed collector leaves it at 0; the workload is unknown then anyway).
+fn part_zero(failed: bool) -> Observed {
+    Observed {
+        measured: if failed { 0.0 } else { f64::INFINITY },
+        ..Observed::default()
+    }
+}
+
+/// Add one collector's part `o` of a workload to its sum `t`; `failed` is why that collector's
+/// latest read failed, which makes every target of its part a target without a reading.
+fn add(t: &mut Observed, o: &Observed, failed: Option<&str>) {
+    if let Some(why) = failed {
+        t.down += o.up + o.down;
+        if t.faults.len() < MAX_FAULTS_NAMED {
+            t.faults.push(why.to_string());
+        }
+        return;
+    }
+    t.waiting += o.waiting;
+    t.running += o.running;
+    // Rates add across collectors only while every part is known: the first part with valid
+    // targets makes the sum, a later one without a rate makes it unknown.
+    let first = t.up == 0;
+    t.prompt_tokens_rate = sum_known(first, t.prompt_tokens_rate, o.prompt_tokens_rate, o.up);
+    t.generation_tokens_rate = sum_known(first, t.generation_tokens_rate, o.generation_tokens_rate, o.up);
+    t.up += o.up;
+    t.down += o.down;
+    for f in &o.faults {
+        if t.faults.len() < MAX_FAULTS_NAMED {
+            t.faults.push(f.clone());
+        }
+    }
+    t.measured = t.measured.min(o.measured);
+    // Means across collectors, weighted by replicas reporting.
+    t.kv_cache_usage = weighted(t.kv_cache_usage, t.up - o.up, o.kv_cache_usage, o.up);
+    t.gpu_utilization = weighted(t.gpu_utilization, t.up - o.up, o.gpu_utilization, o.up);
+}
+
+/// What changed in the collectors' pages since a view was combined, for [`View::update`]: the
+/// workloads and nodes named on both the old and the new page of every collector whose newer
+/// page replaced a good one. Anything else (a failure, a recovery, a first answer, a changed
+/// collector list) changes the view as a whole, and is `everything`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Changed {
+    /// Workloads on the pages replaced or replacing.
+    pub workloads: BTreeSet<WorkloadKey>,
+    /// (node, GPU model) entries on those pages.
+    pub capacity: BTreeSet<(String, String)>,
+    /// The view must be combined again as a whole.
+    pub everything: bool,
+}
+
+impl Changed {
+    /// Collector page `old` (its last good one, if its last read succeeded) is replaced by `new`.
+    pub fn replaced(&mut self, old: Option<&Page>, new: &Page) {
+        let Some(old) = old else {
+            self.everything = true;
+            return;
+        };
+        if self.everything {
+            return;
+        }
+        for p in [old, new] {
+            self.workloads.extend(p.workloads.keys().cloned());
+            self.capacity.extend(p.capacity.keys().cloned());
+        }
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        !self.everything && self.workloads.is_empty() && self.capacity.is_empty()
     }
 }
 
@@ -781,5 +899,133 @@ gpuscale_scrape_timestamp_seconds{{namespace="llm",workload="phi",target="http:/
         let v = View::combine([("a", &a), ("b", &b)]);
         let why = unknown(v.observe(&key("llm", "qwen")));
         assert!(why.contains("collector b: no complete answer"), "{why}");
+    }
+
+    fn part(waiting: f64, up: u32, kv: Option<f64>, rate: Option<f64>, measured: f64) -> Observed {
+        Observed {
+            waiting,
+            running: 1.0,
+            kv_cache_usage: kv,
+            prompt_tokens_rate: rate,
+            generation_tokens_rate: rate.map(|r| r / 4.0),
+            up,
+            down: u32::from(up == 0),
+            faults: if up == 0 {
+                vec!["target t: timeout".into()]
+            } else {
+                Vec::new()
+            },
+            measured,
+            ..Observed::default()
+        }
+    }
+
+    fn page_of(parts: &[(&str, Observed)], nodes: &[(&str, u32, u32)]) -> Page {
+        Page {
+            workloads: parts.iter().map(|(n, o)| (key("llm", n), o.clone())).collect(),
+            capacity: nodes
+                .iter()
+                .map(|(n, all, used)| {
+                    (
+                        (n.to_string(), "NVIDIA H100".to_string()),
+                        Capacity {
+                            allocatable: *all,
+                            allocated: *used,
+                        },
+                    )
+                })
+                .collect(),
+            rendered: NOW,
+        }
+    }
+
+    fn all(s: &BTreeMap<String, Source>) -> Vec<(&str, &Source)> {
+        s.iter().map(|(k, v)| (k.as_str(), v)).collect()
+    }
+
+    fn by_name(v: &View) -> BTreeMap<String, BTreeSet<String>> {
+        v.by_name
+            .iter()
+            .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
+            .collect()
+    }
+
+    #[test]
+    fn an_updated_view_is_the_view_combine_gives() {
+        // qwen runs behind collectors a and b (and was on c, whose latest read failed).
+        let old_a = page_of(
+            &[
+                ("qwen", part(3.0, 1, Some(0.5), Some(100.0), 4.0)),
+                ("mistral", part(1.0, 1, None, None, 4.5)),
+            ],
+            &[("n1", 8, 2)],
+        );
+        let b = page_of(
+            &[
+                ("qwen", part(2.0, 2, Some(0.8), None, 3.0)),
+                ("llama", part(0.0, 0, None, None, 3.0)),
+            ],
+            &[("n2", 8, 8)],
+        );
+        let c = page_of(&[("phi", part(5.0, 1, None, None, 1.0))], &[("n3", 4, 0)]);
+        let mut sources: BTreeMap<String, Source> = BTreeMap::new();
+        for (addr, p, at) in [("a", old_a.clone(), 5), ("b", b, 8), ("c", c, 6)] {
+            sources.insert(
+                addr.into(),
+                Source {
+                    last_ok: Some((Duration::from_secs(at), p)),
+                    error: None,
+                },
+            );
+        }
+        sources.get_mut("c").unwrap().error = Some("connection refused".into());
+        let mut view = View::combine(all(&sources));
+        assert_eq!(view.oldest, Some(Duration::from_secs(5)));
+
+        // a renders a newer page: qwen's queue grows, mistral is gone, gemma is new, and a pod
+        // on n1 took two more GPUs; a node appears.
+        let new_a = page_of(
+            &[
+                ("qwen", part(9.0, 1, Some(0.9), Some(300.0), 9.0)),
+                ("gemma", part(4.0, 1, None, None, 9.0)),
+            ],
+            &[("n1", 8, 4), ("n4", 2, 0)],
+        );
+        let mut changed = Changed::default();
+        changed.replaced(Some(&old_a), &new_a);
+        assert!(!changed.everything);
+        sources.get_mut("a").unwrap().last_ok = Some((Duration::from_secs(20), new_a.clone()));
+        view.update(all(&sources), &changed);
+
+        let fresh = View::combine(all(&sources));
+        assert_eq!(view.workloads, fresh.workloads);
+        assert_eq!(view.capacity, fresh.capacity);
+        assert_eq!((view.oldest, &view.fault), (fresh.oldest, &fresh.fault));
+        assert_eq!(
+            view.oldest,
+            Some(Duration::from_secs(6)),
+            "a's page is no longer the oldest"
+        );
+        assert_eq!(by_name(&view), by_name(&fresh));
+        for n in ["qwen", "mistral", "gemma", "llama", "phi", "absent"] {
+            assert_eq!(view.observe(&key("llm", n)), fresh.observe(&key("llm", n)), "{n}");
+        }
+        // What the update had to get right: qwen sums a's new part with b's, and a mixed
+        // token rate is unknown; mistral is gone; phi is still unknown through c's failure.
+        let Seen::Known { observed, .. } = view.observe(&key("llm", "qwen")) else {
+            panic!("qwen: {:?}", view.observe(&key("llm", "qwen")))
+        };
+        assert_eq!(
+            (observed.waiting, observed.up, observed.prompt_tokens_rate),
+            (11.0, 3, None)
+        );
+        assert!(matches!(view.observe(&key("llm", "mistral")), Seen::Absent(_)));
+        assert!(unknown(view.observe(&key("llm", "phi"))).contains("connection refused"));
+        assert_eq!(view.free_gpus(""), 4 + 4 + 2);
+
+        // A first page, or one after a failed read, changes the view as a whole.
+        let mut first = Changed::default();
+        first.replaced(None, &new_a);
+        assert!(first.everything);
     }
 }

@@ -4,10 +4,12 @@
 //! `max_page_bytes`) with `?series=contract&wait=W&after=T`: the collector answers as soon as it has rendered a
 //! page newer than the one seen (a model server's reading changed), or after `W` with the same
 //! page (a heartbeat, so silence is never read as "no change"). Each newer page makes the
-//! decider combine the pages into a [`View`] and decide every workload at once (coalesced over
-//! a few milliseconds), so a queue change reaches KEDA without waiting for a poll. The decider
-//! also runs every `interval` whatever arrives: readings age, keep-alives expire. A collector
-//! that does not wait (an older one, or `wait` 0) is read every `interval`, as plain polling.
+//! decider bring the [`View`] up to date for the workloads on it and decide those (coalesced
+//! over a few milliseconds), so a queue change reaches KEDA without waiting for a poll, at a
+//! cost that grows with the change, not with the fleet. Every `interval`, whatever arrives,
+//! the decider combines every page afresh and decides every workload: readings age,
+//! keep-alives expire, failures and recoveries show. A collector that does not wait (an older
+//! one, or `wait` 0) is read every `interval`, as plain polling.
 //!
 //! The collector list is a `watch` channel so that a static `--collector` list and `--kube`
 //! discovery (EndpointSlices) feed the same loop.
@@ -21,7 +23,7 @@ use tokio::sync::watch;
 
 use gpuscale_contract::{Clock, redact_url};
 
-use crate::sources::aggregate::{Page, Received, Source, View};
+use crate::sources::aggregate::{Changed, Page, Received, Source, View};
 use crate::telemetry::Telemetry;
 use crate::workloads::Workloads;
 
@@ -52,6 +54,8 @@ pub struct Polled {
     pub view: RwLock<View>,
     /// Whether a round has completed.
     pub ready: std::sync::atomic::AtomicBool,
+    /// What the readers stored since the last decision, for a pushed one to decide only that.
+    pub changed: std::sync::Mutex<Changed>,
 }
 
 /// Collector addresses become `/metrics` URLs: `host:port`, `http://host:port` (both mean
@@ -118,15 +122,56 @@ async fn read_collector(
 const PUSH_COALESCE: Duration = Duration::from_millis(5);
 /// Pushed decisions are at least this far apart...
 const PUSH_MIN_GAP: Duration = Duration::from_millis(20);
-/// ...and keep deciding under this share of one core: after a decision that took `d`, the
-/// next pushed one waits `d * (1 / share - 1)`. A fleet so large that deciding every workload
-/// takes 120 ms (5,000 nodes, 40,000 workloads) is then decided about twice a second on
-/// pushes, not continuously: p99 freshness 0.9 s within a core (the fleet bench); a tenth of a
-/// core let that p99 drift past 1.5 s.
+/// ...and keep deciding under this share of one core: after a pushed decision that took `d`,
+/// the next pushed one waits `d * (1 / share - 1)`. A pushed decision covers only the workloads
+/// on the changed pages, so this binds only when pages change faster than they can be read
+/// (it bound at 5,000 nodes when every push decided all 40,000 workloads, ~120 ms each).
 const PUSH_CPU_SHARE: f64 = 0.2;
 
-/// Combine the collectors' latest pages and decide every workload.
-fn decide(collectors: &HashSet<String>, polled: &Polled, workloads: &Workloads, clock: Clock) -> bool {
+/// What one decision covers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Pass {
+    /// Pages changed: the workloads on them.
+    Pushed,
+    /// The interval: every workload, on the view kept up to date page by page.
+    Periodic,
+    /// Every workload, on a view combined afresh from every page: the collector list changed,
+    /// or it is time to (see [`FULL_COMBINE_EVERY`]).
+    Full,
+}
+
+/// A periodic decision combines every page afresh at least this often, though the view is kept
+/// up to date page by page: what keeps a mistake in that bookkeeping from outliving a few
+/// seconds.
+const FULL_COMBINE_EVERY: Duration = Duration::from_secs(10);
+
+/// Decide: bring the view up to date with what the readers stored since the last decision
+/// (only the workloads on changed pages are combined again), then decide the workloads on
+/// those pages (`Pushed`) or every workload. A failure, a recovery, a first answer or a
+/// changed collector list makes the view be combined afresh from every page. Whether every
+/// collector has answered.
+fn decide(
+    collectors: &HashSet<String>,
+    polled: &Polled,
+    workloads: &Workloads,
+    clock: Clock,
+    pass: Pass,
+) -> bool {
+    // Taken before the sources are read: a page stored after this is in the next `changed`.
+    let changed = std::mem::take(&mut *polled.changed.lock().unwrap_or_else(|e| e.into_inner()));
+    if pass != Pass::Full && !changed.everything {
+        let mut view = polled.view.write().unwrap_or_else(|e| e.into_inner());
+        if !changed.is_empty() {
+            let sources = polled.sources.read().unwrap_or_else(|e| e.into_inner());
+            view.update(sources.iter().map(|(k, v)| (k.as_str(), v)), &changed);
+        }
+        match pass {
+            Pass::Pushed => workloads.tick_only(&view, &changed.workloads, clock.now()),
+            _ => workloads.tick(&view, clock.now()),
+        }
+        // Only a first answer completes the view, and that changes everything.
+        return polled.ready.load(Ordering::Relaxed);
+    }
     let (view, complete) = {
         let mut sources = polled.sources.write().unwrap_or_else(|e| e.into_inner());
         sources.retain(|k, _| collectors.contains(k));
@@ -170,7 +215,7 @@ async fn read_loop(addr: String, r: Arc<Reader>) {
         };
         let result = read_collector(&r.client, &r.config, &addr, r.clock, wait).await;
         drop(permit);
-        let newer = match &result {
+        let mut newer = match &result {
             Ok(page) => seen.is_none_or(|s| page.rendered > s),
             Err(_) => true,
         };
@@ -178,8 +223,15 @@ async fn read_loop(addr: String, r: Arc<Reader>) {
         {
             let mut sources = r.polled.sources.write().unwrap_or_else(|e| e.into_inner());
             let s = sources.entry(addr.clone()).or_default();
+            let mut changed = r.polled.changed.lock().unwrap_or_else(|e| e.into_inner());
             match result {
                 Ok(page) => {
+                    // A newer page from a collector whose last read was good changes only the
+                    // workloads on the two pages; a first page or a recovery changes the view.
+                    let good = s.last_ok.as_ref().filter(|_| s.error.is_none()).map(|(_, p)| p);
+                    if newer || good.is_none() {
+                        changed.replaced(good, &page);
+                    }
                     seen = Some(page.rendered);
                     s.last_ok = Some((r.clock.now(), page));
                     s.error = None;
@@ -187,6 +239,12 @@ async fn read_loop(addr: String, r: Arc<Reader>) {
                 Err(e) => {
                     r.telemetry.poll_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(collector = %redact_url(&addr), error = %e, "collector read failed");
+                    // The same failure again changes nothing the view holds; a new one changes
+                    // every workload the collector reported.
+                    newer = s.error.as_ref() != Some(&e);
+                    if newer {
+                        changed.everything = true;
+                    }
                     s.error = Some(e);
                     seen = None;
                 }
@@ -228,46 +286,63 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // When the last decision ended, and the least gap before a pushed one.
     let mut last = (Instant::now(), Duration::ZERO);
+    // The collector list; a pushed decision while it stays the same decides only what changed.
+    let mut list: HashSet<String> = HashSet::new();
+    // When the view was last combined afresh from every page (the first decision does).
+    let mut last_full: Option<Instant> = None;
     // A static list's sender is gone once sent: `changed` would then return at once, forever.
     let mut watching = true;
     loop {
-        let periodic = tokio::select! {
-            _ = tick.tick() => true,
+        let (periodic, listed) = tokio::select! {
+            _ = tick.tick() => (true, false),
             _ = reader.changed.notified() => {
                 let gap = last.1.max(PUSH_MIN_GAP);
                 let at = (last.0 + gap).max(Instant::now() + PUSH_COALESCE);
                 tokio::time::sleep_until(at.into()).await;
-                false
+                (false, false)
             }
             changed = collectors.changed(), if watching => {
                 watching = changed.is_ok();
-                false
+                (false, true)
             }
         };
-        // A set: with thousands of collectors, list lookups per decision were quadratic.
-        let list: HashSet<String> = collectors.borrow_and_update().iter().cloned().collect();
-        readers.retain(|addr, handle| {
-            let keep = list.contains(addr);
-            if !keep {
-                handle.abort();
-            }
-            // A reader never returns: one that has ended panicked, and is started again below
-            // (meanwhile its last page only ages, into stale).
-            if keep && let Some(panic) = gpuscale_edge::tasks::ended(handle) {
-                if let Some(e) = panic {
-                    tracing::error!(collector = %redact_url(addr), error = %e, "collector reader panicked; restarting it");
+        let listed = listed || collectors.has_changed().unwrap_or(false);
+        let relist = periodic || listed;
+        if relist {
+            // A set: with thousands of collectors, list lookups per decision were quadratic.
+            list = collectors.borrow_and_update().iter().cloned().collect();
+            readers.retain(|addr, handle| {
+                let keep = list.contains(addr);
+                if !keep {
+                    handle.abort();
                 }
-                return false;
+                // A reader never returns: one that has ended panicked, and is started again
+                // below (meanwhile its last page only ages, into stale).
+                if keep && let Some(panic) = gpuscale_edge::tasks::ended(handle) {
+                    if let Some(e) = panic {
+                        tracing::error!(collector = %redact_url(addr), error = %e, "collector reader panicked; restarting it");
+                    }
+                    return false;
+                }
+                keep
+            });
+            for addr in &list {
+                readers
+                    .entry(addr.clone())
+                    .or_insert_with(|| tokio::spawn(read_loop(addr.clone(), reader.clone())));
             }
-            keep
-        });
-        for addr in &list {
-            readers
-                .entry(addr.clone())
-                .or_insert_with(|| tokio::spawn(read_loop(addr.clone(), reader.clone())));
         }
         let started = Instant::now();
-        let complete = decide(&list, &polled, &workloads, clock);
+        let due = last_full.is_none_or(|t| t.elapsed() >= FULL_COMBINE_EVERY);
+        let pass = if listed || (periodic && due) {
+            last_full = Some(Instant::now());
+            Pass::Full
+        } else if periodic {
+            Pass::Periodic
+        } else {
+            Pass::Pushed
+        };
+        let complete = decide(&list, &polled, &workloads, clock, pass);
         if complete {
             polled.ready.store(true, Ordering::Relaxed);
         }
@@ -278,6 +353,12 @@ pub async fn run(
         }
         let took = started.elapsed();
         telemetry.poll_duration.observe(took);
-        last = (Instant::now(), took.mul_f64(1.0 / PUSH_CPU_SHARE - 1.0));
+        // Periodic passes are paced by the interval; only pushed ones need the CPU bound.
+        let gap = if periodic || relist {
+            Duration::ZERO
+        } else {
+            took.mul_f64(1.0 / PUSH_CPU_SHARE - 1.0)
+        };
+        last = (Instant::now(), gap);
     }
 }
