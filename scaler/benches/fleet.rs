@@ -13,7 +13,7 @@
 //!
 //! `cargo bench -p gpuscale-scaler --bench fleet` (env: FLEET_NODES="100,1000,5000",
 //! FLEET_BUSY="1,0" (shares of nodes whose readings change every second), FLEET_SECONDS=15 for
-//! the CPU window, FLEET_CHANGES=10).
+//! the CPU window, FLEET_CHANGES=10, FLEET_SCALER_BIN to run another scaler build).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
@@ -198,7 +198,11 @@ async fn run(n: usize, busy: f64, seconds: u64, changes: usize) {
     }
     std::fs::write(&file, lines).unwrap();
     let (gport, hport) = (free_port(), free_port());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpuscale-scaler"));
+    // FLEET_SCALER_BIN: another build of the scaler (an older release, for a baseline run on
+    // the same fleet in the same session).
+    let bin =
+        std::env::var("FLEET_SCALER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_gpuscale-scaler").into());
+    let mut cmd = Command::new(bin);
     cmd.args(["--grpc-listen", &format!("127.0.0.1:{gport}")])
         .args(["--http-listen", &format!("127.0.0.1:{hport}")])
         .args(["--workloads-file", file.to_str().unwrap()])

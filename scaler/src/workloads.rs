@@ -528,10 +528,16 @@ impl Workloads {
     /// page changed them): the cost of a push grows with what changed. Forgetting idle triggers
     /// and deciding the rest (readings age, keep-alives expire) is left to [`Workloads::tick`].
     pub fn tick_only<'a>(&self, view: &View, keys: impl IntoIterator<Item = &'a WorkloadKey>, now: Duration) {
-        for k in keys {
-            for w in self.entries(k) {
-                lock(&w).decide(view, now);
-            }
+        // Copied out under one read of the map, let go before deciding (as in `tick`).
+        let named: Vec<Arc<Tracked>> = {
+            let map = self.read();
+            keys.into_iter()
+                .filter_map(|k| map.get(k))
+                .flat_map(|entries| entries.iter().map(|(_, w)| w.clone()))
+                .collect()
+        };
+        for w in named {
+            lock(&w).decide(view, now);
         }
     }
 

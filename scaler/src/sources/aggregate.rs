@@ -354,6 +354,10 @@ pub struct View {
     pub fault: Option<String>,
     /// Workload name -> namespaces the collectors report it in, for near-miss reasons.
     by_name: HashMap<String, Vec<String>>,
+    /// Which collectors (addresses, in order) report each workload, and each (node, model):
+    /// what [`View::update`] combines a changed entry again from, without a pass over the fleet.
+    reporters: HashMap<WorkloadKey, Vec<String>>,
+    capacity_reporters: HashMap<(String, String), Vec<String>>,
 }
 
 /// What a workload's view says, for [`View::observe`].
@@ -380,9 +384,9 @@ impl View {
         let mut oldest: Option<Duration> = None;
         let mut any = false;
         let mut never = false;
-        for (addr, src) in sources {
+        for (raw, src) in sources {
             any = true;
-            let addr = contract::redact_url(addr);
+            let addr = contract::redact_url(raw);
             let Some((at, page)) = &src.last_ok else {
                 never = true;
                 view.fault.get_or_insert_with(|| {
@@ -406,11 +410,16 @@ impl View {
                     .entry(w.clone())
                     .or_insert_with(|| part_zero(failed.is_some()));
                 add(t, o, failed.as_deref());
+                view.reporters.entry(w.clone()).or_default().push(raw.to_string());
             }
             for (k, c) in &page.capacity {
                 let t = view.capacity.entry(k.clone()).or_default();
                 t.allocatable += c.allocatable;
                 t.allocated += c.allocated;
+                view.capacity_reporters
+                    .entry(k.clone())
+                    .or_default()
+                    .push(raw.to_string());
             }
         }
         for w in view.workloads.keys() {
@@ -427,40 +436,57 @@ impl View {
     }
 
     /// Bring a view combined from `sources` up to date with `changed` (not `everything`):
-    /// only the workloads and nodes it names are combined again, from every source, in the
-    /// order [`View::combine`] takes them, so the result is the view `combine` would give.
-    /// Its cost grows with the change, not with the fleet: a newer page from one node
-    /// re-combines that node's workloads, not the 40,000 of a 5,000-node fleet.
-    pub fn update<'a>(
-        &mut self,
-        sources: impl IntoIterator<Item = (&'a str, &'a Source)> + Clone,
-        changed: &Changed,
-    ) {
+    /// only the workloads and nodes on the changed pages are combined again, each from the
+    /// collectors that report it, in the order [`View::combine`] takes them, so the result is
+    /// the view `combine` would give. Its cost grows with the change, not with the fleet: a
+    /// newer page from one node re-combines that node's workloads, not the 40,000 of a
+    /// 5,000-node fleet.
+    pub fn update(&mut self, sources: &BTreeMap<String, Source>, changed: &Changed) {
         debug_assert!(!changed.everything, "a change to everything needs View::combine");
-        for w in &changed.workloads {
+        let page_of = |addr: &str| sources.get(addr).and_then(|s| s.last_ok.as_ref()).map(|(_, p)| p);
+        let mut workloads: BTreeSet<&WorkloadKey> = BTreeSet::new();
+        let mut nodes: BTreeSet<&(String, String)> = BTreeSet::new();
+        for (addr, (ws, cs)) in &changed.pages {
+            let page = page_of(addr);
+            for w in ws {
+                let on = page.is_some_and(|p| p.workloads.contains_key(w));
+                reported(&mut self.reporters, w, addr, on);
+                workloads.insert(w);
+            }
+            for k in cs {
+                let on = page.is_some_and(|p| p.capacity.contains_key(k));
+                reported(&mut self.capacity_reporters, k, addr, on);
+                nodes.insert(k);
+            }
+        }
+        for w in workloads {
             let mut sum: Option<Observed> = None;
-            for (addr, src) in sources.clone() {
-                let Some((_, page)) = &src.last_ok else { continue };
-                if let Some(o) = page.workloads.get(w) {
-                    let failed = src
-                        .error
-                        .as_ref()
-                        .map(|e| format!("collector {}: {e}", contract::redact_url(addr)));
-                    add(
-                        sum.get_or_insert_with(|| part_zero(failed.is_some())),
-                        o,
-                        failed.as_deref(),
-                    );
-                }
+            for addr in self.reporters.get(w).into_iter().flatten() {
+                let Some(src) = sources.get(addr) else { continue };
+                let Some(o) = page_of(addr).and_then(|p| p.workloads.get(w)) else {
+                    continue;
+                };
+                let failed = src
+                    .error
+                    .as_ref()
+                    .map(|e| format!("collector {}: {e}", contract::redact_url(addr)));
+                add(
+                    sum.get_or_insert_with(|| part_zero(failed.is_some())),
+                    o,
+                    failed.as_deref(),
+                );
             }
             match sum {
-                Some(o) => {
-                    let e = self.by_name.entry(w.name.clone()).or_default();
-                    if !e.contains(&w.namespace) {
-                        e.push(w.namespace.clone());
+                Some(o) => match self.workloads.get_mut(w) {
+                    Some(slot) => *slot = o,
+                    None => {
+                        let e = self.by_name.entry(w.name.clone()).or_default();
+                        if !e.contains(&w.namespace) {
+                            e.push(w.namespace.clone());
+                        }
+                        self.workloads.insert(w.clone(), o);
                     }
-                    self.workloads.insert(w.clone(), o);
-                }
+                },
                 None => {
                     self.workloads.remove(w);
                     if let Some(e) = self.by_name.get_mut(&w.name) {
@@ -472,11 +498,10 @@ impl View {
                 }
             }
         }
-        for k in &changed.capacity {
+        for k in nodes {
             let mut sum: Option<Capacity> = None;
-            for (_, src) in sources.clone() {
-                let Some((_, page)) = &src.last_ok else { continue };
-                if let Some(c) = page.capacity.get(k) {
+            for addr in self.capacity_reporters.get(k).into_iter().flatten() {
+                if let Some(c) = page_of(addr).and_then(|p| p.capacity.get(k)) {
                     let t = sum.get_or_insert_with(Capacity::default);
                     t.allocatable += c.allocatable;
                     t.allocated += c.allocated;
@@ -489,8 +514,8 @@ impl View {
         }
         if self.oldest.is_some() {
             self.oldest = sources
-                .into_iter()
-                .filter_map(|(_, src)| src.last_ok.as_ref().map(|(at, _)| *at))
+                .values()
+                .filter_map(|src| src.last_ok.as_ref().map(|(at, _)| *at))
                 .min();
         }
     }
@@ -610,23 +635,52 @@ fn add(t: &mut Observed, o: &Observed, failed: Option<&str>) {
     t.gpu_utilization = weighted(t.gpu_utilization, t.up - o.up, o.gpu_utilization, o.up);
 }
 
-/// What changed in the collectors' pages since a view was combined, for [`View::update`]: the
-/// workloads and nodes named on both the old and the new page of every collector whose newer
-/// page replaced a good one. Anything else (a failure, a recovery, a first answer, a changed
+/// Record whether collector `addr` reports `key`, keeping each list in address order.
+fn reported<K: std::hash::Hash + Eq + Clone>(
+    index: &mut HashMap<K, Vec<String>>,
+    key: &K,
+    addr: &str,
+    on: bool,
+) {
+    // Looked up before inserting: the key is almost always there, and cloning it (two
+    // strings) for every entry of every changed page is wasted work.
+    let Some(list) = index.get_mut(key) else {
+        if on {
+            index.insert(key.clone(), vec![addr.to_string()]);
+        }
+        return;
+    };
+    match (list.binary_search_by(|a| a.as_str().cmp(addr)), on) {
+        (Err(i), true) => list.insert(i, addr.to_string()),
+        (Ok(i), false) => {
+            list.remove(i);
+        }
+        _ => {}
+    }
+    if list.is_empty() {
+        index.remove(key);
+    }
+}
+
+/// The workloads and (node, GPU model) entries named on a collector's changed pages.
+pub type OnPages = (BTreeSet<WorkloadKey>, BTreeSet<(String, String)>);
+
+/// What changed in the collectors' pages since a view was combined, for [`View::update`]: per
+/// collector whose newer page replaced a good one, the workloads and nodes named on any page
+/// replaced or replacing. Anything else (a failure, a recovery, a first answer, a changed
 /// collector list) changes the view as a whole, and is `everything`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Changed {
-    /// Workloads on the pages replaced or replacing.
-    pub workloads: BTreeSet<WorkloadKey>,
-    /// (node, GPU model) entries on those pages.
-    pub capacity: BTreeSet<(String, String)>,
+    /// Collector address -> the workloads and (node, GPU model) entries on its changed pages.
+    pub pages: BTreeMap<String, OnPages>,
     /// The view must be combined again as a whole.
     pub everything: bool,
 }
 
 impl Changed {
-    /// Collector page `old` (its last good one, if its last read succeeded) is replaced by `new`.
-    pub fn replaced(&mut self, old: Option<&Page>, new: &Page) {
+    /// Collector `addr`'s page `old` (its last good one, if its last read succeeded) is
+    /// replaced by `new`.
+    pub fn replaced(&mut self, addr: &str, old: Option<&Page>, new: &Page) {
         let Some(old) = old else {
             self.everything = true;
             return;
@@ -634,15 +688,35 @@ impl Changed {
         if self.everything {
             return;
         }
-        for p in [old, new] {
-            self.workloads.extend(p.workloads.keys().cloned());
-            self.capacity.extend(p.capacity.keys().cloned());
+        if !self.pages.contains_key(addr) {
+            self.pages.insert(addr.to_string(), Default::default());
         }
+        let Some((ws, cs)) = self.pages.get_mut(addr) else {
+            return;
+        };
+        // A node's pages name the same workloads from one to the next: clone only new ones.
+        for p in [old, new] {
+            for k in p.workloads.keys() {
+                if !ws.contains(k) {
+                    ws.insert(k.clone());
+                }
+            }
+            for k in p.capacity.keys() {
+                if !cs.contains(k) {
+                    cs.insert(k.clone());
+                }
+            }
+        }
+    }
+
+    /// The workloads on the changed pages.
+    pub fn workloads(&self) -> BTreeSet<&WorkloadKey> {
+        self.pages.values().flat_map(|(ws, _)| ws).collect()
     }
 
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        !self.everything && self.workloads.is_empty() && self.capacity.is_empty()
+        !self.everything && self.pages.is_empty()
     }
 }
 
@@ -992,10 +1066,10 @@ gpuscale_scrape_timestamp_seconds{{namespace="llm",workload="phi",target="http:/
             &[("n1", 8, 4), ("n4", 2, 0)],
         );
         let mut changed = Changed::default();
-        changed.replaced(Some(&old_a), &new_a);
+        changed.replaced("a", Some(&old_a), &new_a);
         assert!(!changed.everything);
         sources.get_mut("a").unwrap().last_ok = Some((Duration::from_secs(20), new_a.clone()));
-        view.update(all(&sources), &changed);
+        view.update(&sources, &changed);
 
         let fresh = View::combine(all(&sources));
         assert_eq!(view.workloads, fresh.workloads);
@@ -1007,6 +1081,8 @@ gpuscale_scrape_timestamp_seconds{{namespace="llm",workload="phi",target="http:/
             "a's page is no longer the oldest"
         );
         assert_eq!(by_name(&view), by_name(&fresh));
+        assert_eq!(view.reporters, fresh.reporters);
+        assert_eq!(view.capacity_reporters, fresh.capacity_reporters);
         for n in ["qwen", "mistral", "gemma", "llama", "phi", "absent"] {
             assert_eq!(view.observe(&key("llm", n)), fresh.observe(&key("llm", n)), "{n}");
         }
@@ -1025,7 +1101,7 @@ gpuscale_scrape_timestamp_seconds{{namespace="llm",workload="phi",target="http:/
 
         // A first page, or one after a failed read, changes the view as a whole.
         let mut first = Changed::default();
-        first.replaced(None, &new_a);
+        first.replaced("a", None, &new_a);
         assert!(first.everything);
     }
 }

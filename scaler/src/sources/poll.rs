@@ -163,10 +163,10 @@ fn decide(
         let mut view = polled.view.write().unwrap_or_else(|e| e.into_inner());
         if !changed.is_empty() {
             let sources = polled.sources.read().unwrap_or_else(|e| e.into_inner());
-            view.update(sources.iter().map(|(k, v)| (k.as_str(), v)), &changed);
+            view.update(&sources, &changed);
         }
         match pass {
-            Pass::Pushed => workloads.tick_only(&view, &changed.workloads, clock.now()),
+            Pass::Pushed => workloads.tick_only(&view, changed.workloads(), clock.now()),
             _ => workloads.tick(&view, clock.now()),
         }
         // Only a first answer completes the view, and that changes everything.
@@ -230,7 +230,7 @@ async fn read_loop(addr: String, r: Arc<Reader>) {
                     // workloads on the two pages; a first page or a recovery changes the view.
                     let good = s.last_ok.as_ref().filter(|_| s.error.is_none()).map(|(_, p)| p);
                     if newer || good.is_none() {
-                        changed.replaced(good, &page);
+                        changed.replaced(&addr, good, &page);
                     }
                     seen = Some(page.rendered);
                     s.last_ok = Some((r.clock.now(), page));
