@@ -1,7 +1,8 @@
 //! The collector's CPU per tick on an 8-GPU node with 8 vLLM targets, beside a no-op baseline in
 //! the same process: parsing the 8 captured vLLM pages as a scrape does (keeping only the queue
 //! series), and rendering the page in both formats (the tick's work besides NVML, whose calls
-//! happen in the driver). The baseline renders an empty snapshot.
+//! happen in the driver), and cutting the contract page with the digest of its readings. The
+//! baseline renders an empty snapshot.
 //!
 //! `cargo bench -p gpuscale-collector --bench tick`
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -85,6 +86,13 @@ fn main() {
         let _ = render(&empty, Format::Prometheus, false);
         let _ = render(&empty, Format::OpenMetrics, false);
     });
+    // What a render adds for the scaler: the contract page, and the digest of its readings that
+    // decides whether a held read is answered.
+    let om = render(&full, Format::OpenMetrics, false);
+    let contract_cut = per_iter(2000, || {
+        let page = gpuscale_expfmt::write::only_families(&om, &gpuscale_contract::SCALER_FAMILIES);
+        let _ = gpuscale_collector::service::values_digest(&page);
+    });
     let bytes = render(&full, Format::Prometheus, false).len();
     println!(
         "collector tick, 8 GPUs and 8 vLLM targets ({} KB page each, {bytes} B rendered):",
@@ -99,11 +107,15 @@ fn main() {
         render_full * 1e6
     );
     println!(
+        "  contract page + readings digest          {:>8.1} µs",
+        contract_cut * 1e6
+    );
+    println!(
         "  baseline: render an empty snapshot       {:>8.1} µs",
         render_empty * 1e6
     );
     println!(
-        "  per tick (parse + render)                {:>8.1} µs",
-        (parse + render_full) * 1e6
+        "  per tick (parse + render + contract)     {:>8.1} µs",
+        (parse + render_full + contract_cut) * 1e6
     );
 }

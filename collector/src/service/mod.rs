@@ -108,7 +108,7 @@ fn publish(pages: &SharedPages, snapshot: &Snapshot, dcgm_compat: bool) {
 
 /// A digest of the contract page without the render time and the targets' scrape times, which
 /// change at every render while the readings they date may not.
-fn values_digest(contract_page: &str) -> u64 {
+pub fn values_digest(contract_page: &str) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for line in contract_page.lines() {
