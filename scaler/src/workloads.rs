@@ -57,6 +57,8 @@ pub struct Workload {
     pub signals: Option<Signals>,
     /// The last decision and when it was made.
     pub decision: Option<(Decision, Duration)>,
+    /// When a pushed page last had it decided ([`Workloads::tick_only`]).
+    pub pushed_at: Option<Duration>,
     /// A scale-up the cluster's free GPUs cannot hold, in words.
     pub capacity: Option<String>,
     /// From the activator.
@@ -157,6 +159,7 @@ impl Workload {
             unknown: None,
             signals: None,
             decision: None,
+            pushed_at: None,
             capacity: None,
             held: None,
             replicas: None,
@@ -492,6 +495,14 @@ impl Workloads {
 
     /// Decide every workload from the view; forget those nobody asked about for the idle TTL.
     pub fn tick(&self, view: &View, now: Duration) {
+        self.tick_since(view, now, None);
+    }
+
+    /// As [`Workloads::tick`], but a workload a pushed page had decided at or after `since`
+    /// (the start of the last periodic pass) is left as it is: on a fleet whose pages all change
+    /// every second, the periodic pass would otherwise decide every workload again. Each
+    /// workload is still decided at least every second periodic pass.
+    pub fn tick_since(&self, view: &View, now: Duration, since: Option<Duration>) {
         let mut expired = Vec::new();
         // The entries are copied out and the map's lock let go before deciding: a tick over
         // 40,000 workloads takes ~100 ms, and a registration waiting for the write lock
@@ -508,7 +519,11 @@ impl Workloads {
                 expired.push((w.trigger.workload.clone(), f));
                 continue;
             }
-            lock(&w).decide(view, now);
+            let mut g = lock(&w);
+            if since.is_some_and(|s| g.pushed_at.is_some_and(|t| t >= s)) {
+                continue;
+            }
+            g.decide(view, now);
         }
         if !expired.is_empty() {
             let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
@@ -537,7 +552,9 @@ impl Workloads {
                 .collect()
         };
         for w in named {
-            lock(&w).decide(view, now);
+            let mut g = lock(&w);
+            g.pushed_at = Some(now);
+            g.decide(view, now);
         }
     }
 
@@ -807,6 +824,40 @@ mod tests {
             Ok(4.0),
             "llama was not named, so not decided"
         );
+    }
+
+    #[test]
+    fn a_periodic_pass_leaves_what_a_push_just_decided() {
+        let ws = Workloads::new(10, Duration::from_secs(600));
+        let w = ws
+            .register(
+                trigger(&[
+                    ("keepAlive", "0s"),
+                    ("queue.target", "2"),
+                    ("queue.scaleDownWindow", "0s"),
+                ]),
+                "ScaledObject llm/qwen",
+                Duration::ZERO,
+            )
+            .unwrap();
+        let at = Duration::from_millis;
+        ws.tick(&view(1, 6.0, 2.0, 1), at(1000));
+        assert_eq!(w.answer().value, Ok(4.0));
+        // Periodic passes at 1 s and 1.5 s, no push between: decided.
+        ws.tick_since(&view(1, 14.0, 2.0, 1), at(1500), Some(at(1000)));
+        assert_eq!(w.answer().value, Ok(8.0), "no push since the last pass began");
+        // A push at 1.7 s decides it; the pass at 2 s leaves it, even on another view...
+        ws.tick_only(&view(1, 6.0, 2.0, 1), [&w.trigger.workload], at(1700));
+        assert_eq!(w.answer().value, Ok(4.0));
+        ws.tick_since(&view(1, 14.0, 2.0, 1), at(2000), Some(at(1500)));
+        assert_eq!(
+            w.answer().value,
+            Ok(4.0),
+            "decided by the push since the last pass"
+        );
+        // ...and the one at 2.5 s decides it.
+        ws.tick_since(&view(1, 14.0, 2.0, 1), at(2500), Some(at(2000)));
+        assert_eq!(w.answer().value, Ok(8.0));
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! decider bring the [`View`] up to date for the workloads on it and decide those (coalesced
 //! over a few milliseconds), so a queue change reaches KEDA without waiting for a poll, at a
 //! cost that grows with the change, not with the fleet. Every `interval`, whatever arrives,
-//! the decider combines every page afresh and decides every workload: readings age,
-//! keep-alives expire, failures and recoveries show. A collector that does not wait (an older
+//! the decider decides every workload no push decided since the last such pass (readings age,
+//! keep-alives expire), and every 10 s, or on a failure, a recovery or a new collector list,
+//! it combines every page afresh. A collector that does not wait (an older
 //! one, or `wait` 0) is read every `interval`, as plain polling.
 //!
 //! The collector list is a `watch` channel so that a static `--collector` list and `--kube`
@@ -156,6 +157,7 @@ fn decide(
     workloads: &Workloads,
     clock: Clock,
     pass: Pass,
+    since: Option<Duration>,
 ) -> bool {
     // Taken before the sources are read: a page stored after this is in the next `changed`.
     let changed = std::mem::take(&mut *polled.changed.lock().unwrap_or_else(|e| e.into_inner()));
@@ -167,7 +169,7 @@ fn decide(
         }
         match pass {
             Pass::Pushed => workloads.tick_only(&view, changed.workloads(), clock.now()),
-            _ => workloads.tick(&view, clock.now()),
+            _ => workloads.tick_since(&view, clock.now(), since),
         }
         // Only a first answer completes the view, and that changes everything.
         return polled.ready.load(Ordering::Relaxed);
@@ -290,6 +292,8 @@ pub async fn run(
     let mut list: HashSet<String> = HashSet::new();
     // When the view was last combined afresh from every page (the first decision does).
     let mut last_full: Option<Instant> = None;
+    // When the last periodic pass began, on the decisions' clock.
+    let mut last_periodic: Option<Duration> = None;
     // A static list's sender is gone once sent: `changed` would then return at once, forever.
     let mut watching = true;
     loop {
@@ -342,7 +346,16 @@ pub async fn run(
         } else {
             Pass::Pushed
         };
-        let complete = decide(&list, &polled, &workloads, clock, pass);
+        // A periodic pass leaves the workloads a push decided since the last one began.
+        let since = if pass == Pass::Periodic {
+            last_periodic
+        } else {
+            None
+        };
+        if periodic {
+            last_periodic = Some(clock.now());
+        }
+        let complete = decide(&list, &polled, &workloads, clock, pass, since);
         if complete {
             polled.ready.store(true, Ordering::Relaxed);
         }
