@@ -252,6 +252,31 @@ fn queue_readings(targets: Vec<Target>, readings: &Readings) -> Vec<QueueReading
         .collect()
 }
 
+/// Static targets plus whatever the pod watch found (bounded like static ones).
+fn targets_now(config: &Config) -> Vec<Target> {
+    let mut targets = config.targets.clone();
+    if let Some(found) = &config.discovered
+        && let Ok(f) = found.read()
+    {
+        targets.extend(f.iter().take(1024).cloned());
+    }
+    targets
+}
+
+/// The first page waits (up to `within`, so a hung target cannot hold back readiness) for
+/// every target's first reading; those still missing are `pending`.
+async fn first_readings(targets: &[Target], readings: &Readings, within: Duration) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline
+        && readings
+            .read()
+            .map(|r| targets.iter().any(|t| !r.contains_key(t)))
+            .unwrap_or(false)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Run ticks forever, publishing each snapshot into `pages`; an error only when it cannot
 /// start (no HTTP client, no GPU thread), for the process to end on.
 pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPages) -> anyhow::Result<()> {
@@ -304,13 +329,7 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
         if full {
             gpu.ask(started);
         }
-        // Static targets plus whatever the pod watch found (bounded like static ones).
-        let mut targets = config.targets.clone();
-        if let Some(found) = &config.discovered
-            && let Ok(f) = found.read()
-        {
-            targets.extend(f.iter().take(1024).cloned());
-        }
+        let targets = targets_now(&config);
         scrapers.sync(&targets, &shared, &readings);
         if let Some(panic) = refreshing.as_mut().and_then(gpuscale_edge::tasks::ended) {
             if let Some(e) = panic {
@@ -319,17 +338,7 @@ pub async fn tick_loop(config: Config, gpus: Box<dyn GpuSource>, pages: SharedPa
             refreshing = refresh();
         }
         if ticks == 0 {
-            // The first page waits (up to one interval, so a hung target cannot hold back
-            // readiness) for every target's first reading; those still missing are `pending`.
-            let deadline = Instant::now() + config.interval.min(config.scrape_timeout);
-            while Instant::now() < deadline
-                && readings
-                    .read()
-                    .map(|r| targets.iter().any(|t| !r.contains_key(t)))
-                    .unwrap_or(false)
-            {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            first_readings(&targets, &readings, config.interval.min(config.scrape_timeout)).await;
         }
         let (gpu_readings, gpu_error) = if full {
             gpu.answer().await
