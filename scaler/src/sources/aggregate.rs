@@ -463,7 +463,7 @@ impl View {
             let mut sum: Option<Observed> = None;
             for addr in self.reporters.get(w).into_iter().flatten() {
                 let Some(src) = sources.get(addr) else { continue };
-                let Some(o) = page_of(addr).and_then(|p| p.workloads.get(w)) else {
+                let Some(o) = src.last_ok.as_ref().and_then(|(_, p)| p.workloads.get(w)) else {
                     continue;
                 };
                 let failed = src

@@ -162,11 +162,14 @@ fn decide(
     // Taken before the sources are read: a page stored after this is in the next `changed`.
     let changed = std::mem::take(&mut *polled.changed.lock().unwrap_or_else(|e| e.into_inner()));
     if pass != Pass::Full && !changed.everything {
-        let mut view = polled.view.write().unwrap_or_else(|e| e.into_inner());
         if !changed.is_empty() {
+            let mut view = polled.view.write().unwrap_or_else(|e| e.into_inner());
             let sources = polled.sources.read().unwrap_or_else(|e| e.into_inner());
             view.update(&sources, &changed);
         }
+        // Decided under a read of the view, so /status is not held up by a pass over every
+        // workload; this task is the view's only writer.
+        let view = polled.view.read().unwrap_or_else(|e| e.into_inner());
         match pass {
             Pass::Pushed => workloads.tick_only(&view, changed.workloads(), clock.now()),
             _ => workloads.tick_since(&view, clock.now(), since),
