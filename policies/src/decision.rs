@@ -161,6 +161,8 @@ pub enum Rule {
     TokensWithinTolerance,
     /// Tokens: the KV cache needs more replicas than the token rates.
     TokensKvCache,
+    /// Tokens: more requests in flight than `saturation` times the slots of every replica.
+    TokensInFlight,
     /// Tokens: requests have waited through the backlog window; the backstop added replicas.
     TokensBacklog,
     /// Tokens: a capacity or a token rate is unknown, so the queue rule decided on slots.
@@ -209,6 +211,7 @@ impl Rule {
             Rule::TokensCapacity => "tokens.capacity",
             Rule::TokensWithinTolerance => "tokens.within_tolerance",
             Rule::TokensKvCache => "tokens.kv_cache",
+            Rule::TokensInFlight => "tokens.in_flight",
             Rule::TokensBacklog => "tokens.backlog",
             Rule::TokensFallbackQueue => "tokens.fallback_queue",
         }

@@ -256,8 +256,14 @@ pub const KEYS: &[Key] = &[
     key(
         "tokens",
         "utilization",
-        "0.8",
+        "0.9",
         "share of capacity to plan for (headroom for bursts)",
+    ),
+    key(
+        "tokens",
+        "saturation",
+        "2",
+        "in-flight requests per replica, in slots, that mean overload whatever the rates say",
     ),
     key(
         "tokens",
@@ -731,6 +737,9 @@ impl Params {
             ("tokens", "prefillDecodeRatio") => self.tokens.prefill_decode_ratio = positive(k, v)?,
             ("tokens", "utilization") => {
                 self.tokens.utilization = parse_f64(k, v, 0.05, 1.0, "a fraction from 0.05 to 1")?
+            }
+            ("tokens", "saturation") => {
+                self.tokens.saturation = parse_f64(k, v, 1.0, 100.0, "a multiple of the slots from 1 to 100")?
             }
             ("tokens", "window") => {
                 self.tokens.window = window(k, v)?;

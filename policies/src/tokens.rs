@@ -10,7 +10,11 @@
 //!
 //! The capacities are set (the simulator derives them from its serving model, `gpuscale-sim
 //! recommend` prints them) or learned: what a replica sustains while requests have been waiting
-//! the whole rate window is its capacity, by definition. Until a capacity is known, and while a
+//! the whole rate window is its capacity, by definition. Rates also trail a saturated replica
+//! in a way no backlog shows: a continuous-batching server admits requests into its running
+//! batch long before any wait, so an overloaded replica shows many running requests and slow
+//! steps, not a queue. The in-flight floor covers that: `waiting + running` above `saturation`
+//! times the slots of every replica asks for more whatever the rates say. Until a capacity is known, and while a
 //! token rate is missing or stale, the queue rule decides on `waiting + running` against the
 //! per-replica slots (themselves learned from the running count under backlog), and the reason
 //! says so. Unknown token rates therefore never read as zero demand: the queue rule sees the
@@ -37,9 +41,16 @@ pub struct TokensConfig {
     /// tokens/s in 8,192-token chunks against 1,318 output tokens/s at the batch where a step
     /// takes twice a single sequence's).
     pub prefill_decode_ratio: f64,
-    /// Share of capacity to plan for (default 0.8): the headroom that absorbs bursts while a
-    /// new replica starts.
+    /// Share of capacity to plan for (default 0.9): the headroom that absorbs bursts while a
+    /// new replica starts. 0.9 rather than 0.8 since the in-flight floor catches what the
+    /// averaged rates miss (chosen with `saturation` on the Azure traces; docs/policies.md).
     pub utilization: f64,
+    /// In-flight requests (`waiting + running`) per replica, as a multiple of `slots`, above
+    /// which the replicas are overloaded whatever the token rates say (default 2): the count
+    /// is at least `ceil(load / (slots * saturation))`. Slots are the batch at which a step
+    /// takes twice a single sequence's, so twice that many in flight is a replica whose
+    /// requests wait inside its batch.
+    pub saturation: f64,
     /// The token rates are averaged over this window before sizing (default 60 s, as Knative's
     /// stable window): a burst shorter than a cold start is over before a new replica could
     /// serve it; one that lasts builds a backlog, which the backstop sees.
@@ -67,7 +78,8 @@ impl Default for TokensConfig {
             prefill_capacity: None,
             decode_capacity: None,
             prefill_decode_ratio: 6.5,
-            utilization: 0.8,
+            utilization: 0.9,
+            saturation: 2.0,
             window: Duration::from_secs(60),
             kv_target: 0.9,
             slots: None,
@@ -237,6 +249,10 @@ impl Policy for Tokens {
                         best = (n, Rule::TokensKvCache);
                     }
                 }
+                let n = ceil_replicas(load / (self.slots() * c.saturation));
+                if n > best.0 {
+                    best = (n, Rule::TokensInFlight);
+                }
                 if let Some(waiting) = self.sustained_backlog(ctx.now) {
                     let n = s
                         .ready
@@ -309,6 +325,7 @@ mod tests {
             prefill_capacity: Some(cp),
             decode_capacity: Some(cd),
             slots: Some(80.0),
+            utilization: 0.8,
             window: Duration::from_secs(1),
             backlog_window: Duration::from_secs(10),
             scale_down_window: Duration::ZERO,
@@ -383,7 +400,7 @@ mod tests {
     fn backlog_adds_replicas_only_once_it_persists() {
         let mut t = Tokens::new(set(8000.0, 1200.0));
         // Rates say one replica suffices, but requests wait.
-        let s = signals(1, 100.0, 80.0, Some((1000.0, 300.0)));
+        let s = signals(1, 100.0, 50.0, Some((1000.0, 300.0)));
         for sec in 0..10 {
             let r = step(&mut t, sec, &s);
             assert_eq!(r.replicas, 1, "second {sec}: a backlog younger than the window");
@@ -392,7 +409,7 @@ mod tests {
         // ready 1 + ceil(100 / 80).
         assert_eq!((r.replicas, r.rule), (3, Rule::TokensBacklog));
         // One reading without waiting requests resets it.
-        let clear = signals(1, 0.0, 80.0, Some((1000.0, 300.0)));
+        let clear = signals(1, 0.0, 50.0, Some((1000.0, 300.0)));
         t.observe(&ctx(11), &clear);
         t.observe(&ctx(12), &s);
         assert_eq!(step(&mut t, 12, &s).replicas, 1);
@@ -471,6 +488,23 @@ mod tests {
             most = most.max(step(&mut t, sec, &burst).replicas);
         }
         assert_eq!(most, 2);
+    }
+
+    #[test]
+    fn a_replica_overloaded_inside_its_batch_gets_help_the_rates_do_not_ask_for() {
+        // The rates (those of a saturated replica: what it serves, not what is asked) need one
+        // replica, and nothing waits: the server admitted every request into its batch. But 250
+        // requests are in flight on one replica of 80 slots, more than twice its slots:
+        // ceil(250 / 160) = 2.
+        let mut t = Tokens::new(set(8000.0, 1200.0));
+        let s = signals(1, 0.0, 250.0, Some((3000.0, 450.0)));
+        let r = step(&mut t, 0, &s);
+        assert_eq!((r.replicas, r.rule), (2, Rule::TokensInFlight));
+        // At twice the slots or fewer the rates decide ((0.375 + 0.375) / 0.8: one replica).
+        let s = signals(1, 0.0, 160.0, Some((3000.0, 450.0)));
+        let r = step(&mut t, 1, &s);
+        assert_eq!(r.replicas, 1);
+        assert_ne!(r.rule, Rule::TokensInFlight);
     }
 
     #[test]

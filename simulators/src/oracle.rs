@@ -1,7 +1,8 @@
 //! `--oracle`: a lower bound on the GPU-hours any policy needs on a trace and serving model
 //! while meeting a p99 latency target, to read every policy's cost against.
 //!
-//! Two bounds, each computed from the requests alone, and the larger is reported:
+//! Two bounds, each computed from the requests alone, and the larger is reported: work plus
+//! idle, and presence.
 //! - **Work.** Every request costs a replica at least `W = input * c_p + (output - 1) * H(L /
 //!   (output - 1))` replica-seconds, where `c_p` is the least a prefill token can cost in any
 //!   step the serving model allows ([`crate::llm::StepCost::least_prefill_cost`]) and `H` the
@@ -11,6 +12,9 @@
 //!   that a long output cannot afford. For the concurrency model `W = service / slots`. A policy meeting p99 may fail or abandon 1 % of
 //!   requests, so only the 99 % with the least work are summed. Preemption, idle time and
 //!   imbalance only add to it.
+//! - **Idle**, added to the work: between windows `[a, a + L]` that share no time nothing is
+//!   served, and some replica idles through the gap or is started again (`min(gap, cold)`),
+//!   less a cold start per request allowed to miss (see [`idle`]).
 //! - **Presence.** A request that meets the target `L` is served within `[a, a + L]` by a
 //!   replica that is up for at least its own time alone `m` (its prefill in budget-sized
 //!   chunks, then one decode step per further token). The least total time some replica must be
@@ -42,6 +46,9 @@ pub struct Oracle {
     pub p99_target_from: String,
     /// Work term.
     pub work_gpu_hours: f64,
+    /// Idle term added to the work: the least time outside every request's window that some
+    /// replica must idle or start, less a cold start for each request allowed to miss.
+    pub idle_gpu_hours: f64,
     /// Presence term (cold starts included).
     pub presence_gpu_hours: f64,
     /// Requests that cannot meet the target even alone on an idle replica (left out).
@@ -172,11 +179,21 @@ fn presence(windows: &[(f64, f64)], l: f64, cold: f64, initial_replicas: u32) ->
         }
         cover.push((new_start, hi));
     }
-    let mut total: f64 = cover.iter().map(|(s, e)| e - s).sum();
-    // Idle stretches every schedule has: between windows that share no time, nothing can be
-    // served, and a replica is needed on both sides, so it is kept (the gap) or started
-    // again (a cold start). Inside overlapping windows a schedule may still idle or restart,
-    // which costs at least nothing.
+    let covered: f64 = cover.iter().map(|(s, e)| e - s).sum();
+    covered + idle(windows, l, cold, initial_replicas)
+}
+
+/// Replica-seconds every schedule spends not serving: between windows that share no time,
+/// nothing can be served, and a replica is needed on both sides, so it is kept (the gap) or
+/// started again (a cold start); with no replica at the start, the first is started. Inside
+/// overlapping windows a schedule may still idle or restart, which costs at least nothing.
+///
+/// Leaving one window out changes this by at most one cold start downwards (a lone window
+/// between two gaps merges them into one at least as long as either; any other window only
+/// shrinks a group of windows or splits it), which is what lets [`bound`] add it to the work
+/// of a p99 objective that lets some requests miss.
+fn idle(windows: &[(f64, f64)], l: f64, cold: f64, initial_replicas: u32) -> f64 {
+    let mut total = 0.0;
     let mut reach: Option<f64> = None;
     for &(a, _) in windows {
         match reach {
@@ -217,27 +234,69 @@ pub fn bound(
             }
         })
         .collect();
-    let presence_s = presence(
-        &windows,
-        target,
-        least_cold_start(&serving.cold_start),
-        serving.initial_replicas,
-    );
+    let cold = least_cold_start(&serving.cold_start);
+    let presence_s = presence(&windows, target, cold, serving.initial_replicas);
+    // Work is served inside the windows of the requests that meet the target, so the time
+    // some replica idles or starts outside them adds to it. The windows are those of every
+    // request that could meet it; up to `n - keep` of them may miss, each lowering the idle
+    // time by at most a cold start.
+    let missable = (n - keep) as f64;
+    let idle_s = (idle(&windows, target, cold, serving.initial_replicas) - missable * cold).max(0.0);
+    let work_idle_s = work_s + idle_s;
     let g = f64::from(serving.gpus_per_replica) / 3600.0;
     Oracle {
-        gpu_hours: round(work_s.max(presence_s) * g),
+        gpu_hours: round(work_idle_s.max(presence_s) * g),
         p99_target_s: round(target),
         p99_target_from: target_from.to_string(),
         work_gpu_hours: round(work_s * g),
+        idle_gpu_hours: round(idle_s * g),
         presence_gpu_hours: round(presence_s * g),
         infeasible_requests: infeasible,
-        method: "max(work: least replica-seconds of the 99% least-work requests, decode steps short enough to meet the target; presence: least up-time covering each request's own time within [arrival, arrival + target], gaps idled or restarted at the least cold start) x GPUs per replica".to_string(),
+        method: "max(work + idle: least replica-seconds of the 99% least-work requests, decode steps short enough to meet the target, plus the gaps between request windows idled or restarted, less a cold start per request allowed to miss; presence: least up-time covering each request's own time within [arrival, arrival + target], gaps idled or restarted at the least cold start) x GPUs per replica".to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{envelope_at, presence};
+    use super::{envelope_at, idle, presence};
+    use crate::rng::Rng;
+
+    #[test]
+    fn idle_charges_each_gap_the_cheaper_of_keeping_and_restarting() {
+        // Windows [0, 10], [5, 15] overlap; then a 25 s gap (kept), a 185 s gap (restarted).
+        let w = [(0.0, 1.0), (5.0, 1.0), (40.0, 1.0), (235.0, 1.0)];
+        assert!((idle(&w, 10.0, 60.0, 1) - (25.0 + 60.0)).abs() < 1e-9);
+        // No replica at the start: the first is started too.
+        assert!((idle(&w, 10.0, 60.0, 0) - (60.0 + 25.0 + 60.0)).abs() < 1e-9);
+    }
+
+    /// What `bound` relies on to subtract one cold start per request allowed to miss.
+    #[test]
+    fn leaving_out_one_window_lowers_idle_by_at_most_a_cold_start() {
+        let mut rng = Rng::new(7);
+        for case in 0..300 {
+            let mut t = 0.0;
+            let w: Vec<(f64, f64)> = (0..12)
+                .map(|_| {
+                    t += rng.exp(20.0);
+                    (t, 1.0)
+                })
+                .collect();
+            let (l, cold) = (5.0 + rng.uniform() * 30.0, rng.uniform() * 90.0);
+            for init in [0, 1] {
+                let all = idle(&w, l, cold, init);
+                for i in 0..w.len() {
+                    let mut less = w.clone();
+                    less.remove(i);
+                    let fewer = idle(&less, l, cold, init);
+                    assert!(
+                        fewer >= all - cold - 1e-9,
+                        "case {case}: without window {i} idle {fewer} < {all} - {cold}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_envelope_is_read_between_its_vertices() {

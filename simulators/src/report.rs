@@ -223,11 +223,12 @@ pub fn recommendation(results: &[PolicyResult]) -> Option<String> {
 /// The bound in one line, as printed and in the report.
 pub fn oracle_line(o: &crate::oracle::Oracle) -> String {
     format!(
-        "oracle: at least {:.2} GPU-h to meet p99 <= {:.3} s ({}): work {:.2} GPU-h, presence {:.2} GPU-h{}",
+        "oracle: at least {:.2} GPU-h to meet p99 <= {:.3} s ({}): work {:.2} + idle {:.2} GPU-h, presence {:.2} GPU-h{}",
         o.gpu_hours,
         o.p99_target_s,
         o.p99_target_from,
         o.work_gpu_hours,
+        o.idle_gpu_hours,
         o.presence_gpu_hours,
         if o.infeasible_requests > 0 {
             format!("; {} requests cannot meet it even alone", o.infeasible_requests)
