@@ -353,21 +353,87 @@ fn unescape_into(s: &str, out: &mut String) {
     }
 }
 
+/// Where [`scan_labels`] puts each label it reads: kept ([`Labels`]) or only checked
+/// ([`LabelNames`], for a sample the reader discards).
+trait LabelSink<'a> {
+    fn has(&self, name: &str) -> bool;
+    fn count(&self) -> usize;
+    /// `raw` as written, escapes and all.
+    fn add(&mut self, name: &'a str, raw: &'a str);
+}
+
+impl<'a> LabelSink<'a> for Labels {
+    fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn add(&mut self, name: &'a str, raw: &'a str) {
+        self.push_with(name, |text| unescape_into(raw, text));
+    }
+}
+
+/// A label set's names only, to check it without keeping it: nothing is allocated for up to
+/// 16 labels, so a discarded line costs a scan (most of a page's lines are discarded).
+struct LabelNames<'a> {
+    few: [&'a str; 16],
+    n: usize,
+    more: Vec<&'a str>,
+}
+
+impl LabelNames<'_> {
+    fn new() -> Self {
+        LabelNames {
+            few: [""; 16],
+            n: 0,
+            more: Vec::new(),
+        }
+    }
+}
+
+impl<'a> LabelSink<'a> for LabelNames<'a> {
+    fn has(&self, name: &str) -> bool {
+        self.few[..self.n.min(16)].contains(&name) || self.more.contains(&name)
+    }
+    fn count(&self) -> usize {
+        self.n
+    }
+    fn add(&mut self, name: &'a str, _raw: &'a str) {
+        match self.few.get_mut(self.n) {
+            Some(slot) => *slot = name,
+            None => self.more.push(name),
+        }
+        self.n += 1;
+    }
+}
+
 /// Parse `{...}` starting at `s[0] == '{'`; the labels and the rest after `}`.
 fn parse_labels<'a>(s: &'a str, openmetrics: bool, limits: &Limits) -> Result<(Labels, &'a str), String> {
-    let mut rest = &s[1..];
     // Room for the whole label set at once (it is shorter than the line): no regrowing.
     let mut labels = Labels {
         text: String::with_capacity(s.len()),
         ends: Vec::with_capacity(8),
     };
+    let rest = scan_labels(s, openmetrics, limits, &mut labels)?;
+    Ok((labels, rest))
+}
+
+/// Read `{...}` starting at `s[0] == '{'` into `sink`; the rest after `}`.
+fn scan_labels<'a>(
+    s: &'a str,
+    openmetrics: bool,
+    limits: &Limits,
+    labels: &mut impl LabelSink<'a>,
+) -> Result<&'a str, String> {
+    let mut rest = &s[1..];
     let mut first = true;
     loop {
         if let Some(r) = rest.strip_prefix('}') {
-            if openmetrics && !first && labels.is_empty() {
+            if openmetrics && !first && labels.count() == 0 {
                 return Err("empty label term".into());
             }
-            return Ok((labels, r));
+            return Ok(r);
         }
         if !first {
             rest = rest
@@ -377,7 +443,7 @@ fn parse_labels<'a>(s: &'a str, openmetrics: bool, limits: &Limits) -> Result<(L
                 if openmetrics {
                     return Err("trailing comma in label set".into());
                 }
-                return Ok((labels, r)); // Prometheus accepts `{a="b",}` (TorchServe writes it)
+                return Ok(r); // Prometheus accepts `{a="b",}` (TorchServe writes it)
             }
         }
         first = false;
@@ -430,13 +496,13 @@ fn parse_labels<'a>(s: &'a str, openmetrics: bool, limits: &Limits) -> Result<(L
         if name == "__name__" && openmetrics {
             return Err("`__name__` label".into());
         }
-        if labels.get(name).is_some() {
+        if labels.has(name) {
             return Err(format!("duplicate label `{name}`"));
         }
-        if labels.len() == limits.max_labels {
+        if labels.count() == limits.max_labels {
             return Err(format!("more than {} labels", limits.max_labels));
         }
-        labels.push_with(name, |text| unescape_into(raw, text));
+        labels.add(name, raw);
     }
 }
 
@@ -621,16 +687,26 @@ impl<'k> PromParser<'k> {
             }
             return Ok(());
         }
-        let sample =
-            parse_prometheus_sample(line, &self.limits).map_err(|m| ParseError::malformed(line_no, m))?;
+        let malformed = |m: String| ParseError::malformed(line_no, m);
+        let (name, name_len) = leading_metric_name(line).map_err(malformed)?;
+        let after_name = &line[name_len..];
+        // A discarded sample is checked as strictly, but nothing of it is kept or allocated.
+        let sample = if (self.keep)(name) {
+            Some(parse_prometheus_sample(name, after_name, &self.limits).map_err(malformed)?)
+        } else {
+            let rest = after_name.trim_start_matches([' ', '\t']);
+            prometheus_sample_tail(name, rest, &self.limits, &mut LabelNames::new()).map_err(malformed)?;
+            None
+        };
         self.total += 1;
         if self.total > self.limits.max_samples {
             return err(line_no, format!("more than {} samples", self.limits.max_samples));
         }
-        let keep = (self.keep)(&sample.name);
         // A repeated series is refused, as Prometheus does: summing or keeping one would both
         // invent a value. Checked for the samples kept (the ones a reading adds up), by hash.
-        if keep && !self.seen.insert(series_hash(&sample)) {
+        if let Some(sample) = &sample
+            && !self.seen.insert(series_hash(sample))
+        {
             return err(
                 line_no,
                 format!(
@@ -639,10 +715,10 @@ impl<'k> PromParser<'k> {
                 ),
             );
         }
-        if self.allowed.contains(&sample.name)
+        if self.allowed.iter().any(|a| a == name)
             && let Some(f) = self.cur.as_mut()
         {
-            if keep {
+            if let Some(sample) = sample {
                 f.samples.push(sample);
             }
             return Ok(());
@@ -650,7 +726,7 @@ impl<'k> PromParser<'k> {
         // A sample that belongs to no declared family is its own untyped family.
         self.flush();
         self.allowed.clear();
-        if keep {
+        if let Some(sample) = sample {
             self.families.push(MetricFamily {
                 name: sample.name.clone(),
                 kind: Kind::Unknown,
@@ -692,14 +768,35 @@ fn unescape_help(s: &str) -> String {
     out
 }
 
-fn parse_prometheus_sample(line: &str, limits: &Limits) -> Result<Sample, String> {
-    let (name, name_len) = leading_metric_name(line)?;
-    let mut rest = line[name_len..].trim_start_matches([' ', '\t']);
+fn parse_prometheus_sample(name: &str, after_name: &str, limits: &Limits) -> Result<Sample, String> {
+    let rest = after_name.trim_start_matches([' ', '\t']);
     let mut labels = Labels::new();
     if rest.starts_with('{') {
-        let (l, r) = parse_labels(rest, false, limits).map_err(|e| format!("{name}: {e}"))?;
-        labels = l;
-        rest = r;
+        // Room for the whole label set at once (it is shorter than the line): no regrowing.
+        labels = Labels {
+            text: String::with_capacity(rest.len()),
+            ends: Vec::with_capacity(8),
+        };
+    }
+    let (value, timestamp) = prometheus_sample_tail(name, rest, limits, &mut labels)?;
+    Ok(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+        timestamp,
+    })
+}
+
+/// A sample line after its name, read into `labels`: its value and timestamp, with exactly the
+/// errors whether the sample is kept or only checked.
+fn prometheus_sample_tail<'a>(
+    name: &str,
+    mut rest: &'a str,
+    limits: &Limits,
+    labels: &mut impl LabelSink<'a>,
+) -> Result<(f64, Option<f64>), String> {
+    if rest.starts_with('{') {
+        rest = scan_labels(rest, false, limits, labels).map_err(|e| format!("{name}: {e}"))?;
     }
     let mut tokens = rest.split([' ', '\t']).filter(|t| !t.is_empty());
     let value_text = tokens.next().ok_or_else(|| format!("{name}: missing value"))?;
@@ -716,12 +813,7 @@ fn parse_prometheus_sample(line: &str, limits: &Limits) -> Result<Sample, String
     if let Some(extra) = tokens.next() {
         return Err(format!("{name}: unexpected `{extra}` after the timestamp"));
     }
-    Ok(Sample {
-        name: name.to_string(),
-        labels,
-        value,
-        timestamp,
-    })
+    Ok((value, timestamp))
 }
 
 /// The metric name a sample line starts with, and its length.
@@ -1304,6 +1396,47 @@ mod tests {
 
     fn prom(text: &str) -> Vec<MetricFamily> {
         parse_prometheus(text, &Limits::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A line the reader discards is only scanned, not parsed into a sample, and must still be
+    /// refused exactly as a kept one would be.
+    #[test]
+    fn a_discarded_line_is_checked_as_strictly_as_a_kept_one() {
+        let many: String = (0..20).map(|i| format!("l{i}=\"v\",")).collect();
+        let dup_late = format!("x{{{many}l3=\"w\"}} 1");
+        let bad = [
+            "x{a=\"1\",a=\"2\"} 1",
+            dup_late.as_str(),
+            "x{a=\"1\" 1",
+            "x{a=1} 1",
+            "x{a=\"1\"} one",
+            "x 1 12.5",
+            "x 1 2 3",
+            "x{9a=\"1\"} 1",
+            "x",
+        ];
+        let limits = Limits::default();
+        for line in bad {
+            let page = format!("keep_me 1\n{line}\n");
+            let kept = parse_prometheus(&page, &limits).err();
+            let discarded = parse_prometheus_keeping(&page, &limits, &|n| n == "keep_me").err();
+            assert!(kept.is_some(), "`{line}` should be refused");
+            assert_eq!(discarded, kept, "`{line}`");
+        }
+        // More labels than the limit, on a discarded line.
+        let tight = Limits {
+            max_labels: 3,
+            ..Limits::default()
+        };
+        let page = "keep_me 1\nx{a=\"1\",b=\"2\",c=\"3\",d=\"4\"} 1\n";
+        let e = parse_prometheus_keeping(page, &tight, &|n| n == "keep_me").err();
+        assert_eq!(e.map(|e| e.message), Some("x: more than 3 labels".to_string()));
+        // 20 distinct labels are fine, and what is kept is kept.
+        let page = format!("x{{{many}}} 1\nkeep_me{{a=\"b\"}} 2\n");
+        let f =
+            parse_prometheus_keeping(&page, &limits, &|n| n == "keep_me").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].samples[0].label("a"), Some("b"));
     }
 
     #[test]
