@@ -13,7 +13,7 @@
 //!
 //! `cargo bench -p gpuscale-scaler --bench fleet` (env: FLEET_NODES="100,1000,5000",
 //! FLEET_BUSY="1,0" (shares of nodes whose readings change every second), FLEET_SECONDS=15 for
-//! the CPU window, FLEET_CHANGES=10, FLEET_SCALER_BIN to run another scaler build).
+//! the CPU window, FLEET_CHANGES=10, FLEET_SCALER_BIN to run another scaler build, FLEET_LOG for its RUST_LOG).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
@@ -82,6 +82,9 @@ async fn serve_fleet(n: usize, busy: f64) -> (Arc<Fleet>, u16) {
     let f = fleet.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        // A tick the bench process was too busy to run is late, not made up in a burst: a
+        // burst would render some nodes twice within a second and overstate the page rate.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut k = 0usize;
         loop {
             tick.tick().await;
@@ -207,7 +210,10 @@ async fn run(n: usize, busy: f64, seconds: u64, changes: usize) {
         .args(["--http-listen", &format!("127.0.0.1:{hport}")])
         .args(["--workloads-file", file.to_str().unwrap()])
         .args(["--max-workloads", &(n * TARGETS + 1000).to_string()])
-        .env("RUST_LOG", "error")
+        .env(
+            "RUST_LOG",
+            std::env::var("FLEET_LOG").unwrap_or_else(|_| "error".into()),
+        )
         // As the image runs it (deploy/docker/Dockerfile.scaler): mimalloc returning freed
         // memory at once, which keeps RSS within the 5,000-node budget.
         .env(
@@ -275,6 +281,7 @@ async fn run(n: usize, busy: f64, seconds: u64, changes: usize) {
         )
     };
     let d0 = decisions().await;
+    let e0 = scaler_metric(hport, "gpuscale_scaler_poll_errors_total").await;
     let (c0, b0, a0, t0) = (
         cpu_seconds(pid),
         cpu_seconds(me),
@@ -282,13 +289,17 @@ async fn run(n: usize, busy: f64, seconds: u64, changes: usize) {
         Instant::now(),
     );
     tokio::time::sleep(Duration::from_secs(seconds)).await;
+    // Everything this window measures is read at its end, before the scaler's /metrics is
+    // asked for (rendering that page is work of its own, and takes a while at 40,000
+    // workloads: read after it, the CPU and page figures would count it against `wall`).
     let wall = t0.elapsed().as_secs_f64();
-    let d1 = decisions().await;
-    let per_s = (d1.0 - d0.0) / wall;
-    let decide_ms = (d1.1 - d0.1) / (d1.0 - d0.0).max(1.0) * 1e3;
     let scaler_cpu = (cpu_seconds(pid) - c0) / wall;
     let fleet_cpu = (cpu_seconds(me) - b0) / wall;
     let pages = (fleet.answers.load(Ordering::Relaxed) - a0) as f64 / wall;
+    let d1 = decisions().await;
+    let errors = (scaler_metric(hport, "gpuscale_scaler_poll_errors_total").await - e0) / wall;
+    let per_s = (d1.0 - d0.0) / wall;
+    let decide_ms = (d1.1 - d0.1) / (d1.0 - d0.0).max(1.0) * 1e3;
     let rss = rss_mib(pid);
 
     // Freshness: node 0's first workload goes from 0 to 100 waiting beside its 4 running (the
@@ -330,7 +341,7 @@ async fn run(n: usize, busy: f64, seconds: u64, changes: usize) {
         }
     };
     println!(
-        "  {n:>5} nodes ({:>6} workloads), {:>3.0} % busy: scaler {:>5.1} % of a core, RSS {:>6.1} MiB; fleet server {:>5.1} % ({:>6.0} pages/s); \
+        "  {n:>5} nodes ({:>6} workloads), {:>3.0} % busy: scaler {:>5.1} % of a core, RSS {:>6.1} MiB; fleet server {:>5.1} % ({:>6.0} pages/s, {errors:.1} failed reads/s); \
          {per_s:.1} decisions/s of {decide_ms:.2} ms; change -> GetMetrics p50 {}, p99 {}; first answer after {ready_s:.1} s",
         n * TARGETS,
         busy * 100.0,

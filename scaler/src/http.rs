@@ -36,6 +36,8 @@ pub struct AppState {
     pub activator: Option<Arc<gpuscale_activator::Activator>>,
     /// When set, `POST /v1/held` needs `Authorization: Bearer <token>`.
     pub held_token: Option<Arc<str>>,
+    /// Most workloads with series of their own on `/metrics` (the UNAVAILABLE ones first).
+    pub metrics_max_workloads: usize,
 }
 
 /// Largest `POST /v1/held` body; a report is under 300 bytes.
@@ -420,7 +422,39 @@ pub fn render(s: &AppState, format: Format) -> String {
             }
         }
     }
-    for (k, wl) in &latest {
+    // Bounded: at 40,000 workloads their series were 29.6 MB and 0.6 s of CPU a scrape, past
+    // many Prometheus setups' sample_limit (a scrape over it keeps nothing). The UNAVAILABLE
+    // ones come first, as alerts look for them; the counts below cover every workload.
+    let answers: Vec<_> = latest.iter().map(|(_, wl)| wl.answer()).collect();
+    let unavailable_total = answers.iter().filter(|a| a.value.is_err()).count();
+    let mut order: Vec<usize> = (0..latest.len()).collect();
+    order.sort_by_key(|&i| answers[i].value.is_ok());
+    order.truncate(s.metrics_max_workloads);
+    order.sort_unstable();
+    let omitted = latest.len() - order.len();
+    let per_workload: [(&str, &str, usize); 2] = [
+        (
+            "gpuscale_scaler_workloads_unavailable",
+            "Workloads GetMetrics answers UNAVAILABLE for (missing or stale data), all of them.",
+            unavailable_total,
+        ),
+        (
+            "gpuscale_scaler_workload_series_omitted",
+            "Workloads left out of the per-workload series (--metrics-max-workloads; UNAVAILABLE ones are kept first).",
+            omitted,
+        ),
+    ];
+    for (name, help, v) in per_workload {
+        w.family(name, "gauge", help);
+        w.sample(name, &[], v as f64);
+    }
+    let mut multi: Vec<&(WorkloadKey, usize)> = Vec::new();
+    for i in order {
+        let (k, wl) = &latest[i];
+        let answer = &answers[i];
+        if triggers[i].1 > 1 {
+            multi.push(&triggers[i]);
+        }
         let g = lock(wl);
         let (ns, name) = (k.namespace.clone(), k.name.clone());
         if let Some((d, _)) = &g.decision {
@@ -431,7 +465,6 @@ pub fn render(s: &AppState, format: Format) -> String {
                 f64::from(d.desired),
             ));
         }
-        let answer = wl.answer();
         if let Ok(v) = answer.value {
             values.push((ns.clone(), name.clone(), String::new(), v));
         }
@@ -505,14 +538,14 @@ pub fn render(s: &AppState, format: Format) -> String {
             w.sample(name, &[("namespace", ns), ("workload", wl), ("rule", rule)], *v);
         }
     }
-    if triggers.iter().any(|(_, n)| *n > 1) {
+    if !multi.is_empty() {
         w.family(
             "gpuscale_scaler_workload_triggers",
             "gauge",
             "Distinct trigger metadata naming one Deployment, where more than one (see /debug/workloads).",
         );
     }
-    for (k, n) in triggers.iter().filter(|(_, n)| *n > 1) {
+    for (k, n) in multi {
         w.sample(
             "gpuscale_scaler_workload_triggers",
             &[("namespace", &k.namespace), ("workload", &k.name)],

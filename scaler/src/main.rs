@@ -91,6 +91,13 @@ struct Args {
     #[arg(long, env = "GPUSCALE_SCALER_MAX_WORKLOADS", default_value_t = 20_000)]
     max_workloads: usize,
 
+    /// Most workloads given series of their own on /metrics (desired and ready replicas,
+    /// signals, ...; about 9 series each), the UNAVAILABLE ones first; the rest are counted in
+    /// `gpuscale_scaler_workload_series_omitted`. Bounds the page (40,000 workloads were 29.6 MB)
+    /// below the sample_limit a Prometheus scrape may set; 0 leaves only the totals.
+    #[arg(long, env = "GPUSCALE_SCALER_METRICS_MAX_WORKLOADS", default_value_t = 5_000)]
+    metrics_max_workloads: usize,
+
     /// A workload to decide without KEDA asking: `NAMESPACE/DEPLOYMENT[:key=value,...]` with
     /// trigger keys (e.g. `llm/qwen:policy=queue,queue.target=8`). Repeatable (the env twin
     /// takes a `;`-separated list); /debug/workloads and /metrics then show its decision.
@@ -281,6 +288,7 @@ async fn run() -> anyhow::Result<()> {
         leader,
         activator,
         held_token: held_token.map(Into::into),
+        metrics_max_workloads: args.metrics_max_workloads,
     };
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await

@@ -499,9 +499,10 @@ impl Workloads {
     }
 
     /// As [`Workloads::tick`], but a workload a pushed page had decided at or after `since`
-    /// (the start of the last periodic pass) is left as it is: on a fleet whose pages all change
-    /// every second, the periodic pass would otherwise decide every workload again. Each
-    /// workload is still decided at least every second periodic pass.
+    /// (the poll loop passes the start of the periodic pass before the last one) is left as it
+    /// is: on a fleet whose pages all change every second, the periodic pass would otherwise
+    /// decide much of the fleet again. Whoever passes `since` bounds how long a workload goes
+    /// undecided (the poll loop: three intervals).
     pub fn tick_since(&self, view: &View, now: Duration, since: Option<Duration>) {
         let mut expired = Vec::new();
         // The entries are copied out and the map's lock let go before deciding: a tick over

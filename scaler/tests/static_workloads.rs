@@ -114,3 +114,78 @@ fn bad_workload_specs_are_refused_with_the_fix() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+/// The value of an unlabelled series on a page.
+fn gauge(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_workload_series_are_bounded_and_the_unavailable_ones_kept_first() {
+    let model = common::ModelServer::start().await;
+    model.set(6.0, 2.0);
+    let collector = common::collector(&[("llm/alpha", model.addr), ("llm/qwen", model.addr)]).await;
+    // Three workloads, room for two: `ghost` is on no collector's page (UNAVAILABLE), so it
+    // is kept ahead of both that have data, and of those the first by name.
+    let scaler = common::scaler(&[
+        "--collector",
+        &collector.to_string(),
+        "--poll-interval",
+        "200ms",
+        "--metrics-max-workloads",
+        "2",
+        "--workload",
+        "llm/qwen:policy=queue,queue.target=2",
+        "--workload",
+        "llm/alpha:policy=queue,queue.target=2",
+        "--workload",
+        "llm/ghost:policy=queue,queue.target=2",
+    ])
+    .await;
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    let page = loop {
+        let page = http
+            .get(format!("{}/metrics", scaler.http))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        // Until the collector's first readings are in: before, all three are UNAVAILABLE.
+        if gauge(&page, "gpuscale_scaler_workloads_unavailable") == Some(1.0) {
+            break page;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "alpha and qwen never had data:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let named = |w: &str| {
+        page.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&format!("workload=\"{w}\"")))
+            .count()
+    };
+    assert!(named("ghost") > 0 && named("alpha") > 0, "{page}");
+    assert_eq!(named("qwen"), 0, "qwen is past the bound:\n{page}");
+    assert!(
+        page.lines()
+            .any(|l| l == "gpuscale_scaler_unavailable{namespace=\"llm\",workload=\"ghost\"} 1"),
+        "{page}"
+    );
+    assert_eq!(
+        gauge(&page, "gpuscale_scaler_workload_series_omitted"),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        gauge(&page, "gpuscale_scaler_workloads_unavailable"),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(gauge(&page, "gpuscale_scaler_workloads"), Some(3.0), "{page}");
+}
