@@ -245,8 +245,19 @@ async fn debug(State(s): State<AppState>) -> Response {
 
 async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let body = render(&s, format);
-    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+    // Off the runtime's workers: at 40,000 workloads a render takes a tenth of a second or
+    // more, which would hold up the gRPC answers and collector reads queued on that worker.
+    match tokio::task::spawn_blocking(move || render(&s, format)).await {
+        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering /metrics failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "rendering /metrics failed; see the scaler's log\n",
+            )
+                .into_response()
+        }
+    }
 }
 
 /// The scaler's `/metrics` page.
