@@ -259,3 +259,90 @@ async fn the_contract_page_holds_the_scalers_families_only() {
     );
     assert_eq!(waiting(&slim), Some(3.0));
 }
+
+/// The next whole page on a stream (`buf` keeps what came after it).
+async fn next_page(r: &mut reqwest::Response, buf: &mut String) -> String {
+    loop {
+        if let Some(i) = buf.find("# EOF\n") {
+            let rest = buf.split_off(i + "# EOF\n".len());
+            return std::mem::replace(buf, rest);
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), r.chunk())
+            .await
+            .expect("a page within 10 s")
+            .unwrap()
+            .expect("the stream ended");
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_carries_the_page_at_once_then_each_change_and_heartbeats() {
+    let queue = Arc::new(RwLock::new(3.0));
+    let server = model_server(queue.clone()).await;
+    // Read every 100 ms: a page is rendered ten times a second, with the same readings.
+    let c = collector(server, Duration::from_millis(100)).await;
+    let base = format!("http://{c}/metrics");
+    let start = Instant::now();
+    while waiting(&get(&base).await.1) != Some(3.0) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no page with a reading"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = reqwest::Client::new();
+    let om = "application/openmetrics-text;version=1.0.0";
+    let t0 = Instant::now();
+    let mut r = client
+        .get(format!("{base}?series=contract&wait=1&stream=1"))
+        .header("accept", om)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()
+            .get(gpuscale_contract::STREAM_HEADER)
+            .map(|v| v.to_str().unwrap()),
+        Some("pages")
+    );
+    let mut buf = String::new();
+    // The current page at once, whole, in the contract's cut.
+    let first = next_page(&mut r, &mut buf).await;
+    assert!(t0.elapsed() < Duration::from_millis(500), "{:?}", t0.elapsed());
+    assert_eq!(waiting(&first), Some(3.0));
+    assert!(!first.contains("gpuscale_gpu_power_watts"), "{first}");
+    gpuscale_expfmt::text::parse_openmetrics(&first, &gpuscale_expfmt::text::Limits::default())
+        .unwrap_or_else(|e| panic!("{e}\n{first}"));
+    // Nothing changes: the next page is the heartbeat at `wait`, with the latest render, not
+    // one of the ten renders a second that only re-date the readings.
+    let t1 = Instant::now();
+    let beat = next_page(&mut r, &mut buf).await;
+    let took = t1.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "a page before the heartbeat: {took:?}"
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(rendered(&beat) > rendered(&first));
+    assert_eq!(waiting(&beat), Some(3.0));
+    // A change is the next page, at once.
+    let t2 = Instant::now();
+    *queue.write().unwrap() = 7.0;
+    let changed = next_page(&mut r, &mut buf).await;
+    assert_eq!(waiting(&changed), Some(7.0), "{changed}");
+    assert!(t2.elapsed() < Duration::from_millis(900), "{:?}", t2.elapsed());
+    drop(r);
+
+    // What a stream cannot be asked with: no heartbeat, or a format without `# EOF`.
+    let (status, body) = get(&format!("{base}?stream=1")).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("wait=SECONDS"), "{body}");
+    let (status, body) = get(&format!("{base}?stream=maybe&wait=1")).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("`stream=maybe`"), "{body}");
+    let (status, body) = get(&format!("{base}?stream=1&wait=1")).await;
+    assert_eq!(status, 406, "Prometheus text has no end marker");
+    assert!(body.contains("OpenMetrics"), "{body}");
+}

@@ -39,6 +39,13 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+/// Set on a collector's `/metrics` answer to `stream=1&wait=W`: the answer is a stream of
+/// OpenMetrics pages, each whole and ending in `# EOF`: the current page at once, then every
+/// page whose readings changed, or the current one after `W` without a change (the heartbeat,
+/// so silence on the stream always means a fault). An answer without it is one page, as from
+/// a collector that does not stream (the reader then holds reads instead).
+pub const STREAM_HEADER: &str = "x-gpuscale-stream";
+
 /// Identity series; value 1.
 pub const COLLECTOR_INFO: &str = "gpuscale_collector_info";
 /// The contract's version, a label on [`COLLECTOR_INFO`]; the scaler refuses other versions.

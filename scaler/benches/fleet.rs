@@ -1,22 +1,25 @@
 //! A simulated fleet against the scaler binary: N synthetic GPU nodes on loopback, each serving
 //! a real collector page (rendered by the collector's own exposition code: 8 GPUs, 8 vLLM
 //! targets, one workload per target; the `series=contract` page the scaler asks for) that is
-//! rendered anew every second and that holds the
-//! scaler's read until then (`?wait=&after=`, as a collector does), with every workload
-//! registered (`--workloads-file`). As a collector does, a node answers a held read when its
-//! readings change, not when a render only re-dates them: a `busy` share of the nodes has new
-//! readings at every render, the rest send heartbeats (every 5 s, the scaler's
-//! `--collector-wait`). Reported per fleet size and busy share: the scaler's CPU (share of one
-//! core) and RSS while it keeps up, the synthetic fleet's own CPU (the bench process, the
-//! baseline the scaler's figure sits beside on this 2-core machine), and freshness: a queue
-//! change on one node to the value KEDA reads from GetMetrics.
+//! rendered anew every second, as a collector serves the scaler: a stream of pages on one
+//! answer (`stream=1`), or with `FLEET_STREAM=0` a held read (`?wait=&after=`), as an older
+//! collector does. Every workload is registered (`--workloads-file`). As a collector does, a
+//! node sends a page when its readings change, not when a render only re-dates them: a `busy`
+//! share of the nodes has new readings at every render, the rest send heartbeats (every 5 s,
+//! the scaler's `--collector-wait`). Reported per fleet size and busy share: the scaler's CPU
+//! (share of one core) and RSS while it keeps up, the synthetic fleet's own CPU (the bench
+//! process, the baseline the scaler's figure sits beside on this 2-core machine), and
+//! freshness: a queue change on one node to the value KEDA reads from GetMetrics.
 //!
 //! `cargo bench -p gpuscale-scaler --bench fleet` (env: FLEET_NODES="100,1000,5000",
 //! FLEET_BUSY="1,0" (shares of nodes whose readings change every second), FLEET_SECONDS=15 for
-//! the CPU window, FLEET_CHANGES=10, FLEET_SCALER_BIN to run another scaler build, FLEET_LOG for its RUST_LOG).
+//! the CPU window, FLEET_CHANGES=10, FLEET_SCALER_BIN to run another scaler build, FLEET_LOG for
+//! its RUST_LOG, FLEET_STREAM=0 for nodes that hold reads rather than stream).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
+
+use axum::response::IntoResponse;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -60,6 +63,28 @@ impl Fleet {
         f64::from_bits(self.values_at[i].load(Ordering::Relaxed))
     }
 
+    /// Until node `i` has readings newer than `after`, or the 5 s heartbeat.
+    async fn newer(&self, i: usize, after: f64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let n = self.changed.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.values_at(i) > after || tokio::time::timeout_at(deadline, n).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Node `i`'s page as last rendered.
+    fn page(&self, i: usize) -> String {
+        let ts = format!("{}", self.rendered(i));
+        self.templates[i]
+            .read()
+            .unwrap()
+            .replace(&format!("{PLACEHOLDER}"), &ts)
+    }
+
     /// Node `i` rendered new readings at `at`.
     fn change(&self, i: usize, at: f64) {
         self.render(i, at);
@@ -67,7 +92,36 @@ impl Fleet {
     }
 }
 
-async fn serve_fleet(n: usize, busy: f64) -> (Arc<Fleet>, u16) {
+/// A stream of node `i`'s pages, as a collector answers `stream=1`: the page at once, then each
+/// page with new readings, or the current one after 5 s without (the heartbeat). Each page sent
+/// counts as an answer.
+fn stream(f: Arc<Fleet>, i: usize) -> axum::response::Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(1);
+    tokio::spawn(async move {
+        let mut after = f64::NEG_INFINITY;
+        loop {
+            f.newer(i, after).await;
+            after = f.values_at(i);
+            f.answers.fetch_add(1, Ordering::Relaxed);
+            if tx.send(Ok(f.page(i))).await.is_err() {
+                return;
+            }
+        }
+    });
+    (
+        [
+            (
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+            (gpuscale_contract::STREAM_HEADER, "pages"),
+        ],
+        axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response()
+}
+
+async fn serve_fleet(n: usize, busy: f64, streams: bool) -> (Arc<Fleet>, u16) {
     let now = unix_now();
     let fleet = Arc::new(Fleet {
         templates: (0..n).map(|i| RwLock::new(page(i, 0.0))).collect(),
@@ -108,35 +162,29 @@ async fn serve_fleet(n: usize, busy: f64) -> (Arc<Fleet>, u16) {
                   axum::extract::RawQuery(q): axum::extract::RawQuery| {
                 let f = f.clone();
                 async move {
+                    if streams
+                        && q.as_deref()
+                            .is_some_and(|q| q.split('&').any(|p| p == "stream=1"))
+                    {
+                        return stream(f, i);
+                    }
                     let after = q.as_deref().and_then(|q| {
                         q.split('&')
                             .find_map(|p| p.strip_prefix("after="))
                             .and_then(|v| v.parse::<f64>().ok())
                     });
                     if let Some(after) = after {
-                        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-                        loop {
-                            let n = f.changed.notified();
-                            tokio::pin!(n);
-                            n.as_mut().enable();
-                            if f.values_at(i) > after || tokio::time::timeout_at(deadline, n).await.is_err() {
-                                break;
-                            }
-                        }
+                        f.newer(i, after).await;
                     }
                     f.answers.fetch_add(1, Ordering::Relaxed);
-                    let ts = format!("{}", f.rendered(i));
-                    let body = f.templates[i]
-                        .read()
-                        .unwrap()
-                        .replace(&format!("{PLACEHOLDER}"), &ts);
                     (
                         [(
                             "content-type",
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
-                        body,
+                        f.page(i),
                     )
+                        .into_response()
                 }
             },
         ),
@@ -186,8 +234,8 @@ async fn scaler_metric(http: u16, name: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-async fn run(n: usize, busy: f64, seconds: u64, changes: usize) {
-    let (fleet, port) = serve_fleet(n, busy).await;
+async fn run(n: usize, busy: f64, seconds: u64, changes: usize, streams: bool) {
+    let (fleet, port) = serve_fleet(n, busy, streams).await;
     let dir = std::env::temp_dir().join(format!("gpuscale-fleet-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("workloads.txt");
@@ -367,6 +415,9 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
+    // FLEET_STREAM=0: the nodes answer as collectors that do not stream (held reads), the
+    // baseline for what streaming saves, with the same scaler in the same session.
+    let streams = std::env::var("FLEET_STREAM").map_or(true, |v| v != "0");
     let busy: Vec<f64> = std::env::var("FLEET_BUSY")
         .unwrap_or_else(|_| "1,0".into())
         .split(',')
@@ -374,11 +425,16 @@ async fn main() {
         .filter(|b| (0.0..=1.0).contains(b))
         .collect();
     println!(
-        "a fleet of synthetic collectors ({GPUS} GPUs, {TARGETS} vLLM targets each, every page rendered once a second; `busy`: the share with new readings at each render, the rest answering held reads with 5 s heartbeats), the scaler binary at its defaults (MIMALLOC_PURGE_DELAY=0, as in its image):"
+        "a fleet of synthetic collectors ({GPUS} GPUs, {TARGETS} vLLM targets each, every page rendered once a second; `busy`: the share with new readings at each render, the rest sending 5 s heartbeats; pages {}), the scaler binary at its defaults (MIMALLOC_PURGE_DELAY=0, as in its image):",
+        if streams {
+            "streamed (one answer per node)"
+        } else {
+            "on held reads (one request per page; FLEET_STREAM=0)"
+        }
     );
     for n in nodes.split(',').filter_map(|v| v.trim().parse::<usize>().ok()) {
         for &b in &busy {
-            run(n, b, seconds, changes).await;
+            run(n, b, seconds, changes, streams).await;
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Freshness, measured from outside: a model server's queue changes, and a KEDA client polling
 //! GetMetrics every 10 ms times how long until the scaler's answer shows it. A real collector
 //! (the library's tick loop and router on a real socket, as the binary runs them) scrapes the
-//! model server; the scaler binary reads the collector (push: a read held until a newer page,
+//! model server; the scaler binary reads the collector (push: the collector's stream of pages,
 //! or polling with `/poll`). Each configuration runs `FRESHNESS_TRIALS` changes (default 20),
 //! alternating the queue between 0 and 20 at random phases, and prints p50, p99 and max.
 //!

@@ -206,3 +206,109 @@ async fn a_collector_that_does_not_hold_reads_is_polled_at_the_interval() {
     );
     drop(scaler);
 }
+
+/// A contract page for llm/qwen with `waiting` requests waiting, rendered now.
+fn stream_page(waiting: f64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let t = r#"namespace="llm",workload="qwen",target="http://a/metrics",node="n1""#;
+    format!(
+        "# TYPE gpuscale_collector_info gauge\ngpuscale_collector_info{{node=\"n1\",version=\"0.1.0\",contract=\"1\"}} 1\n\
+         # TYPE gpuscale_collector_last_tick_timestamp_seconds gauge\ngpuscale_collector_last_tick_timestamp_seconds{{node=\"n1\"}} {now}\n\
+         # TYPE gpuscale_scrape_up gauge\ngpuscale_scrape_up{{{t}}} 1\n\
+         # TYPE gpuscale_scrape_reading_valid gauge\ngpuscale_scrape_reading_valid{{{t}}} 1\n\
+         # TYPE gpuscale_scrape_timestamp_seconds gauge\ngpuscale_scrape_timestamp_seconds{{{t}}} {now}\n\
+         # TYPE gpuscale_workload_requests_waiting gauge\ngpuscale_workload_requests_waiting{{{t}}} {waiting}\n\
+         # TYPE gpuscale_workload_requests_running gauge\ngpuscale_workload_requests_running{{{t}}} 0\n# EOF\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_arrive_on_one_stream_and_a_silent_stream_is_unknown() {
+    // A collector speaking the stream: each request gets the header, the current page at once
+    // and then every page the test sets (each split across two chunks, as a network may);
+    // `None` is silence on an open connection.
+    let requests = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = tokio::sync::watch::channel::<Option<String>>(Some(stream_page(5.0)));
+    let r = requests.clone();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move |axum::extract::RawQuery(query): axum::extract::RawQuery| {
+            r.fetch_add(1, Ordering::Relaxed);
+            let mut rx = rx.clone();
+            async move {
+                assert!(query.unwrap_or_default().contains("stream=1"));
+                rx.mark_changed();
+                let body = futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.changed().await.ok()?;
+                    let page = rx.borrow_and_update().clone();
+                    let Some(page) = page else {
+                        std::future::pending::<()>().await;
+                        return None;
+                    };
+                    let (a, b) = page.split_at(page.len() / 2);
+                    let chunks = vec![
+                        Ok::<_, std::convert::Infallible>(a.to_string()),
+                        Ok(b.to_string()),
+                    ];
+                    Some((futures_util::stream::iter(chunks), rx))
+                });
+                (
+                    [
+                        (
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
+                        (gpuscale_contract::STREAM_HEADER, "pages"),
+                    ],
+                    axum::body::Body::from_stream(futures_util::StreamExt::flatten(body)),
+                )
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let scaler = common::scaler(&[
+        "--collector",
+        &addr.to_string(),
+        "--poll-interval",
+        "30s",
+        "--collector-wait",
+        "1s",
+        "--poll-timeout",
+        "500ms",
+    ])
+    .await;
+    let mut c = ExternalScalerClient::connect(scaler.grpc.clone()).await.unwrap();
+    // Asked about first (a workload is decided from the next page on), then a newer page.
+    let _ = common::ask(&mut c, &so()).await;
+    tx.send_replace(Some(stream_page(5.0)));
+    let first = until(&mut c, "the first page", |v| v.as_ref().ok() == Some(&1.0)).await;
+    assert_eq!(first.ok(), Some(1.0));
+    // 45 waiting: ceil(45 / 10) = 5, on the same answer, by push.
+    let polls = common::scaler_metric(&scaler, "gpuscale_scaler_polls_total").await;
+    tx.send_replace(Some(stream_page(45.0)));
+    let second = until(&mut c, "the second page", |v| v.as_ref().ok() == Some(&5.0)).await;
+    assert_eq!(second.ok(), Some(5.0));
+    assert_eq!(requests.load(Ordering::Relaxed), 1, "every page on one answer");
+    assert_eq!(
+        common::scaler_metric(&scaler, "gpuscale_scaler_polls_total").await,
+        polls
+    );
+    // The collector stops sending while the connection stays open: no page within
+    // `--collector-wait` and `--poll-timeout` is a fault, never the last value held.
+    let silent = Instant::now();
+    tx.send_replace(None);
+    let got = until(&mut c, "a silent stream", |v| v.is_err()).await;
+    let why = got.unwrap_err();
+    assert_eq!(why.code(), tonic::Code::Unavailable, "{why:?}");
+    assert!(why.message().contains("no page on the stream"), "{why:?}");
+    let took = silent.elapsed();
+    assert!(
+        took >= Duration::from_millis(1000),
+        "unknown before the heartbeat was due: {took:?}"
+    );
+}

@@ -1,16 +1,18 @@
 //! Reading the collectors and deciding from what they say.
 //!
-//! One reader per collector asks for its `/metrics` (OpenMetrics, within `timeout` and
-//! `max_page_bytes`) with `?series=contract&wait=W&after=T`: the collector answers as soon as it has rendered a
-//! page newer than the one seen (a model server's reading changed), or after `W` with the same
-//! page (a heartbeat, so silence is never read as "no change"). Each newer page makes the
-//! decider bring the [`View`] up to date for the workloads on it and decide those (coalesced
-//! over a few milliseconds), so a queue change reaches KEDA without waiting for a poll, at a
-//! cost that grows with the change, not with the fleet. Every `interval`, whatever arrives,
-//! the decider decides every workload no push decided within the last two such passes
-//! (readings age, keep-alives expire), and every 10 s, or on a failure, a recovery or a new collector list,
-//! it combines every page afresh. A collector that does not wait (an older
-//! one, or `wait` 0) is read every `interval`, as plain polling.
+//! One reader per collector asks for its `/metrics` (OpenMetrics, within `max_page_bytes`) with
+//! `?series=contract&wait=W&stream=1`: the collector keeps the answer open and writes a page into
+//! it whenever it renders new readings, or after `W` with the same readings (a heartbeat, so
+//! silence is never read as "no change": no page within `W` plus `timeout` is a failure). A
+//! collector that answers with one page instead (an older one) gets held reads,
+//! `?series=contract&wait=W&after=T`: it answers as soon as it has a page newer than the one
+//! seen, or after `W`. Each newer page makes the decider bring the [`View`] up to date for the
+//! workloads on it and decide those (coalesced over a few milliseconds), so a queue change
+//! reaches KEDA without waiting for a poll, at a cost that grows with the change, not with the
+//! fleet. Every `interval`, whatever arrives, the decider decides every workload no push
+//! decided within the last two such passes (readings age, keep-alives expire), and every 10 s,
+//! or on a failure, a recovery or a new collector list, it combines every page afresh. A
+//! collector that does not wait (`wait` 0) is read every `interval`, as plain polling.
 //!
 //! The collector list is a `watch` channel so that a static `--collector` list and `--kube`
 //! discovery (EndpointSlices) feed the same loop.
@@ -230,11 +232,261 @@ struct Reader {
     clock: Clock,
 }
 
-/// Read one collector forever: waiting reads while it renders newer pages, a read every
-/// `interval` otherwise (an error, a heartbeat, a collector that does not wait).
+/// Store what a read gave for `addr` and note what it changed; whether the decider should
+/// hear of it (a newer page, or a new failure). `seen` is the render time of the last page.
+fn store(r: &Reader, addr: &str, result: Result<Page, String>, seen: &mut Option<f64>) -> bool {
+    let mut sources = r.polled.sources.write().unwrap_or_else(|e| e.into_inner());
+    let s = sources.entry(addr.to_string()).or_default();
+    let mut changed = r.polled.changed.lock().unwrap_or_else(|e| e.into_inner());
+    match result {
+        Ok(page) => {
+            let newer = seen.is_none_or(|t| page.rendered > t);
+            // A newer page from a collector whose last read was good changes only the
+            // workloads on the two pages; a first page or a recovery changes the view.
+            let good = s.last_ok.as_ref().filter(|_| s.error.is_none()).map(|(_, p)| p);
+            if newer || good.is_none() {
+                changed.replaced(addr, good, &page);
+            }
+            *seen = Some(page.rendered);
+            s.last_ok = Some((r.clock.now(), page));
+            s.error = None;
+            newer
+        }
+        Err(e) => {
+            r.telemetry.poll_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(collector = %redact_url(addr), error = %e, "collector read failed");
+            // The same failure again changes nothing the view holds; a new one changes
+            // every workload the collector reported.
+            let newer = s.error.as_ref() != Some(&e);
+            if newer {
+                changed.everything = true;
+            }
+            s.error = Some(e);
+            *seen = None;
+            newer
+        }
+    }
+}
+
+/// An open stream of pages from a collector (see [`gpuscale_contract::STREAM_HEADER`]).
+struct PageStream {
+    body: hyper::body::Incoming,
+    /// The connection's task, ended with the stream.
+    conn: tokio::task::JoinHandle<()>,
+    /// What has arrived of the next page.
+    buf: Vec<u8>,
+    /// How far `buf` has been searched for the page's end.
+    scanned: usize,
+    /// The URL, redacted, for errors.
+    shown: String,
+}
+
+impl Drop for PageStream {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+/// The read buffer of a stream's connection. A connection is opened for each stream (not
+/// through reqwest's pool) to fix this: hyper's adaptive buffer doubles whenever a read fills
+/// it and never gives the memory back, so at 5,000 nodes, where two pages now and then wait in
+/// one socket, the streams' buffers grew the scaler by about 100 MiB.
+const STREAM_READ_BUF: usize = 16 * 1024;
+
+/// Where the first page in `buf` ends (after its `# EOF` line), searching from `from`.
+fn page_end(buf: &[u8], from: usize) -> Option<usize> {
+    const EOF: &[u8] = b"# EOF\n";
+    let start = from.saturating_sub(EOF.len());
+    // Every occurrence, not the first: a HELP text may hold `# EOF` at the end of its line.
+    memchr::memmem::find_iter(&buf[start..], EOF)
+        .map(|i| start + i)
+        .find(|&i| i == 0 || buf[i - 1] == b'\n')
+        .map(|i| i + EOF.len())
+}
+
+impl PageStream {
+    /// Ask `addr` for a stream; `Ok(None)` when it answers otherwise (a collector that does not
+    /// stream, or one too busy to: the reader holds reads instead), or when its address carries
+    /// a user name (those go through the HTTP client's basic auth, on held reads).
+    async fn open(config: &PollConfig, addr: &str) -> Result<Option<PageStream>, String> {
+        let url = metrics_url(addr)?;
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let url = format!(
+            "{url}{sep}series=contract&wait={}&stream=1",
+            config.wait.as_secs_f64()
+        );
+        let shown = redact_url(&url);
+        let uri: http::Uri = url.parse().map_err(|e| format!("{shown}: {e}"))?;
+        let Some(authority) = uri.authority().filter(|a| !a.as_str().contains('@')).cloned() else {
+            return Ok(None);
+        };
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let failed = |what: String| format!("{shown}: {what}");
+        let work = async {
+            let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+            let tcp = tokio::net::TcpStream::connect((host, authority.port_u16().unwrap_or(80)))
+                .await
+                .map_err(|e| failed(format!("connect: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            let (mut send, conn) = hyper::client::conn::http1::Builder::new()
+                .read_buf_exact_size(Some(STREAM_READ_BUF))
+                .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| failed(gpuscale_edge::fetch::with_causes(&e)))?;
+            let conn = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let mut req = http::Request::get(path)
+                .header(http::header::HOST, authority.as_str())
+                .header(http::header::ACCEPT, "application/openmetrics-text;version=1.0.0");
+            if let Some(token) = config.bearer.as_deref() {
+                req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let req = req
+                .body(http_body_util::Empty::new())
+                .map_err(|e| failed(e.to_string()))?;
+            let response = send
+                .send_request(req)
+                .await
+                .map_err(|e| failed(gpuscale_edge::fetch::with_causes(&e)))?;
+            Ok::<_, String>((response, conn))
+        };
+        let (response, conn) = tokio::time::timeout(config.timeout, work)
+            .await
+            .map_err(|_| failed(format!("no answer within {:.1} s", config.timeout.as_secs_f64())))??;
+        if !response.status().is_success()
+            || !response.headers().contains_key(gpuscale_contract::STREAM_HEADER)
+        {
+            conn.abort();
+            return Ok(None);
+        }
+        Ok(Some(PageStream {
+            body: response.into_body(),
+            conn,
+            buf: Vec::new(),
+            scanned: 0,
+            shown,
+        }))
+    }
+
+    /// The next whole page; `Ok(None)` when the collector ended the stream between pages (it
+    /// does every few minutes). Silence longer than the heartbeat and the timeout is a fault:
+    /// the collector sends a page at least every `wait`.
+    async fn next(&mut self, config: &PollConfig) -> Result<Option<String>, String> {
+        let within = config.wait + config.timeout;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(end) = page_end(&self.buf, self.scanned) {
+                let rest = self.buf.split_off(end);
+                let page = std::mem::replace(&mut self.buf, rest);
+                self.scanned = 0;
+                return String::from_utf8(page)
+                    .map(Some)
+                    .map_err(|_| format!("{}: a page on the stream is not UTF-8", self.shown));
+            }
+            self.scanned = self.buf.len();
+            if self.buf.len() > config.max_page_bytes {
+                return Err(format!(
+                    "{}: page larger than {} bytes (raise --max-page-bytes if this is expected)",
+                    self.shown, config.max_page_bytes
+                ));
+            }
+            let frame = async {
+                loop {
+                    match http_body_util::BodyExt::frame(&mut self.body).await {
+                        Some(Ok(f)) => match f.into_data() {
+                            Ok(data) => return Ok(Some(data)),
+                            Err(_) => continue, // trailers
+                        },
+                        Some(Err(e)) => return Err(e),
+                        None => return Ok(None),
+                    }
+                }
+            };
+            match tokio::time::timeout_at(deadline, frame).await {
+                Err(_) => {
+                    return Err(format!(
+                        "{}: no page on the stream for {:.1} s, though the collector sends one at least every {:.1} s",
+                        self.shown,
+                        within.as_secs_f64(),
+                        config.wait.as_secs_f64()
+                    ));
+                }
+                Ok(Err(e)) => {
+                    return Err(format!(
+                        "{}: {}",
+                        self.shown,
+                        gpuscale_edge::fetch::with_causes(&e)
+                    ));
+                }
+                Ok(Ok(None)) if self.buf.is_empty() => return Ok(None),
+                Ok(Ok(None)) => {
+                    return Err(format!(
+                        "{}: the stream ended inside a page ({} bytes without `# EOF`)",
+                        self.shown,
+                        self.buf.len()
+                    ));
+                }
+                Ok(Ok(Some(chunk))) => self.buf.extend_from_slice(&chunk),
+            }
+        }
+    }
+
+    /// A page from the stream, through the same parse and contract as a read.
+    fn read(&self, text: &str, config: &PollConfig, clock: Clock) -> Result<Page, String> {
+        let limits = gpuscale_expfmt::text::Limits {
+            max_bytes: config.max_page_bytes,
+            ..Default::default()
+        };
+        let families = gpuscale_expfmt::text::parse_openmetrics(text, &limits)
+            .map_err(|error| format!("{}: {error}", self.shown))?;
+        let received = Received {
+            at: clock.now(),
+            wall: unix_now(),
+        };
+        Page::read(&families, &self.shown, received).map_err(|e| e.to_string())
+    }
+}
+
+/// Read one collector forever: a stream of its pages where it offers one, else waiting reads
+/// while it renders newer pages, and a read every `interval` otherwise (an error, a heartbeat,
+/// a collector that does not wait).
 async fn read_loop(addr: String, r: Arc<Reader>) {
     let mut seen: Option<f64> = None;
+    // Until the collector answers a stream request with one page: then held reads, until a
+    // failure (the collector may have been replaced by one that streams).
+    let mut streams = !r.config.wait.is_zero();
     loop {
+        if streams {
+            match PageStream::open(&r.config, &addr).await {
+                Ok(Some(mut stream)) => {
+                    loop {
+                        let result = match stream.next(&r.config).await {
+                            Ok(None) => break,
+                            Ok(Some(text)) => stream.read(&text, &r.config, r.clock),
+                            Err(e) => Err(e),
+                        };
+                        let failed = result.is_err();
+                        if store(&r, &addr, result, &mut seen) {
+                            r.changed.notify_one();
+                        }
+                        if failed {
+                            tokio::time::sleep(r.config.interval).await;
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                Ok(None) => streams = false,
+                Err(e) => {
+                    if store(&r, &addr, Err(e), &mut seen) {
+                        r.changed.notify_one();
+                    }
+                    tokio::time::sleep(r.config.interval).await;
+                    continue;
+                }
+            }
+        }
         let started = Instant::now();
         let wait = seen
             .filter(|_| !r.config.wait.is_zero())
@@ -245,43 +497,13 @@ async fn read_loop(addr: String, r: Arc<Reader>) {
         };
         let result = read_collector(&r.client, &r.config, &addr, r.clock, wait).await;
         drop(permit);
-        let mut newer = match &result {
-            Ok(page) => seen.is_none_or(|s| page.rendered > s),
-            Err(_) => true,
-        };
         let failed = result.is_err();
-        {
-            let mut sources = r.polled.sources.write().unwrap_or_else(|e| e.into_inner());
-            let s = sources.entry(addr.clone()).or_default();
-            let mut changed = r.polled.changed.lock().unwrap_or_else(|e| e.into_inner());
-            match result {
-                Ok(page) => {
-                    // A newer page from a collector whose last read was good changes only the
-                    // workloads on the two pages; a first page or a recovery changes the view.
-                    let good = s.last_ok.as_ref().filter(|_| s.error.is_none()).map(|(_, p)| p);
-                    if newer || good.is_none() {
-                        changed.replaced(&addr, good, &page);
-                    }
-                    seen = Some(page.rendered);
-                    s.last_ok = Some((r.clock.now(), page));
-                    s.error = None;
-                }
-                Err(e) => {
-                    r.telemetry.poll_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(collector = %redact_url(&addr), error = %e, "collector read failed");
-                    // The same failure again changes nothing the view holds; a new one changes
-                    // every workload the collector reported.
-                    newer = s.error.as_ref() != Some(&e);
-                    if newer {
-                        changed.everything = true;
-                    }
-                    s.error = Some(e);
-                    seen = None;
-                }
-            }
-        }
+        let newer = store(&r, &addr, result, &mut seen);
         if newer {
             r.changed.notify_one();
+        }
+        if failed {
+            streams = !r.config.wait.is_zero();
         }
         if failed || !newer {
             tokio::time::sleep(r.config.interval.saturating_sub(started.elapsed())).await;
@@ -399,8 +621,23 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::PeriodicPasses;
+    use super::{PeriodicPasses, page_end};
     use std::time::Duration;
+
+    #[test]
+    fn a_page_on_a_stream_ends_at_its_eof_line_wherever_the_chunks_split() {
+        let two = b"a 1\n# EOF\nb 2\n# EOF\n";
+        assert_eq!(page_end(two, 0), Some(10));
+        assert_eq!(page_end(&two[10..], 0), Some(10));
+        // Searched again from where the last chunk ended: an `# EOF` split across chunks is
+        // found, one inside a line is not an end.
+        assert_eq!(page_end(&two[..8], 0), None);
+        assert_eq!(page_end(two, 8), Some(10));
+        assert_eq!(page_end(b"a{x=\"# EOF\n\"} 1\n", 0), None);
+        assert_eq!(page_end(b"# EOF\n", 0), Some(6));
+        assert_eq!(page_end(b"a 1\n# EOF", 0), None, "the line must be whole");
+        assert_eq!(page_end(b"# HELP a is # EOF\n# EOF\n", 0), Some(24));
+    }
 
     #[test]
     fn a_periodic_pass_leaves_only_what_a_push_decided_within_the_last_two_intervals() {
