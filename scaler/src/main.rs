@@ -67,10 +67,12 @@ struct Args {
     #[arg(long, env = "GPUSCALE_SCALER_POLL_INTERVAL", default_value = "500ms", value_parser = duration)]
     poll_interval: Duration,
 
-    /// How long a collector may hold a read until it has rendered a page with changed readings:
-    /// the push path, which decides the workloads on that page at once. The collector answers
-    /// at the latest after this (a heartbeat, with the readings' new times; keep it well under
-    /// `maxSignalAge`). 0 turns it off (plain polling).
+    /// The push path's heartbeat: each collector streams its pages on one open answer, one as
+    /// soon as its readings change (the scaler decides the workloads on that page at once), and
+    /// one after this without a change (a heartbeat, with the readings' new times; keep it well
+    /// under `maxSignalAge`). No page within this plus --poll-timeout makes the collector's
+    /// workloads unknown. A collector that does not stream holds a read this long instead. 0
+    /// turns push off (plain polling).
     #[arg(long, env = "GPUSCALE_SCALER_COLLECTOR_WAIT", default_value = "5s", value_parser = duration)]
     collector_wait: Duration,
 

@@ -312,3 +312,93 @@ async fn pages_arrive_on_one_stream_and_a_silent_stream_is_unknown() {
         "unknown before the heartbeat was due: {took:?}"
     );
 }
+
+/// A collector whose first stream sends `then` after a good page, and whose later streams send
+/// nothing: what the scaler makes of a stream that breaks.
+async fn broken_stream(then: &'static str, close: bool) -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    let requests = Arc::new(AtomicU64::new(0));
+    let r = requests.clone();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let n = r.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let chunks: Vec<Result<String, std::convert::Infallible>> = if n == 0 {
+                    vec![Ok(stream_page(5.0))]
+                } else {
+                    Vec::new()
+                };
+                // The break comes a second after the good page: by then the test has asked
+                // about the workload, so a decision follows it.
+                let broken = futures_util::stream::once(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    Ok(if n == 0 { then.to_string() } else { String::new() })
+                });
+                let body = futures_util::StreamExt::chain(
+                    futures_util::StreamExt::chain(futures_util::stream::iter(chunks), broken),
+                    futures_util::stream::once(async move {
+                        // Closing ends the answer; otherwise it stays open and silent.
+                        if !close {
+                            std::future::pending::<()>().await;
+                        }
+                        Ok(String::new())
+                    }),
+                );
+                (
+                    [
+                        (
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
+                        (gpuscale_contract::STREAM_HEADER, "pages"),
+                    ],
+                    axum::body::Body::from_stream(body),
+                )
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (addr, requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_inside_a_page_or_carrying_a_bad_page_is_unknown() {
+    for (then, close, want) in [
+        // Half a page, then the connection ends: truncated, not the page so far.
+        (
+            "# TYPE gpuscale_workload_requests_waiting gauge\ngpuscale_workload_requests_waiting{namespace=\"llm\",workload=\"qwen\"",
+            true,
+            "ended inside a page",
+        ),
+        // A whole page (it ends in `# EOF`) that does not parse: its line is named.
+        (
+            "gpuscale_workload_requests_waiting{{{ 1\n# EOF\n",
+            false,
+            "line 1",
+        ),
+    ] {
+        let (addr, requests) = broken_stream(then, close).await;
+        // A long interval: after a failure the reader waits it out, so the failure stays what
+        // KEDA hears, and no periodic decision happens meanwhile.
+        let scaler = common::scaler(&[
+            "--collector",
+            &addr.to_string(),
+            "--poll-interval",
+            "30s",
+            "--collector-wait",
+            "5s",
+        ])
+        .await;
+        let mut c = ExternalScalerClient::connect(scaler.grpc.clone()).await.unwrap();
+        let got = until(&mut c, want, |v| v.is_err() && format!("{v:?}").contains(want)).await;
+        let why = got.unwrap_err();
+        assert_eq!(why.code(), tonic::Code::Unavailable, "{why:?}");
+        assert_eq!(
+            requests.load(Ordering::Relaxed),
+            1,
+            "{want}: read again before the interval"
+        );
+    }
+}
