@@ -315,7 +315,11 @@ async fn pages_arrive_on_one_stream_and_a_silent_stream_is_unknown() {
 
 /// A collector whose first stream sends `then` after a good page, and whose later streams send
 /// nothing: what the scaler makes of a stream that breaks.
-async fn broken_stream(then: &'static str, close: bool) -> (std::net::SocketAddr, Arc<AtomicU64>) {
+async fn broken_stream(
+    then: &'static str,
+    close: bool,
+    good_first: bool,
+) -> (std::net::SocketAddr, Arc<AtomicU64>) {
     let requests = Arc::new(AtomicU64::new(0));
     let r = requests.clone();
     let app = axum::Router::new().route(
@@ -323,7 +327,7 @@ async fn broken_stream(then: &'static str, close: bool) -> (std::net::SocketAddr
         axum::routing::get(move || {
             let n = r.fetch_add(1, Ordering::Relaxed);
             async move {
-                let chunks: Vec<Result<String, std::convert::Infallible>> = if n == 0 {
+                let chunks: Vec<Result<String, std::convert::Infallible>> = if n == 0 && good_first {
                     vec![Ok(stream_page(5.0))]
                 } else {
                     Vec::new()
@@ -331,7 +335,9 @@ async fn broken_stream(then: &'static str, close: bool) -> (std::net::SocketAddr
                 // The break comes a second after the good page: by then the test has asked
                 // about the workload, so a decision follows it.
                 let broken = futures_util::stream::once(async move {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if n == 0 {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                     Ok(if n == 0 { then.to_string() } else { String::new() })
                 });
                 let body = futures_util::StreamExt::chain(
@@ -379,7 +385,7 @@ async fn a_stream_cut_inside_a_page_or_carrying_a_bad_page_is_unknown() {
             "line 1",
         ),
     ] {
-        let (addr, requests) = broken_stream(then, close).await;
+        let (addr, requests) = broken_stream(then, close, true).await;
         // A long interval: after a failure the reader waits it out, so the failure stays what
         // KEDA hears, and no periodic decision happens meanwhile.
         let scaler = common::scaler(&[
@@ -401,4 +407,21 @@ async fn a_stream_cut_inside_a_page_or_carrying_a_bad_page_is_unknown() {
             "{want}: read again before the interval"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_ends_every_stream_at_once_is_unknown_and_not_asked_in_a_loop() {
+    // Every answer carries the stream header and ends with nothing in it.
+    let (addr, requests) = broken_stream("", true, false).await;
+    let scaler = common::scaler(&["--collector", &addr.to_string(), "--poll-interval", "300ms"]).await;
+    let mut c = ExternalScalerClient::connect(scaler.grpc.clone()).await.unwrap();
+    let want = "ended the stream before sending a page";
+    let got = until(&mut c, want, |v| v.is_err() && format!("{v:?}").contains(want)).await;
+    assert_eq!(got.unwrap_err().code(), tonic::Code::Unavailable);
+    let start = requests.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let n = requests.load(Ordering::Relaxed) - start;
+    // Each later stream ends at once: one every 300 ms (the interval after a failure), where
+    // a reader that reopened at once would open thousands.
+    assert!((2..=15).contains(&n), "{n} streams opened in 3 s");
 }

@@ -460,10 +460,21 @@ async fn read_loop(addr: String, r: Arc<Reader>) {
         if streams {
             match PageStream::open(&r.config, &addr).await {
                 Ok(Some(mut stream)) => {
+                    let mut pages = 0u64;
                     loop {
                         let result = match stream.next(&r.config).await {
-                            Ok(None) => break,
-                            Ok(Some(text)) => stream.read(&text, &r.config, r.clock),
+                            // Ended between pages, as a collector does every few minutes: open
+                            // another at once. One that ends before its first page is a fault,
+                            // or the reader would open streams in a loop.
+                            Ok(None) if pages > 0 => break,
+                            Ok(None) => Err(format!(
+                                "{}: the collector ended the stream before sending a page",
+                                stream.shown
+                            )),
+                            Ok(Some(text)) => {
+                                pages += 1;
+                                stream.read(&text, &r.config, r.clock)
+                            }
                             Err(e) => Err(e),
                         };
                         let failed = result.is_err();
