@@ -284,7 +284,7 @@ async fn run() -> anyhow::Result<()> {
     };
     let state = AppState {
         workloads: workloads.clone(),
-        polled,
+        polled: polled.clone(),
         telemetry: telemetry.clone(),
         clock,
         leader,
@@ -301,7 +301,7 @@ async fn run() -> anyhow::Result<()> {
         gpuscale_edge::server::serve(http, router(state), tasks.shutdown()),
     );
 
-    let service = ExternalScalerServer::new(Scaler::new(workloads, telemetry, clock));
+    let service = ExternalScalerServer::new(Scaler::new(workloads, telemetry, clock).with_view(polled));
     let mut server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)));

@@ -125,6 +125,14 @@ pub struct Tracked {
     state: Mutex<Workload>,
 }
 
+impl Tracked {
+    /// Decide it now, on `view` (a workload just registered, so its first answer need not
+    /// wait for the next page or periodic pass).
+    pub fn decide_now(&self, view: &View, now: Duration) {
+        lock(self).decide(view, now);
+    }
+}
+
 impl std::ops::Deref for Tracked {
     type Target = Published;
     fn deref(&self) -> &Published {

@@ -283,7 +283,7 @@ async fn pages_arrive_on_one_stream_and_a_silent_stream_is_unknown() {
     ])
     .await;
     let mut c = ExternalScalerClient::connect(scaler.grpc.clone()).await.unwrap();
-    // Asked about first (a workload is decided from the next page on), then a newer page.
+    // Asked about (decided at once, on the first page), then a newer page.
     let _ = common::ask(&mut c, &so()).await;
     tx.send_replace(Some(stream_page(5.0)));
     let first = until(&mut c, "the first page", |v| v.as_ref().ok() == Some(&1.0)).await;
@@ -424,4 +424,18 @@ async fn a_collector_that_ends_every_stream_at_once_is_unknown_and_not_asked_in_
     // Each later stream ends at once: one every 300 ms (the interval after a failure), where
     // a reader that reopened at once would open thousands.
     assert!((2..=15).contains(&n), "{n} streams opened in 3 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_asked_about_after_the_last_page_is_answered_at_once() {
+    // One page, then nothing for longer than the test: no page or periodic pass can decide
+    // the workload after it is registered.
+    let (addr, _requests) = broken_stream("", false, true).await;
+    let scaler = common::scaler(&["--collector", &addr.to_string(), "--poll-interval", "30s"]).await;
+    let mut c = ExternalScalerClient::connect(scaler.grpc.clone()).await.unwrap();
+    // GetMetricSpec registers it and decides it on the view the page made; the first
+    // GetMetrics has the answer (5 waiting, target 10: one replica), not "no decision yet".
+    let (value, active) = common::ask(&mut c, &so()).await;
+    assert_eq!(value.map_err(|s| s.message().to_string()), Ok(1.0));
+    assert_eq!(active.map_err(|s| s.message().to_string()), Ok(true));
 }

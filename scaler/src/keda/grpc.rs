@@ -26,6 +26,7 @@ use gpuscale_policies::answer::NotKnown;
 use gpuscale_policies::spec::brief_to as quote;
 
 use crate::keda::trigger::{Trigger, TriggerError, fingerprint};
+use crate::sources::poll::Polled;
 use crate::workloads::{RegisterError, Tracked, Workloads};
 use gpuscale_contract::WorkloadKey;
 
@@ -35,6 +36,8 @@ pub struct Scaler {
     workloads: Arc<Workloads>,
     telemetry: Arc<Telemetry>,
     clock: Clock,
+    /// The collectors' view, to decide a workload the moment it is registered.
+    polled: Option<Arc<Polled>>,
 }
 
 impl Scaler {
@@ -44,7 +47,16 @@ impl Scaler {
             workloads,
             telemetry,
             clock,
+            polled: None,
         }
+    }
+
+    /// Decide each workload as it is registered, on the view the collectors' pages make
+    /// (once a first complete read has made one): otherwise its first answer is "no decision
+    /// yet" until the next changed page or periodic pass.
+    pub fn with_view(mut self, polled: Arc<Polled>) -> Self {
+        self.polled = Some(polled);
+        self
     }
 
     /// The workload a ScaledObjectRef names, registering it (or its changed metadata).
@@ -69,11 +81,16 @@ impl Scaler {
         );
         let trigger = Trigger::parse(&r.namespace, md)
             .map_err(|e| Status::invalid_argument(format!("{so}: trigger metadata: {e}")))?;
-        self.workloads.register(trigger, &so, now).map_err(|e| match e {
+        let w = self.workloads.register(trigger, &so, now).map_err(|e| match e {
             RegisterError::Full(_) => Status::resource_exhausted(e.to_string()),
             RegisterError::Trigger(t) => Status::invalid_argument(format!("{so}: {t}")),
             RegisterError::TooManyTriggers { .. } => Status::invalid_argument(format!("{so}: {e}")),
-        })
+        })?;
+        if let Some(p) = self.polled.as_ref().filter(|p| p.ready.load(Ordering::Relaxed)) {
+            let view = p.view.read().unwrap_or_else(|e| e.into_inner());
+            w.decide_now(&view, now);
+        }
+        Ok(w)
     }
 
     fn timed<T>(&self, method: usize, started: Instant, r: Result<T, Status>) -> Result<T, Status> {
