@@ -3,7 +3,8 @@
 //! Every RPC answers from the state the last poll tick published ([`crate::workloads`]):
 //! nothing here waits on a collector or the API server. KEDA calls `GetMetricSpec` on every
 //! reconcile, poll and HPA sync, so the common case (metadata already seen) is a hash-map
-//! lookup and a fingerprint comparison.
+//! lookup and a fingerprint comparison. A trigger seen for the first time is registered and
+//! decided at once on the collectors' current view (a read of it, never a collector read).
 
 use std::pin::Pin;
 use std::sync::Arc;
