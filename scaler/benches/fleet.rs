@@ -349,6 +349,16 @@ async fn run(n: usize, busy: f64, seconds: u64, changes: usize, streams: bool) {
     let per_s = (d1.0 - d0.0) / wall;
     let decide_ms = (d1.1 - d0.1) / (d1.0 - d0.0).max(1.0) * 1e3;
     let rss = rss_mib(pid);
+    // The scaler's own page, as a Prometheus scrape gets it, under the fleet's load.
+    let t = Instant::now();
+    let own = reqwest::get(format!("http://127.0.0.1:{hport}/metrics"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    let own_ms = t.elapsed().as_secs_f64() * 1e3;
 
     // Freshness: node 0's first workload goes from 0 to 100 waiting beside its 4 running (the
     // queue rule on load: ceil(104 / 10) = 11 replicas) and back (ceil(4 / 10) = 1).
@@ -390,7 +400,7 @@ async fn run(n: usize, busy: f64, seconds: u64, changes: usize, streams: bool) {
     };
     println!(
         "  {n:>5} nodes ({:>6} workloads), {:>3.0} % busy: scaler {:>5.1} % of a core, RSS {:>6.1} MiB; fleet server {:>5.1} % ({:>6.0} pages/s, {errors:.1} failed reads/s); \
-         {per_s:.1} decisions/s of {decide_ms:.2} ms; change -> GetMetrics p50 {}, p99 {}; first answer after {ready_s:.1} s",
+         {per_s:.1} decisions/s of {decide_ms:.2} ms; change -> GetMetrics p50 {}, p99 {}; first answer after {ready_s:.1} s; its /metrics {:.1} MB in {own_ms:.0} ms",
         n * TARGETS,
         busy * 100.0,
         scaler_cpu * 100.0,
@@ -399,6 +409,7 @@ async fn run(n: usize, busy: f64, seconds: u64, changes: usize, streams: bool) {
         pages,
         ms(p50),
         ms(p99),
+        own as f64 / 1e6,
     );
     drop(scaler);
     let _ = std::fs::remove_dir_all(&dir);

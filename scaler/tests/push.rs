@@ -207,6 +207,24 @@ async fn a_collector_that_does_not_hold_reads_is_polled_at_the_interval() {
     drop(scaler);
 }
 
+/// An answer as a streaming collector gives one: the header, then `body`'s pages.
+fn stream_answer(
+    body: impl futures_util::Stream<Item = Result<String, std::convert::Infallible>> + Send + 'static,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [
+            (
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+            (gpuscale_contract::STREAM_HEADER, "pages"),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
 /// A contract page for llm/qwen with `waiting` requests waiting, rendered now.
 fn stream_page(waiting: f64) -> String {
     let now = std::time::SystemTime::now()
@@ -255,16 +273,7 @@ async fn pages_arrive_on_one_stream_and_a_silent_stream_is_unknown() {
                     ];
                     Some((futures_util::stream::iter(chunks), rx))
                 });
-                (
-                    [
-                        (
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        ),
-                        (gpuscale_contract::STREAM_HEADER, "pages"),
-                    ],
-                    axum::body::Body::from_stream(futures_util::StreamExt::flatten(body)),
-                )
+                stream_answer(futures_util::StreamExt::flatten(body))
             }
         }),
     );
@@ -350,16 +359,7 @@ async fn broken_stream(
                         Ok(String::new())
                     }),
                 );
-                (
-                    [
-                        (
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        ),
-                        (gpuscale_contract::STREAM_HEADER, "pages"),
-                    ],
-                    axum::body::Body::from_stream(body),
-                )
+                stream_answer(body)
             }
         }),
     );

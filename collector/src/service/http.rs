@@ -20,7 +20,7 @@ use gpuscale_expfmt::write::Format;
 /// current page (a heartbeat: silence is never "no change", and it carries the readings' new
 /// times); either alone, or neither, answers at once.
 /// `series=contract` asks for the scaler's families only. `stream=1` with `wait` keeps the
-/// answer open and writes page after page into it (see [`STREAM_HEADER`]). Other parameters
+/// answer open and writes page after page into it (see [`contract::STREAM_HEADER`]). Other parameters
 /// are ignored.
 #[derive(Debug, Default, PartialEq)]
 struct MetricsQuery {
@@ -29,9 +29,6 @@ struct MetricsQuery {
     /// `stream=1`: the heartbeat interval (the `wait` asked for).
     stream: Option<Duration>,
 }
-
-/// The header that marks an answer as a stream of pages ([`contract::STREAM_HEADER`]).
-const STREAM_HEADER: &str = contract::STREAM_HEADER;
 
 /// How long one stream stays open before the collector ends it (the reader opens another at
 /// once): what bounds a connection whose reader is gone without a reset.
@@ -135,7 +132,7 @@ async fn newer_than(
     }
 }
 
-/// A stream of pages (see [`STREAM_HEADER`]), written by a task of its own into a channel of
+/// A stream of pages (see [`contract::STREAM_HEADER`]), written by a task of its own into a channel of
 /// one page: a reader that falls behind gets the newest page next, never a backlog. The task
 /// ends when the reader goes (the send fails) or after [`MAX_STREAM`].
 fn stream_pages(
@@ -169,7 +166,7 @@ fn stream_pages(
     (
         [
             (header::CONTENT_TYPE, Format::OpenMetrics.content_type()),
-            (header::HeaderName::from_static(STREAM_HEADER), "pages"),
+            (header::HeaderName::from_static(contract::STREAM_HEADER), "pages"),
         ],
         body,
     )

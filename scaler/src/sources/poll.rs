@@ -67,10 +67,15 @@ pub fn metrics_url(addr: &str) -> Result<String, String> {
     gpuscale_edge::fetch::metrics_url("--collector", addr)
 }
 
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
+/// A page received now, on both clocks.
+fn received(clock: Clock) -> Received {
+    let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+        .map_or(0.0, |d| d.as_secs_f64());
+    Received {
+        at: clock.now(),
+        wall,
+    }
 }
 
 /// Read one collector: OpenMetrics only (a page without `# EOF` is truncated), through the
@@ -113,11 +118,7 @@ async fn read_collector(
             ),
             e => e.to_string(),
         })?;
-    let received = Received {
-        at: clock.now(),
-        wall: unix_now(),
-    };
-    Page::read(&families, &redact_url(&url), received).map_err(|e| e.to_string())
+    Page::read(&families, &redact_url(&url), received(clock)).map_err(|e| e.to_string())
 }
 
 /// How long the decider waits after a newer page, for the other collectors' pages of the same
@@ -440,11 +441,7 @@ impl PageStream {
         };
         let families = gpuscale_expfmt::text::parse_openmetrics(text, &limits)
             .map_err(|error| format!("{}: {error}", self.shown))?;
-        let received = Received {
-            at: clock.now(),
-            wall: unix_now(),
-        };
-        Page::read(&families, &self.shown, received).map_err(|e| e.to_string())
+        Page::read(&families, &self.shown, received(clock)).map_err(|e| e.to_string())
     }
 }
 
@@ -607,8 +604,12 @@ pub async fn run(
         } else {
             Pass::Pushed
         };
-        let since = if periodic { passes.begin(clock.now()) } else { None };
-        let since = since.filter(|_| pass == Pass::Periodic);
+        // A full pass begins a periodic interval too, but leaves nothing.
+        let since = if periodic {
+            passes.begin(clock.now()).filter(|_| pass == Pass::Periodic)
+        } else {
+            None
+        };
         let complete = decide(&list, &polled, &workloads, clock, pass, since);
         if complete {
             polled.ready.store(true, Ordering::Relaxed);
