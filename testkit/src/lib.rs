@@ -42,7 +42,35 @@ pub fn skipped(what: impl Display) {
 
 /// A loopback port that was free a moment ago (bound, read, released), for a server a test
 /// starts as a separate process.
+///
+/// Chosen below the kernel's ephemeral range (`ip_local_port_range`), never from it: between
+/// this release and the child's bind, any `bind(":0")` or outgoing connection in the parallel
+/// tests draws from the ephemeral range and could take the port (CI once saw
+/// `--grpc-listen 127.0.0.1:38003: Address already in use`). Below it, only another
+/// `free_port` could, and a process-wide counter keeps those apart.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    // 10,000 ports below the range; a kernel whose range starts too low for that gets the old way.
+    let low = ephemeral_start.saturating_sub(10_000);
+    if low >= 1024 {
+        // Separate test binaries run one after another, but their children may outlive a
+        // binary by a moment: start each process somewhere else in the window.
+        let seed = std::process::id().wrapping_mul(2_654_435_761);
+        for _ in 0..1_000 {
+            let i = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = low + (seed.wrapping_add(i.wrapping_mul(7))) % 10_000;
+            if let Ok(port) = u16::try_from(port)
+                && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

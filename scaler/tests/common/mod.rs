@@ -150,32 +150,39 @@ pub struct Scaler {
     pub http: String,
 }
 
-/// Start the scaler binary and wait for /readyz.
+/// Start the scaler binary and wait for /readyz. A scaler that exits before it is ready (a
+/// port taken between [`free_port`] and its bind) is started again on other ports.
 pub async fn scaler(args: &[&str]) -> Scaler {
-    let grpc_port = free_port();
-    let http_port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_gpuscale-scaler"))
-        .args(["--grpc-listen", &format!("127.0.0.1:{grpc_port}")])
-        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let s = Scaler {
-        proc: Kill(child),
-        grpc: format!("http://127.0.0.1:{grpc_port}"),
-        http: format!("http://127.0.0.1:{http_port}"),
-    };
-    let client = reqwest::Client::new();
-    for _ in 0..200 {
-        if let Ok(r) = client.get(format!("{}/readyz", s.http)).send().await
-            && r.status().is_success()
-        {
-            return s;
+    for _ in 0..3 {
+        let grpc_port = free_port();
+        let http_port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_gpuscale-scaler"))
+            .args(["--grpc-listen", &format!("127.0.0.1:{grpc_port}")])
+            .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut s = Scaler {
+            proc: Kill(child),
+            grpc: format!("http://127.0.0.1:{grpc_port}"),
+            http: format!("http://127.0.0.1:{http_port}"),
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(r) = client.get(format!("{}/readyz", s.http)).send().await
+                && r.status().is_success()
+            {
+                return s;
+            }
+            if let Some(status) = s.proc.0.try_wait().unwrap() {
+                eprintln!("scaler exited before it was ready ({status}); starting it again");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("scaler did not become ready");
 }
