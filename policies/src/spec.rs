@@ -292,6 +292,12 @@ pub const KEYS: &[Key] = &[
     ),
     key("tokens", "scaleDownWindow", "300s", "scale-down window"),
     key(
+        "tokens",
+        "queueScaleDownWindow",
+        "180s",
+        "scale-down window of a server without token counters (the queue rule decides)",
+    ),
+    key(
         "gpu",
         "metric",
         "gpu_utilization",
@@ -760,6 +766,7 @@ impl Params {
                 self.tokens.tolerance = parse_f64(k, v, 0.0, 0.99, "a number from 0 to 0.99")?
             }
             ("tokens", "scaleDownWindow") => self.tokens.scale_down_window = window(k, v)?,
+            ("tokens", "queueScaleDownWindow") => self.tokens.queue_scale_down_window = window(k, v)?,
             ("gpu", "metric") => {
                 self.gpu.metric = parse_metric(k, v, &[Metric::GpuUtilization, Metric::KvCacheUsage])?
             }

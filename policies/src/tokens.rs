@@ -70,6 +70,11 @@ pub struct TokensConfig {
     pub tolerance: f64,
     /// A lower count takes effect only once it has been the highest for this long (300 s).
     pub scale_down_window: Duration,
+    /// The same, on a server that has never reported token rates, where the queue rule sees
+    /// every request in flight (180 s). Shorter than an LLM server's: its demand is the exact
+    /// count of requests, not rates averaged over a minute behind bursts of long prompts, so a
+    /// lull it sees is a lull. Chosen on the Alibaba traces (docs/policies.md).
+    pub queue_scale_down_window: Duration,
 }
 
 impl Default for TokensConfig {
@@ -86,6 +91,7 @@ impl Default for TokensConfig {
             backlog_window: Duration::from_secs(30),
             tolerance: 0.1,
             scale_down_window: Duration::from_secs(300),
+            queue_scale_down_window: Duration::from_secs(180),
         }
     }
 }
@@ -100,6 +106,9 @@ const LEARN_RATE: f64 = 0.2;
 pub struct Tokens {
     config: TokensConfig,
     window: ScaleDownWindow,
+    /// The window of a server without token rates; both record every recommendation, so a
+    /// server that starts reporting rates keeps its history.
+    queue_window: ScaleDownWindow,
     /// Since when requests have been waiting without a break, and the fewest seen since.
     backlog: Option<(Duration, f64)>,
     /// Learned output tokens/s per replica (prefill is `ratio` times it).
@@ -118,6 +127,7 @@ impl Tokens {
         let secs = config.window.as_secs().max(1);
         Tokens {
             window: ScaleDownWindow::new(config.scale_down_window),
+            queue_window: ScaleDownWindow::new(config.queue_scale_down_window),
             prompt: BucketAverage::new(secs),
             generated: BucketAverage::new(secs),
             config,
@@ -164,7 +174,7 @@ impl Tokens {
     /// since each has a request ahead of it that ends sooner than a new replica could start
     /// (a cold start is a minute; the Alibaba traces' requests take 26 s), and a replica
     /// started for every such wait is then held for the whole scale-down window. Sizing every
-    /// waiting request at once cost 14-23 % more GPU-hours on both Alibaba traces at about the
+    /// waiting request at once cost 16-21 % more GPU-hours on both Alibaba traces at about the
     /// same p99 (docs/policies.md). Where nothing is ready, or the running count is unknown,
     /// every request counts at once; so it does on an LLM server, whose slots are not its batch
     /// (it admits many more before any wait), so a waiting request there is a full replica.
@@ -311,7 +321,9 @@ impl Policy for Tokens {
                 (n, Rule::TokensFallbackQueue)
             }
         };
-        let (n, rule) = self.window.apply(ctx.now, want, rule);
+        let llm = self.window.apply(ctx.now, s.current, want, rule);
+        let queue = self.queue_window.apply(ctx.now, s.current, want, rule);
+        let (n, rule) = if self.rates_seen.is_some() { llm } else { queue };
         Recommendation::new(n, rule)
     }
 }
@@ -357,6 +369,7 @@ mod tests {
             window: Duration::from_secs(1),
             backlog_window: Duration::from_secs(10),
             scale_down_window: Duration::ZERO,
+            queue_scale_down_window: Duration::ZERO,
             ..TokensConfig::default()
         }
     }
@@ -420,6 +433,7 @@ mod tests {
         let r = step(&mut t, 2, &signals(3, 300.0, 100.0, None));
         assert_eq!((r.replicas, r.rule), (5, Rule::TokensFallbackQueue));
         // Gone for the whole window: the queue rule decides.
+        let gone = signals(5, 0.0, 5.0, None);
         let r = step(&mut t, 61, &gone);
         assert_eq!((r.replicas, r.rule), (5, Rule::ScaleDownWindow));
         let r = step(&mut t, 63, &gone);
@@ -433,6 +447,7 @@ mod tests {
             slots: Some(1.0),
             backlog_window: Duration::from_secs(10),
             scale_down_window: Duration::ZERO,
+            queue_scale_down_window: Duration::ZERO,
             ..TokensConfig::default()
         });
         let mut s = signals(2, 1.0, 2.0, None);
@@ -474,6 +489,29 @@ mod tests {
     }
 
     #[test]
+    fn a_server_without_token_rates_scales_down_on_its_own_window() {
+        let config = TokensConfig {
+            slots: Some(1.0),
+            scale_down_window: Duration::from_secs(300),
+            queue_scale_down_window: Duration::from_secs(180),
+            ..set(8000.0, 1200.0)
+        };
+        // No token rates ever: the queue rule, held for 180 s.
+        let mut t = Tokens::new(config.clone());
+        assert_eq!(step(&mut t, 0, &signals(1, 0.0, 4.0, None)).replicas, 4);
+        let quiet = signals(4, 0.0, 1.0, None);
+        assert_eq!(step(&mut t, 179, &quiet).replicas, 4);
+        assert_eq!(step(&mut t, 180, &quiet).replicas, 1);
+        // An LLM server (it reports rates) keeps the longer window.
+        let mut t = Tokens::new(config);
+        let busy = signals(1, 0.0, 4.0, Some((24_000.0, 3_600.0)));
+        let r = step(&mut t, 0, &busy);
+        let quiet = signals(r.replicas, 0.0, 1.0, Some((0.0, 0.0)));
+        assert_eq!(step(&mut t, 180, &quiet).replicas, r.replicas);
+        assert_eq!(step(&mut t, 300, &quiet).replicas, 1);
+    }
+
+    #[test]
     fn backlog_adds_replicas_only_once_it_persists() {
         let mut t = Tokens::new(set(8000.0, 1200.0));
         // Rates say one replica suffices, but requests wait.
@@ -498,6 +536,7 @@ mod tests {
             window: Duration::from_secs(1),
             backlog_window: Duration::from_secs(10),
             scale_down_window: Duration::ZERO,
+            queue_scale_down_window: Duration::ZERO,
             ..TokensConfig::default()
         });
         assert_eq!(t.capacities(), None);
