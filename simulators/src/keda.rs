@@ -1,12 +1,16 @@
 //! KEDA driving an HPA on gpuscale's number (`replicas` mode), as a pure model the engine steps
 //! once a second: IsActive every `pollingInterval` (answered by the scaler's own rule,
 //! `gpuscale_policies::answer::activity`), activation 0 -> 1 and back to 0 after `cooldownPeriod`
-//! inactive, and the HPA's own algorithm (tolerance, default behavior) on GetMetrics every sync.
+//! inactive, and the HPA's own algorithm (tolerance, and the behavior the ScaledObject sets:
+//! deploy/'s pass-through or the API server's default) on GetMetrics every sync.
 
 use std::time::Duration;
 
 use gpuscale_policies::answer::{Demand, Measured, Reported, activity, value};
-use gpuscale_policies::hpa::{Hpa, HpaConfig, HpaMetric, HpaTarget};
+use gpuscale_policies::hpa::{
+    Behavior, Hpa, HpaConfig, HpaMetric, HpaTarget, ScalingPolicy, ScalingPolicyKind, ScalingRules,
+    SelectPolicy,
+};
 use gpuscale_policies::{Bounds, Context, Decision, Metric, Signals};
 
 /// KEDA's settings.
@@ -18,6 +22,51 @@ pub struct KedaConfig {
     pub hpa_sync: u64,
     /// `cooldownPeriod`, seconds (300).
     pub cooldown: u64,
+    /// The behavior the ScaledObject gives its HPA.
+    pub behavior: HpaBehavior,
+}
+
+/// `advanced.horizontalPodAutoscalerConfig.behavior` of the modelled ScaledObject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HpaBehavior {
+    /// What deploy/'s examples and `gpuscale-sim recommend` write: no stabilization either way
+    /// (gpuscale's policies have their own windows, and HPA's would add to them), scale-up by
+    /// the larger of 1,000 % or 16 pods and scale-down by 100 % per 15 s, so the HPA passes
+    /// gpuscale's count through within one sync.
+    Passthrough,
+    /// The API server's default (a ScaledObject without `advanced`): scale-up by the larger of
+    /// 4 pods or 100 % per 15 s, scale-down only after 300 s of stabilization.
+    Default,
+}
+
+impl HpaBehavior {
+    fn behavior(self) -> Behavior {
+        let per_15s = |kind, value| ScalingPolicy {
+            kind,
+            value,
+            period: Duration::from_secs(15),
+        };
+        match self {
+            HpaBehavior::Default => Behavior::default(),
+            HpaBehavior::Passthrough => Behavior {
+                scale_up: ScalingRules {
+                    stabilization_window: Duration::ZERO,
+                    select_policy: SelectPolicy::Max,
+                    policies: vec![
+                        per_15s(ScalingPolicyKind::Percent, 1000),
+                        per_15s(ScalingPolicyKind::Pods, 16),
+                    ],
+                    ..ScalingRules::default_scale_up()
+                },
+                scale_down: ScalingRules {
+                    stabilization_window: Duration::ZERO,
+                    select_policy: SelectPolicy::Max,
+                    policies: vec![per_15s(ScalingPolicyKind::Percent, 100)],
+                    ..ScalingRules::default_scale_down()
+                },
+            },
+        }
+    }
 }
 
 /// KEDA's state for one ScaledObject.
@@ -46,6 +95,7 @@ impl Keda {
                     metric: Metric::Load,
                     target: HpaTarget::AverageValue(1.0),
                 }],
+                behavior: Some(config.behavior.behavior()),
                 ..HpaConfig::default()
             }),
             last_active: None,
@@ -149,6 +199,7 @@ mod tests {
             polling: 30,
             hpa_sync: 15,
             cooldown: 300,
+            behavior: HpaBehavior::Default,
         })
     }
 
@@ -202,5 +253,42 @@ mod tests {
             Actions::default(),
             "unknown is not inactive, and GetMetrics' error leaves the HPA where it is"
         );
+    }
+
+    #[test]
+    fn the_shipped_behavior_passes_the_count_through_and_the_default_holds_it() {
+        let run = |behavior| {
+            let mut k = Keda::new(KedaConfig {
+                behavior,
+                ..keda().config
+            });
+            let mut current = 1;
+            let mut counts = Vec::new();
+            // Up to 8 at t = 15, then the scaler asks for 1 from t = 30 on.
+            for sec in (15..=360).step_by(15) {
+                let d = decision(if sec == 15 { 8 } else { 1 }, Rule::QueueTarget);
+                if let Some(n) = step(&mut k, sec, &d, current, 0.0).hpa {
+                    current = n;
+                }
+                counts.push((sec, current));
+            }
+            counts
+        };
+        let through = run(HpaBehavior::Passthrough);
+        assert_eq!(through[0], (15, 8), "1 -> 8 in one sync");
+        assert_eq!(
+            through[1],
+            (30, 1),
+            "and back at the next: gpuscale's own window decided"
+        );
+        let default = run(HpaBehavior::Default);
+        assert_eq!(default[0], (15, 5), "4 pods or 100 % per 15 s: 1 -> 5");
+        assert_eq!(
+            default[1],
+            (30, 5),
+            "stabilization holds 5, never raises it to the old 8"
+        );
+        let low = default.iter().find(|&&(_, n)| n == 1).map(|&(t, _)| t);
+        assert_eq!(low, Some(315), "300 s of stabilization after the 8 at t = 15");
     }
 }

@@ -605,6 +605,59 @@ fn keda_loop_wakes_at_the_polling_interval_and_sleeps_after_cooldown() {
 }
 
 #[test]
+fn under_keda_the_scaler_decides_every_second_not_only_when_read() {
+    // Three 10 s requests every 15 s, arriving a second after each HPA sync, so at every sync
+    // nothing is in flight. The scaler decides on its own clock: its 60 s scale-down window
+    // sees each burst and holds exactly the 3 replicas they need. Deciding only when KEDA reads
+    // (as the model once did) samples the window at the quiet instants and held 5 here.
+    let trace = tmp("between-syncs.csv");
+    let mut rows = String::from("t,svc\n");
+    for k in 0..12 {
+        for _ in 0..3 {
+            rows.push_str(&format!("{},10\n", 16 + 15 * k));
+        }
+    }
+    let _ = std::fs::write(&trace, rows);
+    let doc = run_json(
+        &[
+            "replay",
+            "--trace",
+            trace.to_str().unwrap_or_default(),
+            "--format",
+            "csv",
+            "--service-col",
+            "svc",
+            "--policy",
+            "queue",
+            "--loop",
+            "keda",
+            "--cold-start",
+            "20",
+            "--param",
+            "queue.target=1",
+            "--param",
+            "queue.scaleDownWindow=60s",
+            "--param",
+            "keepAlive=600s",
+            "--drain",
+            "60",
+        ],
+        "between-syncs.json",
+    );
+    let held: Vec<(u64, u64)> = doc["policies"][0]["timeline"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| Some((p["t"].as_u64()?, p["desired"].as_u64()?)))
+                .filter(|&(t, _)| (150..=195).contains(&t))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!held.is_empty(), "no timeline");
+    assert!(held.iter().all(|&(_, n)| n == 3), "{held:?}");
+}
+
+#[test]
 fn integer_second_arrivals_are_counted() {
     // Regression: arrivals at exactly a tick instant (1 s resolution traces) were dropped from
     // the rate window by that tick. Three at t = 0 and two at t = 5 show up in the timeline at

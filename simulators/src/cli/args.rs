@@ -7,6 +7,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use gpuscale_policies::spec;
 use gpuscale_sim::engine::{ControlConfig, LoopModel};
+use gpuscale_sim::keda::HpaBehavior;
 use gpuscale_sim::llm::{LlmConfig, Router, StepCost};
 use gpuscale_sim::perf::{self, PerfTable};
 use gpuscale_sim::serving::{Batching, ColdStart, ServiceDist, Serving, ServingConfig};
@@ -47,6 +48,16 @@ pub(crate) enum LoopKind {
     Direct,
     /// KEDA polls gpuscale and drives an HPA (external-push trigger, replicas mode).
     Keda,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum HpaBehaviorKind {
+    /// What deploy/ and `recommend` write: no stabilization, any step within one sync, so the
+    /// HPA passes gpuscale's count through.
+    Passthrough,
+    /// The API server's default (no `advanced` in the ScaledObject): scale-up by 4 pods or
+    /// 100 % per 15 s, scale-down after 300 s of stabilization on top of gpuscale's own window.
+    Default,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -125,6 +136,9 @@ pub(crate) struct ReplayArgs {
     /// keda: cooldownPeriod, seconds.
     #[arg(long, default_value_t = 300, env = "GPUSCALE_SIM_COOLDOWN", value_parser = whole_seconds, allow_negative_numbers = true)]
     pub(crate) cooldown: u64,
+    /// keda: the HPA behavior the ScaledObject sets.
+    #[arg(long, value_enum, default_value_t = HpaBehaviorKind::Passthrough, env = "GPUSCALE_SIM_HPA_BEHAVIOR")]
+    pub(crate) hpa_behavior: HpaBehaviorKind,
     /// Seconds between metric scrapes: the policy sees the last one, aged (metric lag). 0 = fresh.
     #[arg(long, default_value_t = 0, env = "GPUSCALE_SIM_SCRAPE_INTERVAL", value_parser = whole_seconds, allow_negative_numbers = true)]
     pub(crate) scrape_interval: u64,
@@ -490,6 +504,10 @@ impl ReplayArgs {
                     polling: self.polling_interval,
                     hpa_sync: self.hpa_sync,
                     cooldown: self.cooldown,
+                    behavior: match self.hpa_behavior {
+                        HpaBehaviorKind::Passthrough => HpaBehavior::Passthrough,
+                        HpaBehaviorKind::Default => HpaBehavior::Default,
+                    },
                 },
             },
             scrape_interval: self.scrape_interval,

@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use gpuscale_policies::answer::Demand;
-use gpuscale_policies::{Autoscaler, Reading, Signals};
+use gpuscale_policies::{Autoscaler, Decision, Reading, Signals};
 
-use crate::keda::{Keda, KedaConfig};
+use crate::keda::{HpaBehavior, Keda, KedaConfig};
 
 /// How decisions reach the workload.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,7 +23,7 @@ pub enum LoopModel {
     },
     /// KEDA drives an HPA on gpuscale's number (replicas mode: desired count, target 1):
     /// IsActive every `polling` s (activation 0 -> 1, and back to 0 after `cooldown` s
-    /// inactive), GetMetrics and the HPA (tolerance, default behavior) every `hpa_sync` s.
+    /// inactive), GetMetrics and the HPA (tolerance, `behavior`) every `hpa_sync` s.
     Keda {
         /// `pollingInterval` (30 s).
         polling: u64,
@@ -31,6 +31,8 @@ pub enum LoopModel {
         hpa_sync: u64,
         /// `cooldownPeriod` (300 s).
         cooldown: u64,
+        /// The ScaledObject's HPA behavior.
+        behavior: HpaBehavior,
     },
 }
 
@@ -196,6 +198,8 @@ pub(super) struct Control {
     /// Arrivals since the second began (the timeline's).
     arrivals_this_second: u32,
     last_scrape: Option<Scrape>,
+    /// KEDA loop: the scaler's last decision, what its RPCs answer from.
+    last_decision: Option<Decision>,
     /// Whether the serving model has token counters (the LLM model).
     tokens: bool,
 }
@@ -211,16 +215,19 @@ impl Control {
                     polling,
                     hpa_sync,
                     cooldown,
+                    behavior,
                 } => Some(Keda::new(KedaConfig {
                     polling,
                     hpa_sync,
                     cooldown,
+                    behavior,
                 })),
                 LoopModel::Direct { .. } => None,
             },
             windows: Windows::new(),
             arrivals_this_second: 0,
             last_scrape: None,
+            last_decision: None,
             tokens,
         }
     }
@@ -308,10 +315,20 @@ impl Control {
                 }
             }
             LoopModel::Keda { .. } => {
-                if let Some(keda) = self.keda.as_mut().filter(|k| k.reads(sec, fleet.desired)) {
-                    // One decision a second, whichever loops read it: the scaler decides on its
-                    // own clock and answers every RPC from the last decision.
+                // The scaler decides on its own clock (every page, so every second; the `hpa` and
+                // `kpa` baselines at their upstream periods) and answers every RPC from its last
+                // decision, so its windows see every second whether KEDA reads it or not.
+                let period = self.autoscaler.period().map_or(1, |p| p.as_secs()).max(1);
+                let decided = sec.is_multiple_of(period) || self.last_decision.is_none();
+                if decided {
                     let d = self.autoscaler.decide(now, &signals);
+                    out.rule = Some(d.rule.code().to_string());
+                    self.last_decision = Some(d);
+                }
+                let reads = self.keda.as_ref().is_some_and(|k| k.reads(sec, fleet.desired));
+                if let (Some(keda), Some(d)) =
+                    (self.keda.as_mut().filter(|_| reads), self.last_decision.as_ref())
+                {
                     out.rule = Some(d.rule.code().to_string());
                     // What the scaler sees. The simulator has no activator: requests queued at
                     // zero replicas are the ones an activator would hold.
@@ -328,8 +345,11 @@ impl Control {
                         }
                     };
                     let (bounds, age) = (self.autoscaler.bounds(), self.autoscaler.safety().max_signal_age);
-                    let actions = keda.step(sec, now, &d, fleet.desired, demand, &signals, bounds, age);
+                    let actions = keda.step(sec, now, d, fleet.desired, demand, &signals, bounds, age);
                     out.apply = [actions.activation, actions.hpa];
+                    return out;
+                }
+                if decided {
                     return out;
                 }
             }
