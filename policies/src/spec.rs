@@ -256,13 +256,13 @@ pub const KEYS: &[Key] = &[
     key(
         "tokens",
         "utilization",
-        "0.9",
-        "share of capacity to plan for (headroom for bursts)",
+        "1.0",
+        "share of capacity to plan for (below 1: headroom for bursts)",
     ),
     key(
         "tokens",
         "saturation",
-        "2",
+        "1.5",
         "in-flight requests per replica, in slots, that mean overload whatever the rates say",
     ),
     key(

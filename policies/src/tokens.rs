@@ -41,15 +41,16 @@ pub struct TokensConfig {
     /// tokens/s in 8,192-token chunks against 1,318 output tokens/s at the batch where a step
     /// takes twice a single sequence's).
     pub prefill_decode_ratio: f64,
-    /// Share of capacity to plan for (default 0.9): the headroom that absorbs bursts while a
-    /// new replica starts. 0.9 rather than 0.8 since the in-flight floor catches what the
-    /// averaged rates miss (chosen with `saturation` on the Azure traces; docs/policies.md).
+    /// Share of capacity to plan for (default 1.0). The capacity is that at the batch where a
+    /// step takes twice a single sequence's, well below what a replica sustains, and bursts
+    /// are the in-flight floor's to catch, so no further headroom is planned for (chosen with
+    /// `saturation` on the Azure traces; docs/policies.md).
     pub utilization: f64,
     /// In-flight requests (`waiting + running`) per replica, as a multiple of `slots`, above
-    /// which the replicas are overloaded whatever the token rates say (default 2): the count
+    /// which the replicas are overloaded whatever the token rates say (default 1.5): the count
     /// is at least `ceil(load / (slots * saturation))`. Slots are the batch at which a step
-    /// takes twice a single sequence's, so twice that many in flight is a replica whose
-    /// requests wait inside its batch.
+    /// takes twice a single sequence's, so half again as many in flight is a replica whose
+    /// steps are slowing its requests well past their single-sequence pace.
     pub saturation: f64,
     /// The token rates are averaged over this window before sizing (default 60 s, as Knative's
     /// stable window): a burst shorter than a cold start is over before a new replica could
@@ -83,8 +84,8 @@ impl Default for TokensConfig {
             prefill_capacity: None,
             decode_capacity: None,
             prefill_decode_ratio: 6.5,
-            utilization: 0.9,
-            saturation: 2.0,
+            utilization: 1.0,
+            saturation: 1.5,
             window: Duration::from_secs(60),
             kv_target: 0.9,
             slots: None,
@@ -366,6 +367,7 @@ mod tests {
             decode_capacity: Some(cd),
             slots: Some(80.0),
             utilization: 0.8,
+            saturation: 2.0,
             window: Duration::from_secs(1),
             backlog_window: Duration::from_secs(10),
             scale_down_window: Duration::ZERO,
@@ -537,6 +539,7 @@ mod tests {
             backlog_window: Duration::from_secs(10),
             scale_down_window: Duration::ZERO,
             queue_scale_down_window: Duration::ZERO,
+            utilization: 0.8,
             ..TokensConfig::default()
         });
         assert_eq!(t.capacities(), None);
