@@ -77,7 +77,7 @@ impl Policy for Gpu {
             // the ready ones only.
             (ceil_replicas(ratio * f64::from(s.ready)), Rule::GpuTarget)
         };
-        let (n, rule) = self.window.apply(ctx.now, s.current, want, rule);
+        let (n, rule) = self.window.apply(ctx, s, want, rule);
         Recommendation::new(n, rule)
     }
 }

@@ -54,6 +54,9 @@ pub struct Context {
     pub bounds: Bounds,
     /// Signals older than this are stale.
     pub max_signal_age: Duration,
+    /// The autoscaler holds scale-ups while replicas are starting ([`Safety`]), so a policy's
+    /// window does not remember a recommendation it will not let take effect.
+    pub hold_while_starting: bool,
 }
 
 /// A scaling policy for one workload. Implementations keep their own history (windows,
@@ -182,6 +185,7 @@ impl Autoscaler {
             now,
             bounds: self.bounds,
             max_signal_age: self.safety.max_signal_age,
+            hold_while_starting: self.safety.hold_while_starting,
         }
     }
 

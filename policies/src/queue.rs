@@ -75,7 +75,7 @@ impl Policy for Queue {
             return Recommendation::new(s.current, Rule::SignalMissing(self.config.metric.signals()[0]));
         };
         let (want, rule) = queue_replicas(&self.config, s.current, demand);
-        let (n, rule) = self.window.apply(ctx.now, s.current, want, rule);
+        let (n, rule) = self.window.apply(ctx, s, want, rule);
         Recommendation::new(n, rule)
     }
 }

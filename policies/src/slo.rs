@@ -95,7 +95,7 @@ impl Policy for Slo {
                 Err(f) => return Recommendation::new(s.current, f.into()),
             },
         };
-        let (n, rule) = self.window.apply(ctx.now, s.current, want, rule);
+        let (n, rule) = self.window.apply(ctx, s, want, rule);
         Recommendation::new(n, rule)
     }
 }

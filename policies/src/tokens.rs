@@ -322,8 +322,8 @@ impl Policy for Tokens {
                 (n, Rule::TokensFallbackQueue)
             }
         };
-        let llm = self.window.apply(ctx.now, s.current, want, rule);
-        let queue = self.queue_window.apply(ctx.now, s.current, want, rule);
+        let llm = self.window.apply(ctx, s, want, rule);
+        let queue = self.queue_window.apply(ctx, s, want, rule);
         let (n, rule) = if self.rates_seen.is_some() { llm } else { queue };
         Recommendation::new(n, rule)
     }
@@ -340,6 +340,7 @@ mod tests {
             now: Duration::from_secs(t),
             bounds: Bounds::default(),
             max_signal_age: Duration::from_secs(30),
+            hold_while_starting: true,
         }
     }
 

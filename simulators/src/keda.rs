@@ -164,6 +164,8 @@ impl Keda {
                     max: bounds.max,
                 },
                 max_signal_age,
+                // The HPA has no such hold; its own behavior limits the rate.
+                hold_while_starting: false,
             };
             // GetMetrics reports what the scaler publishes; an error (a safety hold) leaves the
             // HPA where it is, as a failed external-metric fetch does.

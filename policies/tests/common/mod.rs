@@ -16,6 +16,7 @@ pub fn ctx(now: u64, min: u32, max: u32) -> Context {
         now: s(now),
         bounds: Bounds { min, max },
         max_signal_age: s(30),
+        hold_while_starting: true,
     }
 }
 
