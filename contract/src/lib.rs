@@ -225,8 +225,12 @@ pub fn check_reading(waiting: Option<f64>, running: Option<f64>, kv_cache: Optio
     None
 }
 
-/// A URL with its secrets hidden: userinfo becomes `***@` and every query value `***`, for
-/// logs, labels, debug pages and error messages.
+/// The query parameters of the collector-to-scaler protocol: never secrets, and what an error
+/// about a collector's answer needs to show (`series=contract&wait=5&stream=1`).
+pub const PROTOCOL_PARAMS: [&str; 4] = ["series", "wait", "after", "stream"];
+
+/// A URL with its secrets hidden: userinfo becomes `***@` and every query value `***` but
+/// those of [`PROTOCOL_PARAMS`], for logs, labels, debug pages and error messages.
 pub fn redact_url(url: &str) -> String {
     let (before_fragment, _) = url.split_once('#').unwrap_or((url, ""));
     let (base, query) = match before_fragment.split_once('?') {
@@ -247,6 +251,7 @@ pub fn redact_url(url: &str) -> String {
         let parts: Vec<String> = q
             .split('&')
             .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if PROTOCOL_PARAMS.contains(&k) => kv.to_string(),
                 Some((k, _)) => format!("{k}=***"),
                 None => kv.to_string(),
             })
@@ -324,6 +329,11 @@ mod tests {
             "http://***@h:1/metrics?token=***&x=***"
         );
         assert_eq!(redact_url("http://h:1/metrics"), "http://h:1/metrics");
+        // The protocol's own parameters stay readable; anything else is hidden.
+        assert_eq!(
+            redact_url("http://h:1/metrics?series=contract&wait=5&after=17.5&stream=1&key=s3cret"),
+            "http://h:1/metrics?series=contract&wait=5&after=17.5&stream=1&key=***"
+        );
         assert_eq!(redact_url("http://h:1/a@b"), "http://h:1/a@b");
         assert_eq!(redact_url("u:p@h:1"), "***@h:1");
         assert_eq!(redact_url("h:1"), "h:1");
