@@ -20,7 +20,7 @@ pub struct KedaConfig {
     pub polling: u64,
     /// The HPA's sync period, seconds (15).
     pub hpa_sync: u64,
-    /// `cooldownPeriod`, seconds (300).
+    /// `cooldownPeriod`, seconds (KEDA's default 300; deploy/ sets 30).
     pub cooldown: u64,
     /// The behavior the ScaledObject gives its HPA.
     pub behavior: HpaBehavior,

@@ -567,6 +567,8 @@ fn keda_loop_wakes_at_the_polling_interval_and_sleeps_after_cooldown() {
                 "queue",
                 "--loop",
                 lp,
+                "--cooldown",
+                "300",
                 "--cold-start",
                 "10",
                 "--param",
@@ -730,6 +732,8 @@ fn keda_cooldown_counts_from_the_start_when_never_active() {
             "keepAlive=0s",
             "--loop",
             "keda",
+            "--cooldown",
+            "300",
         ],
         "late.json",
     );

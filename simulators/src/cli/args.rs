@@ -133,8 +133,9 @@ pub(crate) struct ReplayArgs {
     /// keda: HPA sync period, seconds.
     #[arg(long, default_value_t = 15, env = "GPUSCALE_SIM_HPA_SYNC", value_parser = whole_seconds, allow_negative_numbers = true)]
     pub(crate) hpa_sync: u64,
-    /// keda: cooldownPeriod, seconds.
-    #[arg(long, default_value_t = 300, env = "GPUSCALE_SIM_COOLDOWN", value_parser = whole_seconds, allow_negative_numbers = true)]
+    /// keda: cooldownPeriod, seconds (30, what deploy/ and `recommend` write: gpuscale's
+    /// keep-alive decides when a workload may sleep; KEDA's own default is 300).
+    #[arg(long, default_value_t = 30, env = "GPUSCALE_SIM_COOLDOWN", value_parser = whole_seconds, allow_negative_numbers = true)]
     pub(crate) cooldown: u64,
     /// keda: the HPA behavior the ScaledObject sets.
     #[arg(long, value_enum, default_value_t = HpaBehaviorKind::Passthrough, env = "GPUSCALE_SIM_HPA_BEHAVIOR")]

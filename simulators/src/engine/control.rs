@@ -29,7 +29,7 @@ pub enum LoopModel {
         polling: u64,
         /// HPA `--horizontal-pod-autoscaler-sync-period` (15 s).
         hpa_sync: u64,
-        /// `cooldownPeriod` (300 s).
+        /// `cooldownPeriod` (the CLI default is 30 s, deploy/'s).
         cooldown: u64,
         /// The ScaledObject's HPA behavior.
         behavior: HpaBehavior,
