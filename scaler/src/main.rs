@@ -210,7 +210,17 @@ async fn run() -> anyhow::Result<()> {
     let clock = Clock::start();
     // Every long-lived task: the process ends (non-zero) if one fails or stops before shutdown.
     let mut tasks = Tasks::new();
-    let workloads = Arc::new(Workloads::new(args.max_workloads, args.workload_idle_ttl));
+    // A steady collector's readings reach this scaler at each heartbeat (or poll), up to a
+    // collector interval (1 s by default) after they were read.
+    let between_pages = if args.collector_wait.is_zero() {
+        args.poll_interval
+    } else {
+        args.collector_wait.min(Duration::from_secs(30))
+    };
+    let workloads = Arc::new(
+        Workloads::new(args.max_workloads, args.workload_idle_ttl)
+            .with_reading_refresh(between_pages + Duration::from_secs(1)),
+    );
     if !statics.is_empty() {
         // Named again every second, so the idle TTL never forgets them.
         let ws = workloads.clone();

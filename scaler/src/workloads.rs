@@ -67,6 +67,9 @@ pub struct Workload {
     pub replicas: Option<Replicas>,
     /// Who asked last: `ScaledObject ns/name`, or `Deployment ns/name` in direct mode.
     pub asker: String,
+    /// A trigger setting that works against this scaler's own, in words (see
+    /// [`Workloads::with_reading_refresh`]).
+    pub warning: Option<String>,
     /// What the RPCs read without this workload's lock: written by [`Workload::publish`].
     published: Arc<Published>,
 }
@@ -171,6 +174,7 @@ impl Workload {
             capacity: None,
             held: None,
             replicas: None,
+            warning: None,
             published: Arc::new(Published::new(trigger, now)),
         }
     }
@@ -383,6 +387,8 @@ pub struct Workloads {
     map: RwLock<HashMap<WorkloadKey, Vec<Entry>>>,
     max: usize,
     idle_ttl: Duration,
+    /// How old a steady collector's readings get between the pages this scaler receives.
+    reading_refresh: Duration,
 }
 
 type Entry = (u64, Arc<Tracked>);
@@ -400,7 +406,28 @@ impl Workloads {
             map: RwLock::new(HashMap::new()),
             max,
             idle_ttl,
+            reading_refresh: Duration::ZERO,
         }
+    }
+
+    /// Readings of a collector whose readings hold still reach this scaler up to `refresh` old
+    /// (its `--collector-wait` heartbeat, or its `--poll-interval` when it polls, plus a
+    /// collector interval). A trigger whose `maxSignalAge` is no longer would read them as
+    /// stale between pages, and KEDA would hear UNAVAILABLE on and off: it is tracked, and
+    /// warned about in the log and `/debug/workloads`.
+    pub fn with_reading_refresh(mut self, refresh: Duration) -> Self {
+        self.reading_refresh = refresh;
+        self
+    }
+
+    fn staleness_warning(&self, autoscaler: &Autoscaler) -> Option<String> {
+        let age = autoscaler.safety().max_signal_age;
+        (!self.reading_refresh.is_zero() && age <= self.reading_refresh).then(|| {
+            format!(
+                "maxSignalAge {age:?} is no longer than the {:?} a steady collector's readings can age between the pages this scaler receives (--collector-wait, or --poll-interval when polling, plus a collector interval): they will read as stale between pages and KEDA will hear UNAVAILABLE on and off; set maxSignalAge above {:?} (default 30s) or lower the scaler's --collector-wait",
+                self.reading_refresh, self.reading_refresh
+            )
+        })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<WorkloadKey, Vec<Entry>>> {
@@ -492,7 +519,12 @@ impl Workloads {
             tracing::info!(workload = %trigger.workload, policy = %trigger.policy, %asker, "tracking a new workload");
         }
         let fingerprint = trigger.fingerprint;
-        let state = Workload::new(trigger, asker, autoscaler, now);
+        let warning = self.staleness_warning(&autoscaler);
+        if let Some(w) = &warning {
+            tracing::warn!(workload = %trigger.workload, %asker, "{w}");
+        }
+        let mut state = Workload::new(trigger, asker, autoscaler, now);
+        state.warning = warning;
         let w = Arc::new(Tracked {
             published: state.published.clone(),
             state: Mutex::new(state),
@@ -976,6 +1008,39 @@ mod tests {
             e.contains("ScaledObject llm/a") && e.contains("one gpuscale trigger"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_max_signal_age_the_heartbeat_outlasts_is_warned_about() {
+        // Pages of a steady collector every 5 s heartbeat, read a second before: 6 s.
+        let ws = Workloads::new(10, Duration::from_secs(600)).with_reading_refresh(Duration::from_secs(6));
+        let short = ws
+            .register(
+                trigger(&[("maxSignalAge", "3s")]),
+                "ScaledObject llm/a",
+                Duration::ZERO,
+            )
+            .unwrap();
+        let w = lock(&short).warning.clone().unwrap_or_default();
+        assert!(
+            w.contains("maxSignalAge 3s") && w.contains("--collector-wait") && w.contains("above 6s"),
+            "{w}"
+        );
+        // The default (30 s) is well above it; and a scaler that never said (tests, tools) warns
+        // about nothing.
+        let fine = ws
+            .register(trigger(&[]), "ScaledObject llm/b", Duration::ZERO)
+            .unwrap();
+        assert_eq!(lock(&fine).warning, None);
+        let quiet = Workloads::new(10, Duration::from_secs(600));
+        let w = quiet
+            .register(
+                trigger(&[("maxSignalAge", "3s")]),
+                "ScaledObject llm/a",
+                Duration::ZERO,
+            )
+            .unwrap();
+        assert_eq!(lock(&w).warning, None);
     }
 
     #[test]
