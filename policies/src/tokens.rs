@@ -175,7 +175,7 @@ impl Tokens {
     /// since each has a request ahead of it that ends sooner than a new replica could start
     /// (a cold start is a minute; the Alibaba traces' requests take 26 s), and a replica
     /// started for every such wait is then held for the whole scale-down window. Sizing every
-    /// waiting request at once cost 16-21 % more GPU-hours on both Alibaba traces at about the
+    /// waiting request at once cost 14-22 % more GPU-hours on both Alibaba traces at about the
     /// same p99 (docs/policies.md). Where nothing is ready, or the running count is unknown,
     /// every request counts at once; so it does on an LLM server, whose slots are not its batch
     /// (it admits many more before any wait), so a waiting request there is a full replica.
