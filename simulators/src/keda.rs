@@ -9,7 +9,6 @@ use std::time::Duration;
 use gpuscale_policies::answer::{Demand, Measured, Reported, activity, value};
 use gpuscale_policies::hpa::{
     Behavior, Hpa, HpaConfig, HpaMetric, HpaTarget, ScalingPolicy, ScalingPolicyKind, ScalingRules,
-    SelectPolicy,
 };
 use gpuscale_policies::{Bounds, Context, Decision, Metric, Signals};
 
@@ -51,7 +50,6 @@ impl HpaBehavior {
             HpaBehavior::Passthrough => Behavior {
                 scale_up: ScalingRules {
                     stabilization_window: Duration::ZERO,
-                    select_policy: SelectPolicy::Max,
                     policies: vec![
                         per_15s(ScalingPolicyKind::Percent, 1000),
                         per_15s(ScalingPolicyKind::Pods, 16),
@@ -60,7 +58,6 @@ impl HpaBehavior {
                 },
                 scale_down: ScalingRules {
                     stabilization_window: Duration::ZERO,
-                    select_policy: SelectPolicy::Max,
                     policies: vec![per_15s(ScalingPolicyKind::Percent, 100)],
                     ..ScalingRules::default_scale_down()
                 },

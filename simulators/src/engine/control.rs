@@ -325,11 +325,10 @@ impl Control {
                     out.rule = Some(d.rule.code().to_string());
                     self.last_decision = Some(d);
                 }
-                let reads = self.keda.as_ref().is_some_and(|k| k.reads(sec, fleet.desired));
-                if let (Some(keda), Some(d)) =
-                    (self.keda.as_mut().filter(|_| reads), self.last_decision.as_ref())
-                {
-                    out.rule = Some(d.rule.code().to_string());
+                if let (Some(keda), Some(d)) = (
+                    self.keda.as_mut().filter(|k| k.reads(sec, fleet.desired)),
+                    self.last_decision.as_ref(),
+                ) {
                     // What the scaler sees. The simulator has no activator: requests queued at
                     // zero replicas are the ones an activator would hold.
                     let demand = if fleet.desired == 0 {
