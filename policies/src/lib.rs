@@ -1,6 +1,7 @@
 //! gpuscale-policies: the scaling math shared by the gpuscale scaler and simulator.
 //!
-//! It owns the signals model ([`Signals`]), the policies ([`tokens`], also `default`; [`hpa`],
+//! It owns the signals model ([`Signals`]), the policies ([`tokens`], also `default`, with the
+//! step-cost fit it learns capacities from, [`stepcost`]; [`hpa`],
 //! [`kpa`], [`queue`], [`slo`], [`gpu`], [`fixed`]), scale-to-zero keep-alive ([`keepalive`]) and the rules that keep users
 //! safe, all composed by [`Autoscaler`]. Nothing here does I/O or reads a clock: time is passed
 //! in as a [`Duration`] since an arbitrary epoch, so the scaler (wall clock) and the simulator
@@ -35,6 +36,7 @@ pub mod queue;
 pub mod signals;
 pub mod slo;
 pub mod spec;
+pub mod stepcost;
 pub mod tokens;
 
 mod band;

@@ -251,7 +251,7 @@ pub const KEYS: &[Key] = &[
         "tokens",
         "prefillDecodeRatio",
         "6.5",
-        "prefillCapacity / decodeCapacity assumed while learning",
+        "prefillCapacity / decodeCapacity assumed where only one of them is set or learned",
     ),
     key(
         "tokens",
@@ -276,7 +276,7 @@ pub const KEYS: &[Key] = &[
         "tokens",
         "slots",
         "learn",
-        "requests one replica serves at once (queue rule, backlog), or `learn` (4 until learned)",
+        "requests one replica serves at once (queue rule, backlog, in-flight floor), or `learn` (until learned: 32 on a server that reports token rates, else 4)",
     ),
     key(
         "tokens",

@@ -9,14 +9,17 @@
 //! asked, so a saturated workload under-reports its demand).
 //!
 //! The capacities are set (the simulator derives them from its serving model, `gpuscale-sim
-//! recommend` prints them) or learned: what a replica sustains while requests have been waiting
-//! the whole rate window is its capacity, by definition. Rates also trail a saturated replica
+//! recommend` prints them) or learned, two ways: from any busy reading, saturated or not, by
+//! fitting what a step costs ([`crate::stepcost`]), and from saturated ones, since what a
+//! replica sustains while requests have been waiting the whole rate window is its capacity, by
+//! definition. Rates also trail a saturated replica
 //! in a way no backlog shows: a continuous-batching server admits requests into its running
 //! batch long before any wait, so an overloaded replica shows many running requests and slow
 //! steps, not a queue. The in-flight floor covers that: `waiting + running` above `saturation`
 //! times the slots of every replica asks for more whatever the rates say. Until a capacity is known, and while a
 //! token rate is missing or stale, the queue rule decides on `waiting + running` against the
-//! per-replica slots (themselves learned from the running count under backlog), and the reason
+//! per-replica slots (fitted, or the running count under backlog; 32 on an LLM server until
+//! then), and the reason
 //! says so. Unknown token rates therefore never read as zero demand: the queue rule sees the
 //! requests.
 
@@ -26,6 +29,7 @@ use crate::band::{ScaleDownWindow, ceil_replicas, within_band};
 use crate::decision::{Recommendation, Rule};
 use crate::queue::{QueueConfig, queue_replicas};
 use crate::signals::{Metric, SignalKind, Signals};
+use crate::stepcost::StepCostFit;
 use crate::window::BucketAverage;
 use crate::{Context, Policy};
 
@@ -58,8 +62,10 @@ pub struct TokensConfig {
     pub window: Duration,
     /// KV-cache usage to plan for, 0-1 (default 0.9).
     pub kv_target: f64,
-    /// Requests one replica serves at once, for the queue rule and the backlog backstop;
-    /// `None`: learned (the running count per replica under backlog), 4 until then.
+    /// Requests one replica serves at once, for the queue rule, the in-flight floor and the
+    /// backlog backstop; `None`: learned (the fitted knee, or the running count per replica
+    /// under backlog), until then 32 on a server that reports token rates and 4 on one that
+    /// does not.
     pub slots: Option<f64>,
     /// How long requests must have been waiting before the backstop adds replicas, and before
     /// an observation counts as saturated for learning (default 30 s: a backlog that drains
@@ -99,6 +105,12 @@ impl Default for TokensConfig {
 
 /// Slots assumed before any are set or learned: the `queue` policy's default target.
 const UNLEARNED_SLOTS: f64 = 4.0;
+/// Slots assumed on a server that reports token rates (a continuous-batching LLM server)
+/// before any are learned: at a batch of 32 every configuration of the bundled SplitwiseSim
+/// table steps 1.17-1.40x a single sequence's time, below every knee there, and the step fit
+/// needs batches of 8 or more to learn from, which 4 slots a replica would never show.
+/// Chosen with the fit's least batch on six Azure replays (docs/policies.md).
+const UNLEARNED_LLM_SLOTS: f64 = 32.0;
 /// Weight of each new saturated observation in the learned estimates.
 const LEARN_RATE: f64 = 0.2;
 
@@ -115,6 +127,8 @@ pub struct Tokens {
     /// Learned output tokens/s per replica (prefill is `ratio` times it).
     learned_decode: Option<f64>,
     learned_slots: Option<f64>,
+    /// Step costs fitted from every busy reading, saturated or not.
+    fit: StepCostFit,
     /// When both token rates were last fresh.
     rates_seen: Option<Duration>,
     /// Prompt and output token rates over the window.
@@ -135,31 +149,53 @@ impl Tokens {
             backlog: None,
             learned_decode: None,
             learned_slots: None,
+            fit: StepCostFit::default(),
             rates_seen: None,
         }
     }
 
-    /// `(C_p, C_d)` as set, or learned; `None` while neither is known.
+    /// `(C_p, C_d)` as set, or learned; `None` while neither is known. Learned: from the
+    /// step-cost fit where it has them, else from saturated replicas (`C_p` then is `ratio`
+    /// times `C_d`).
     pub fn capacities(&self) -> Option<(f64, f64)> {
         let r = self.config.prefill_decode_ratio;
-        match (
-            self.config.prefill_capacity,
-            self.config.decode_capacity,
-            self.learned_decode,
-        ) {
-            (Some(p), Some(d), _) => Some((p, d)),
-            (Some(p), None, _) => Some((p, p / r)),
-            (None, Some(d), _) | (None, None, Some(d)) => Some((d * r, d)),
-            (None, None, None) => None,
+        let fitted = self.fit.costs();
+        let fit_p = fitted.map(|c| c.prefill_capacity);
+        let fit_d = fitted.and_then(|c| c.decode).map(|(_, d)| d);
+        let learned_d = fit_d.or(self.learned_decode);
+        let learned_p = fit_p.or(self.learned_decode.map(|d| d * r));
+        match (self.config.prefill_capacity, self.config.decode_capacity) {
+            (Some(p), Some(d)) => Some((p, d)),
+            (Some(p), None) => Some((p, learned_d.unwrap_or(p / r))),
+            (None, Some(d)) => Some((learned_p.unwrap_or(d * r), d)),
+            (None, None) => match (learned_p, learned_d) {
+                (Some(p), Some(d)) => Some((p, d)),
+                (Some(p), None) => Some((p, p / r)),
+                (None, Some(d)) => Some((d * r, d)),
+                (None, None) => None,
+            },
         }
     }
 
-    /// Requests per replica: as set, else learned, else [`UNLEARNED_SLOTS`].
+    /// Requests per replica as set, else learned: the fitted knee, or the running count of
+    /// saturated replicas, the fewer where both are known (a saturated replica admits no more,
+    /// whatever its steps would allow).
+    pub fn known_slots(&self) -> Option<f64> {
+        let knee = self.fit.costs().and_then(|c| c.decode).map(|(k, _)| k);
+        self.config.slots.or(match (knee, self.learned_slots) {
+            (Some(k), Some(l)) => Some(k.min(l)),
+            (k, l) => k.or(l),
+        })
+    }
+
+    /// [`Self::known_slots`], else 32 on a server that reports token rates, else 4.
     pub fn slots(&self) -> f64 {
-        self.config
-            .slots
-            .or(self.learned_slots)
-            .unwrap_or(UNLEARNED_SLOTS)
+        let prior = if self.rates_seen.is_some() {
+            UNLEARNED_LLM_SLOTS
+        } else {
+            UNLEARNED_SLOTS
+        };
+        self.known_slots().unwrap_or(prior)
     }
 
     /// Waiting requests that have persisted for the backlog window, if any.
@@ -231,6 +267,13 @@ impl Policy for Tokens {
             self.prompt.record(ctx.now.as_secs(), p);
             self.generated.record(ctx.now.as_secs(), g);
             self.rates_seen = Some(ctx.now);
+            if let Ok(running) = s.fresh(SignalKind::Running, ctx.max_signal_age)
+                && s.ready > 0
+                && s.starting == 0
+            {
+                let ready = f64::from(s.ready);
+                self.fit.record(running / ready, g / ready, p / ready);
+            }
         }
         let Ok(waiting) = s.fresh(SignalKind::Waiting, ctx.max_signal_age) else {
             // Unknown is not "no backlog": keep what was known, learn nothing.
@@ -544,9 +587,10 @@ mod tests {
             ..TokensConfig::default()
         });
         assert_eq!(t.capacities(), None);
-        // Before anything is learned the queue rule decides, at 4 slots per replica.
-        let r = step(&mut t, 0, &signals(2, 0.0, 20.0, Some((3000.0, 500.0))));
-        assert_eq!((r.replicas, r.rule), (5, Rule::TokensFallbackQueue));
+        // Before anything is learned the queue rule decides, at 32 slots per replica on a
+        // server that reports token rates: ceil(90 / 32) = 3.
+        let r = step(&mut t, 0, &signals(2, 0.0, 90.0, Some((3000.0, 500.0))));
+        assert_eq!((r.replicas, r.rule), (3, Rule::TokensFallbackQueue));
         // Two replicas with requests waiting for 10 s serve 13,000 prompt and 2,000 output
         // tokens/s: per replica 13,000 / 6.5 / 2 + 1,000 = 2,000 output tokens/s.
         let sat = signals(2, 30.0, 120.0, Some((13_000.0, 2_000.0)));
@@ -571,6 +615,77 @@ mod tests {
     }
 
     #[test]
+    fn learns_slots_and_capacities_from_busy_replicas_that_never_saturate() {
+        let mut t = Tokens::new(TokensConfig {
+            window: Duration::from_secs(1),
+            scale_down_window: Duration::ZERO,
+            queue_scale_down_window: Duration::ZERO,
+            ..TokensConfig::default()
+        });
+        // Steps cost 30 ms + 0.4 ms a sequence + 0.12 ms a prompt token; two replicas at
+        // batches 8-106, never a request waiting. Each reading's output rate is what fills
+        // the replicas' seconds exactly: 1 = 0.03 g / b + 0.0004 g + 0.000 12 p, per replica.
+        let (a, c_d, c_p) = (0.03, 0.0004, 0.000_12);
+        for sec in 0..600u32 {
+            let b = 8.0 + f64::from(sec % 50) * 2.0;
+            let p = 500.0 + f64::from((sec * 37) % 29) * 100.0;
+            let g = (1.0 - c_p * p) / (a / b + c_d);
+            t.observe(
+                &ctx(u64::from(sec)),
+                &signals(2, 0.0, 2.0 * b, Some((2.0 * p, 2.0 * g))),
+            );
+        }
+        // The knee: a + c_d b = 2 (a + c_d), b = 77; its output rate 77 / (a + 77 c_d).
+        let Some(slots) = t.known_slots() else {
+            panic!("a knee from 600 busy readings")
+        };
+        assert!((slots - 77.0).abs() < 0.01, "{slots}");
+        let Some((cp, cd)) = t.capacities() else {
+            panic!("capacities")
+        };
+        assert!(
+            (cp - 1.0 / c_p).abs() < 1.0 && (cd - 77.0 / (a + c_d * 77.0)).abs() < 0.1,
+            "{cp} {cd}"
+        );
+        // The in-flight floor now counts in those slots: 300 in flight on 2 replicas is
+        // ceil(300 / (77 x 1.5)) = 3, though the rates ask for less.
+        let r = step(&mut t, 600, &signals(2, 0.0, 300.0, Some((1000.0, 500.0))));
+        assert_eq!((r.replicas, r.rule), (3, Rule::TokensInFlight));
+    }
+
+    #[test]
+    fn an_llm_server_with_nothing_learned_counts_32_slots_a_replica_and_idle_readings_teach_nothing() {
+        let mut t = Tokens::new(TokensConfig {
+            scale_down_window: Duration::ZERO,
+            queue_scale_down_window: Duration::ZERO,
+            ..TokensConfig::default()
+        });
+        // Before any token rate: 4 slots a replica, as the queue policy.
+        let r = step(
+            &mut t,
+            0,
+            &Signals {
+                prompt_tokens_rate: None,
+                generation_tokens_rate: None,
+                ..signals(1, 0.0, 20.0, None)
+            },
+        );
+        assert_eq!((r.replicas, r.rule), (5, Rule::TokensFallbackQueue));
+        // Hours of readings at 2-7 running a replica, whatever they would imply: a replica that
+        // may idle part of the second is not fitted, so nothing is learned and 32 stands.
+        for sec in 1..7200u32 {
+            let b = 2.0 + f64::from(sec % 6);
+            t.observe(
+                &ctx(u64::from(sec)),
+                &signals(4, 0.0, 4.0 * b, Some((400.0 * b, 40.0 * b))),
+            );
+        }
+        assert_eq!((t.known_slots(), t.capacities()), (None, None));
+        let r = step(&mut t, 7200, &signals(4, 0.0, 200.0, Some((4000.0, 400.0))));
+        assert_eq!((r.replicas, r.rule), (7, Rule::TokensFallbackQueue));
+    }
+
+    #[test]
     fn nothing_is_learned_while_replicas_start_or_data_is_stale() {
         let mut t = Tokens::new(TokensConfig {
             backlog_window: Duration::from_secs(10),
@@ -588,6 +703,30 @@ mod tests {
             t.observe(&ctx(sec), &stale);
         }
         assert_eq!(t.capacities(), None);
+        // Nor does the step-cost fit learn from such readings, at however many batches: while a
+        // replica starts, or with the running count stale.
+        let mut t = Tokens::new(TokensConfig::default());
+        let busy = |sec: u64| {
+            let b = 8.0 + (sec % 50) as f64 * 2.0;
+            let p = 500.0 + ((sec * 37) % 29) as f64 * 100.0;
+            let g = (1.0 - 0.000_12 * p) / (0.03 / b + 0.0004);
+            signals(2, 0.0, 2.0 * b, Some((2.0 * p, 2.0 * g)))
+        };
+        for sec in 41..1000 {
+            let mut s = busy(sec);
+            if sec % 2 == 0 {
+                s.starting = 1;
+            } else {
+                s.running = s.running.map(|r| Reading::aged(r.value, Duration::from_secs(31)));
+            }
+            t.observe(&ctx(sec), &s);
+        }
+        assert_eq!((t.capacities(), t.known_slots()), (None, None));
+        // The same readings, fresh and with every replica ready, teach.
+        for sec in 1000..1300 {
+            t.observe(&ctx(sec), &busy(sec));
+        }
+        assert!(t.known_slots().is_some() && t.capacities().is_some());
     }
 
     #[test]
