@@ -78,11 +78,30 @@ pub trait Policy: Send {
     /// The replica count this policy asks for.
     fn recommend(&mut self, ctx: &Context, signals: &Signals) -> Recommendation;
 
+    /// What the policy has learned (or assumes until it learns), for an operator to read and,
+    /// once it has settled, to set.
+    fn learned(&self) -> Vec<Learned> {
+        Vec::new()
+    }
+
     /// How often the system this policy reproduces decides (HPA's 15 s sync, KPA's 2 s tick),
     /// for a caller that runs it as upstream would; `None`: as often as it is asked.
     fn period(&self) -> Option<Duration> {
         None
     }
+}
+
+/// One value a policy learned online, named by the trigger key that would set it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Learned {
+    /// The trigger key (`tokens.slots`).
+    pub key: &'static str,
+    /// Its value, in the key's units.
+    pub value: f64,
+    /// Where it comes from: `set` (the trigger), `fitted` (step costs of busy replicas),
+    /// `saturated` (replicas under a sustained backlog), `ratio` (the other capacity over
+    /// `prefillDecodeRatio`) or `assumed` (nothing learned yet).
+    pub from: &'static str,
 }
 
 /// Safety settings.
@@ -152,6 +171,11 @@ impl Autoscaler {
     /// The composed policies' names, in order.
     pub fn policy_names(&self) -> Vec<&'static str> {
         self.policies.iter().map(|p| p.name()).collect()
+    }
+
+    /// What every policy has learned, in order.
+    pub fn learned(&self) -> Vec<Learned> {
+        self.policies.iter().flat_map(|p| p.learned()).collect()
     }
 
     /// The bounds.

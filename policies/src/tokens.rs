@@ -31,7 +31,7 @@ use crate::queue::{QueueConfig, queue_replicas};
 use crate::signals::{Metric, SignalKind, Signals};
 use crate::stepcost::StepCostFit;
 use crate::window::BucketAverage;
-use crate::{Context, Policy};
+use crate::{Context, Learned, Policy};
 
 /// Tokens policy configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -111,6 +111,9 @@ const UNLEARNED_SLOTS: f64 = 4.0;
 /// needs batches of 8 or more to learn from, which 4 slots a replica would never show.
 /// Chosen with the fit's least batch on six Azure replays (docs/policies.md).
 const UNLEARNED_LLM_SLOTS: f64 = 32.0;
+/// A learned value and where it comes from.
+type Source = (f64, &'static str);
+
 /// Weight of each new saturated observation in the learned estimates.
 const LEARN_RATE: f64 = 0.2;
 
@@ -158,22 +161,26 @@ impl Tokens {
     /// step-cost fit where it has them, else from saturated replicas (`C_p` then is `ratio`
     /// times `C_d`).
     pub fn capacities(&self) -> Option<(f64, f64)> {
+        self.capacities_from().map(|((p, _), (d, _))| (p, d))
+    }
+
+    /// [`Self::capacities`] with where each comes from (see [`Learned::from`]).
+    fn capacities_from(&self) -> Option<(Source, Source)> {
         let r = self.config.prefill_decode_ratio;
         let fitted = self.fit.costs();
-        let fit_p = fitted.map(|c| c.prefill_capacity);
-        let fit_d = fitted.and_then(|c| c.decode).map(|(_, d)| d);
-        let learned_d = fit_d.or(self.learned_decode);
-        let learned_p = fit_p.or(self.learned_decode.map(|d| d * r));
-        match (self.config.prefill_capacity, self.config.decode_capacity) {
+        let fit_p = fitted.map(|c| (c.prefill_capacity, "fitted"));
+        let fit_d = fitted.and_then(|c| c.decode).map(|(_, d)| (d, "fitted"));
+        let learned_d = fit_d.or(self.learned_decode.map(|d| (d, "saturated")));
+        let learned_p = fit_p.or(self.learned_decode.map(|d| (d * r, "saturated")));
+        let set_p = self.config.prefill_capacity.map(|p| (p, "set"));
+        let set_d = self.config.decode_capacity.map(|d| (d, "set"));
+        let p = set_p.or(learned_p);
+        let d = set_d.or(learned_d);
+        match (p, d) {
             (Some(p), Some(d)) => Some((p, d)),
-            (Some(p), None) => Some((p, learned_d.unwrap_or(p / r))),
-            (None, Some(d)) => Some((learned_p.unwrap_or(d * r), d)),
-            (None, None) => match (learned_p, learned_d) {
-                (Some(p), Some(d)) => Some((p, d)),
-                (Some(p), None) => Some((p, p / r)),
-                (None, Some(d)) => Some((d * r, d)),
-                (None, None) => None,
-            },
+            (Some(p), None) => Some((p, (p.0 / r, "ratio"))),
+            (None, Some(d)) => Some(((d.0 * r, "ratio"), d)),
+            (None, None) => None,
         }
     }
 
@@ -181,21 +188,33 @@ impl Tokens {
     /// saturated replicas, the fewer where both are known (a saturated replica admits no more,
     /// whatever its steps would allow).
     pub fn known_slots(&self) -> Option<f64> {
-        let knee = self.fit.costs().and_then(|c| c.decode).map(|(k, _)| k);
-        self.config.slots.or(match (knee, self.learned_slots) {
-            (Some(k), Some(l)) => Some(k.min(l)),
+        self.slots_from().map(|(s, _)| s)
+    }
+
+    fn slots_from(&self) -> Option<Source> {
+        let knee = self
+            .fit
+            .costs()
+            .and_then(|c| c.decode)
+            .map(|(k, _)| (k, "fitted"));
+        let saturated = self.learned_slots.map(|l| (l, "saturated"));
+        self.config.slots.map(|s| (s, "set")).or(match (knee, saturated) {
+            (Some(k), Some(l)) => Some(if l.0 < k.0 { l } else { k }),
             (k, l) => k.or(l),
         })
     }
 
     /// [`Self::known_slots`], else 32 on a server that reports token rates, else 4.
     pub fn slots(&self) -> f64 {
-        let prior = if self.rates_seen.is_some() {
+        self.known_slots().unwrap_or_else(|| self.prior_slots())
+    }
+
+    fn prior_slots(&self) -> f64 {
+        if self.rates_seen.is_some() {
             UNLEARNED_LLM_SLOTS
         } else {
             UNLEARNED_SLOTS
-        };
-        self.known_slots().unwrap_or(prior)
+        }
     }
 
     /// Waiting requests that have persisted for the backlog window, if any.
@@ -256,6 +275,28 @@ impl Policy for Tokens {
 
     fn needs(&self) -> &[SignalKind] {
         Metric::Load.signals()
+    }
+
+    fn learned(&self) -> Vec<Learned> {
+        let (slots, from) = self.slots_from().unwrap_or((self.prior_slots(), "assumed"));
+        let mut out = vec![Learned {
+            key: "tokens.slots",
+            value: slots,
+            from,
+        }];
+        if let Some(((p, pf), (d, df))) = self.capacities_from() {
+            out.push(Learned {
+                key: "tokens.prefillCapacity",
+                value: p,
+                from: pf,
+            });
+            out.push(Learned {
+                key: "tokens.decodeCapacity",
+                value: d,
+                from: df,
+            });
+        }
+        out
     }
 
     fn observe(&mut self, ctx: &Context, s: &Signals) {
@@ -626,6 +667,12 @@ mod tests {
         // batches 8-106, never a request waiting. Each reading's output rate is what fills
         // the replicas' seconds exactly: 1 = 0.03 g / b + 0.0004 g + 0.000 12 p, per replica.
         let (a, c_d, c_p) = (0.03, 0.0004, 0.000_12);
+        let assumed = |value| Learned {
+            key: "tokens.slots",
+            value,
+            from: "assumed",
+        };
+        assert_eq!(t.learned(), [assumed(4.0)]);
         for sec in 0..600u32 {
             let b = 8.0 + f64::from(sec % 50) * 2.0;
             let p = 500.0 + f64::from((sec * 37) % 29) * 100.0;
@@ -646,6 +693,15 @@ mod tests {
         assert!(
             (cp - 1.0 / c_p).abs() < 1.0 && (cd - 77.0 / (a + c_d * 77.0)).abs() < 0.1,
             "{cp} {cd}"
+        );
+        let learned: Vec<_> = t.learned().iter().map(|l| (l.key, l.from)).collect();
+        assert_eq!(
+            learned,
+            [
+                ("tokens.slots", "fitted"),
+                ("tokens.prefillCapacity", "fitted"),
+                ("tokens.decodeCapacity", "fitted")
+            ]
         );
         // The in-flight floor now counts in those slots: 300 in flight on 2 replicas is
         // ceil(300 / (77 x 1.5)) = 3, though the rates ask for less.
@@ -681,6 +737,14 @@ mod tests {
             );
         }
         assert_eq!((t.known_slots(), t.capacities()), (None, None));
+        assert_eq!(
+            t.learned(),
+            [Learned {
+                key: "tokens.slots",
+                value: 32.0,
+                from: "assumed"
+            }]
+        );
         let r = step(&mut t, 7200, &signals(4, 0.0, 200.0, Some((4000.0, 400.0))));
         assert_eq!((r.replicas, r.rule), (7, Rule::TokensFallbackQueue));
     }

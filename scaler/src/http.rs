@@ -174,6 +174,8 @@ struct DebugWorkload<'a> {
     decision: Option<DebugDecision>,
     capacity: &'a Option<String>,
     warning: &'a Option<String>,
+    /// What the policies learned, each with where it comes from (docs/scaler.md).
+    learned: Vec<gpuscale_policies::Learned>,
     held: &'a Option<crate::workloads::Held>,
     replicas: &'a Option<crate::workloads::Replicas>,
     value: Option<f64>,
@@ -230,6 +232,7 @@ async fn debug(State(s): State<AppState>) -> Response {
             decision,
             capacity: &g.capacity,
             warning: &g.warning,
+            learned: g.learned(),
             held: &g.held,
             replicas: &g.replicas,
             value: answer.value.as_ref().ok().copied(),

@@ -162,6 +162,12 @@ impl Default for Answer {
 }
 
 impl Workload {
+    /// What its policies have learned (`tokens.slots` and the capacities), for
+    /// `/debug/workloads`.
+    pub fn learned(&self) -> Vec<gpuscale_policies::Learned> {
+        self.autoscaler.learned()
+    }
+
     fn new(trigger: Trigger, asker: &str, autoscaler: Autoscaler, now: Duration) -> Self {
         Workload {
             asker: asker.to_string(),

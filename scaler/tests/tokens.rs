@@ -165,6 +165,35 @@ async fn token_rates_drive_the_answer_and_their_loss_is_unknown() {
     })
     .await;
     assert_eq!((m.unwrap(), a.unwrap()), (6.0, true));
+    // /debug/workloads says what the policy works with, and that each value was set.
+    let page = reqwest::get(format!("{}/debug/workloads", scaler.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let debug: serde_json::Value = serde_json::from_str(&page).unwrap();
+    let learned: Vec<(String, f64, String)> = debug[0]["learned"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no learned in {debug}"))
+        .iter()
+        .map(|l| {
+            (
+                l["key"].as_str().unwrap().to_string(),
+                l["value"].as_f64().unwrap(),
+                l["from"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let set = |k: &str, v: f64| (k.to_string(), v, "set".to_string());
+    assert_eq!(
+        learned,
+        [
+            set("tokens.slots", 100.0),
+            set("tokens.prefillCapacity", 1000.0),
+            set("tokens.decodeCapacity", 100.0)
+        ]
+    );
     // The collector exports the rate it computed, per target: within 5 % once its window spans
     // a few reads (each read's timestamp is taken when its answer is in, so the first spans
     // carry the scheduling jitter).
