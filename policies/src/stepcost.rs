@@ -12,9 +12,8 @@
 //! `slots / step(slots)`; and the prefill capacity `1 / c_p`.
 //!
 //! The fit is linear where measured step times are convex (flat while memory-bound, then
-//! climbing), so it puts the knee below the measured one: on the bundled Llama 2 70B / H100
-//! table it finds about 50 where the table's knee is 78, which plans more replicas, not
-//! fewer. A fit it cannot trust (too few readings, one batch only, a cost that comes out
+//! climbing): readings over the whole curve put the knee low (more replicas), readings from
+//! the flat part only put it high, and the cap below bounds that (docs/policies.md). A fit it cannot trust (too few readings, one batch only, a cost that comes out
 //! negative, as on prompt-heavy traffic where running counts are mostly prefilling sequences)
 //! yields only what it can: the prefill cost alone, or nothing. Extrapolation is bounded: the
 //! knee is never put beyond twice the largest batch seen, so the policy that acts on it keeps
@@ -30,8 +29,8 @@ const FIT_MIN_WEIGHT: f64 = 120.0;
 const FIT_MIN_SPREAD: f64 = 0.2;
 /// Running sequences per replica below which a replica may idle part of a second: a reading
 /// at a batch of 2-4 (a fleet the queue rule sizes at a few requests a replica) takes its
-/// idle time for work and puts the capacities at a fifth of the measured ones.
-pub const FIT_MIN_BATCH: f64 = 8.0;
+/// idle time for work and puts the capacities far below the measured ones.
+const FIT_MIN_BATCH: f64 = 8.0;
 /// How far past the largest batch seen the knee may be put.
 const FIT_MAX_EXTRAPOLATION: f64 = 2.0;
 
@@ -44,6 +43,8 @@ pub struct StepCostFit {
     batch_sum: f64,
     batch_sq: f64,
     batch_max: f64,
+    /// The costs as of the last reading: solved once per reading, not per question.
+    costs: Option<StepCosts>,
 }
 
 /// What a fit yields: the prefill capacity whenever `c_p` is positive, the knee and the decode
@@ -78,10 +79,15 @@ impl StepCostFit {
         self.batch_sum = self.batch_sum * keep + batch;
         self.batch_sq = self.batch_sq * keep + batch * batch;
         self.batch_max = self.batch_max.max(batch);
+        self.costs = self.solve();
     }
 
     /// The costs, once enough readings at different batches agree with the model.
     pub fn costs(&self) -> Option<StepCosts> {
+        self.costs
+    }
+
+    fn solve(&self) -> Option<StepCosts> {
         if self.weight < FIT_MIN_WEIGHT {
             return None;
         }
@@ -145,26 +151,42 @@ fn solve3(mut m: [[f64; 3]; 3], mut y: [f64; 3]) -> Option<[f64; 3]> {
     Some(std::array::from_fn(|i| x[i] / scale[i]))
 }
 
+/// A replica whose steps cost `a + c_d * b + c_p * q`: at batch `b` with `p` prompt tokens a
+/// second, the output rate that fills the second exactly (`1 = a * g / b + c_d * g + c_p * p`).
+#[cfg(test)]
+pub(crate) fn busy_output_rate((a, c_d, c_p): (f64, f64, f64), b: f64, p: f64) -> f64 {
+    (1.0 - c_p * p) / (a / b + c_d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A replica whose steps cost `a + c_d * b + c_p * q`: at batch `b` with prompt tokens
-    /// `p` a second, the output rate that fills the second exactly.
-    fn busy_second(a: f64, c_d: f64, c_p: f64, b: f64, p: f64) -> f64 {
-        // 1 = a * g / b + c_d * g + c_p * p
-        (1.0 - c_p * p) / (a / b + c_d)
+    /// `n` busy readings of steps costing `costs`, at the `i`th reading's batch and prompt rate.
+    fn fill(
+        fit: &mut StepCostFit,
+        costs: (f64, f64, f64),
+        n: u32,
+        batch: impl Fn(u32) -> f64,
+        prompt: impl Fn(u32) -> f64,
+    ) {
+        for i in 0..n {
+            let (b, p) = (batch(i), prompt(i));
+            fit.record(b, busy_output_rate(costs, b, p), p);
+        }
     }
 
     #[test]
     fn recovers_the_costs_and_the_knee_of_a_linear_step() {
         let (a, c_d, c_p) = (0.03, 0.0004, 0.000_12);
         let mut fit = StepCostFit::default();
-        for i in 0..600 {
-            let b = 8.0 + f64::from(i % 50) * 2.0;
-            let p = 500.0 + f64::from((i * 37) % 29) * 100.0;
-            fit.record(b, busy_second(a, c_d, c_p, b, p), p);
-        }
+        fill(
+            &mut fit,
+            (a, c_d, c_p),
+            600,
+            |i| 8.0 + f64::from(i % 50) * 2.0,
+            |i| 500.0 + f64::from((i * 37) % 29) * 100.0,
+        );
         let Some(c) = fit.costs() else {
             panic!("600 readings over batches 8-106")
         };
@@ -182,35 +204,38 @@ mod tests {
 
     #[test]
     fn one_batch_size_or_few_readings_yield_nothing() {
-        let (a, c_d, c_p) = (0.03, 0.0004, 0.000_12);
+        let costs = (0.03, 0.0004, 0.000_12);
         let mut same = StepCostFit::default();
-        for i in 0..600 {
-            let p = 500.0 + f64::from(i % 29) * 100.0;
-            same.record(30.0, busy_second(a, c_d, c_p, 30.0, p), p);
-        }
+        fill(
+            &mut same,
+            costs,
+            600,
+            |_| 30.0,
+            |i| 500.0 + f64::from(i % 29) * 100.0,
+        );
         assert_eq!(same.costs(), None, "a single batch cannot separate a from c_d");
         let mut few = StepCostFit::default();
-        for i in 0..100 {
-            let b = 8.0 + f64::from(i % 50);
-            few.record(
-                b,
-                busy_second(a, c_d, c_p, b, 1000.0 + f64::from(i) * 10.0),
-                1000.0 + f64::from(i) * 10.0,
-            );
-        }
+        fill(
+            &mut few,
+            costs,
+            100,
+            |i| 8.0 + f64::from(i % 50),
+            |i| 1000.0 + f64::from(i) * 10.0,
+        );
         assert_eq!(few.costs(), None, "100 readings are under the 120 needed");
     }
 
     #[test]
     fn the_knee_is_not_put_past_twice_the_largest_batch_seen() {
         // Nearly flat steps over batches 8-16: the line's knee is far out (a / c_d = 300).
-        let (a, c_d, c_p) = (0.03, 0.0001, 0.000_12);
         let mut fit = StepCostFit::default();
-        for i in 0..600 {
-            let b = 8.0 + f64::from(i % 9);
-            let p = 200.0 + f64::from((i * 13) % 17) * 50.0;
-            fit.record(b, busy_second(a, c_d, c_p, b, p), p);
-        }
+        fill(
+            &mut fit,
+            (0.03, 0.0001, 0.000_12),
+            600,
+            |i| 8.0 + f64::from(i % 9),
+            |i| 200.0 + f64::from((i * 13) % 17) * 50.0,
+        );
         let Some((knee, _)) = fit.costs().and_then(|c| c.decode) else {
             panic!("costs")
         };
@@ -227,12 +252,14 @@ mod tests {
         assert_eq!(fit.weight, 0.0);
         // Readings where more sequences make a second hold *more* output per unit of work than
         // the steps can explain (c_d comes out negative): only the prefill cost is kept.
-        let (a, c_d, c_p) = (0.03, -0.0002, 0.000_12);
-        for i in 0..600 {
-            let b = 8.0 + f64::from(i % 40);
-            let p = 500.0 + f64::from((i * 37) % 29) * 100.0;
-            fit.record(b, busy_second(a, c_d, c_p, b, p), p);
-        }
+        let c_p = 0.000_12;
+        fill(
+            &mut fit,
+            (0.03, -0.0002, c_p),
+            600,
+            |i| 8.0 + f64::from(i % 40),
+            |i| 500.0 + f64::from((i * 37) % 29) * 100.0,
+        );
         let Some(c) = fit.costs() else {
             panic!("the prefill cost is positive")
         };

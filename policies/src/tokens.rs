@@ -418,6 +418,7 @@ mod tests {
     use super::*;
     use crate::Bounds;
     use crate::signals::Reading;
+    use crate::stepcost::busy_output_rate;
 
     fn ctx(t: u64) -> Context {
         Context {
@@ -676,7 +677,7 @@ mod tests {
         for sec in 0..600u32 {
             let b = 8.0 + f64::from(sec % 50) * 2.0;
             let p = 500.0 + f64::from((sec * 37) % 29) * 100.0;
-            let g = (1.0 - c_p * p) / (a / b + c_d);
+            let g = busy_output_rate((a, c_d, c_p), b, p);
             t.observe(
                 &ctx(u64::from(sec)),
                 &signals(2, 0.0, 2.0 * b, Some((2.0 * p, 2.0 * g))),
@@ -773,7 +774,7 @@ mod tests {
         let busy = |sec: u64| {
             let b = 8.0 + (sec % 50) as f64 * 2.0;
             let p = 500.0 + ((sec * 37) % 29) as f64 * 100.0;
-            let g = (1.0 - 0.000_12 * p) / (0.03 / b + 0.0004);
+            let g = busy_output_rate((0.03, 0.0004, 0.000_12), b, p);
             signals(2, 0.0, 2.0 * b, Some((2.0 * p, 2.0 * g)))
         };
         for sec in 41..1000 {
